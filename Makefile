@@ -1,0 +1,30 @@
+# hpsearch: `make study` runs the default study, `make test` runs the tests.
+# Both create .venv and install the project into it when needed.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help study test install clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install hpsearch with its test tools
+
+study: $(STAMP) ## run the default study (50 trials on digits; ARGS="--trials 10" to change)
+	$(PY) run_study.py $(ARGS)
+
+test: $(STAMP) ## run the tests
+	$(PY) -m pytest $(ARGS)
+
+clean: ## remove the virtual environment and caches (studies/ keeps its stores)
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,60 @@
+"""Trial -> params -> model -> fit, reporting each epoch and pruning."""
+
+from __future__ import annotations
+
+import optuna
+import torch
+
+from hpsearch.config import Config
+from hpsearch.data import Dataset
+from hpsearch.model import build_cnn, count_params
+from hpsearch.owner import OWNER_ATTR, owner_record
+from hpsearch.space import suggest_params
+from hpsearch.train import FitSettings, Diverged, fit
+
+
+def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
+    """The seed of a trial's initialisation and shuffling. A retry inherits its original's
+    user attributes, and with them its seed."""
+    seed = trial.user_attrs.get("seed")
+    return seed if isinstance(seed, int) else cfg.study.seed * 100_003 + trial.number
+
+
+def make_objective(cfg: Config, data: Dataset, device: torch.device):
+    """The function `study.optimize` calls: returns the final validation accuracy."""
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(OWNER_ATTR, owner_record(trial.number))
+        params = suggest_params(trial, cfg)
+        seed = trial_seed(cfg, trial)
+        trial.set_user_attr("seed", seed)
+        torch.manual_seed(seed)
+        model = build_cnn(in_channels=data.channels, num_classes=len(data.classes),
+                          image_size=data.image_size, depth=params["depth"],
+                          width=params["width"], dropout=params["dropout"])
+        trial.set_user_attr("n_params", count_params(model))
+        trial.set_user_attr("device", str(device))
+        settings = FitSettings(epochs=cfg.train.epochs, batch_size=params["batch_size"],
+                               lr=params["lr"], optimizer=params["optimizer"],
+                               weight_decay=params["weight_decay"], seed=seed)
+
+        def report(epoch: int, history) -> None:
+            trial.set_user_attr("history", history.as_dict())
+            trial.report(history.val_acc[-1], step=epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        try:
+            history = fit(model, data, settings, device, on_epoch_end=report)
+        except Diverged as err:
+            # Pruned, not failed: samplers learn from pruned trials and skip failed ones.
+            trial.set_user_attr("prune_reason", str(err))
+            raise optuna.TrialPruned(str(err)) from None
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            raise
+        return history.val_acc[-1]
+
+    return objective

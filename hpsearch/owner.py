@@ -1,0 +1,54 @@
+"""Who runs a trial, recorded first thing in the trial, so a later start can prove it dead."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from typing import Optional
+
+import psutil
+
+OWNER_ATTR = "owner"
+
+
+@lru_cache(maxsize=1)
+def boot_id() -> str:
+    """Changes at every reboot: Linux says so directly; elsewhere the boot time stands in."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return f"boot-{psutil.boot_time():.0f}"
+
+
+def process_start(pid: int) -> Optional[float]:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def owner_record(trial_number: int) -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot_id": boot_id(), "pid": pid,
+            "started": process_start(pid), "trial": trial_number}
+
+
+def is_provably_dead(owner: object, trial_number: int) -> bool:
+    """True only when the owner ran on this host and is gone: the machine rebooted, or its pid
+    is absent or now belongs to a process started at another time. Anything else (another
+    host, a record of another trial copied into a retry, no record) proves nothing."""
+    if not isinstance(owner, dict) or owner.get("trial") != trial_number:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return False
+    if owner.get("boot_id") != boot_id():
+        return True
+    pid, started = owner.get("pid"), owner.get("started")
+    if not isinstance(pid, int):
+        return False
+    now = process_start(pid)
+    if now is None:
+        return not psutil.pid_exists(pid)  # AccessDenied means it exists
+    return started is not None and abs(now - started) > 1.0

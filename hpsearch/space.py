@@ -1,0 +1,40 @@
+"""The search space: the only module that calls `trial.suggest_*`."""
+
+from __future__ import annotations
+
+import optuna
+
+from hpsearch.config import PARAM_DEFAULTS, PARAM_KINDS, Choice, Config, Fixed, Param, Range
+
+
+def suggest_params(trial: optuna.Trial, cfg: Config) -> dict:
+    """Every model and training parameter for one trial, as a plain dict.
+
+    Parameters the space fixes or leaves out are not suggested (so they do not clutter the
+    sampler's space); they come from the study file or the defaults.
+    """
+    params = {**PARAM_DEFAULTS, "batch_size": cfg.train.batch_size}
+    for p in cfg.space:
+        params[p.name] = p.value if isinstance(p, Fixed) else suggest(trial, p)
+    return params
+
+
+def suggest(trial: optuna.Trial, p: Param):
+    if isinstance(p, Choice):
+        return trial.suggest_categorical(p.name, list(p.values))
+    if PARAM_KINDS[p.name] is int:
+        step = 1 if p.step is None else int(p.step)
+        return trial.suggest_int(p.name, int(p.low), int(p.high), step=step, log=p.log)
+    assert isinstance(p, Range)
+    return trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+
+
+def fixed_params(cfg: Config) -> dict:
+    """The parameters every trial shares: defaults, [train] batch size and fixed values."""
+    params = {**PARAM_DEFAULTS, "batch_size": cfg.train.batch_size}
+    params.update({p.name: p.value for p in cfg.space if isinstance(p, Fixed)})
+    return {k: v for k, v in params.items() if k not in searched_names(cfg)}
+
+
+def searched_names(cfg: Config) -> list:
+    return [p.name for p in cfg.space if not isinstance(p, Fixed)]

@@ -1,0 +1,140 @@
+"""Storage URLs -> Optuna storages (SQLite, PostgreSQL, MySQL, journal files)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_STORAGE = "sqlite:///studies/hpsearch.db"
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StorageError(ValueError):
+    """A storage URL or store hpsearch cannot use. Messages never hold a password."""
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    url: str  # as SQLAlchemy or the journal backend takes it
+    kind: str  # sqlite | postgresql | mysql | journal
+    path: Optional[Path] = None  # the file of a SQLite or journal store
+
+    @property
+    def display(self) -> str:
+        """How a person sees the store: an absolute file path, or the URL without password."""
+        if self.path is not None:
+            return str(self.path)
+        return make_url(self.url).render_as_string(hide_password=True)
+
+
+def parse_storage(url: str) -> StorageSpec:
+    """Check a storage URL without touching any store."""
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):]).expanduser()
+        if not path.name:
+            raise StorageError("--storage journal:PATH needs a file path, e.g. journal:studies/s.log")
+        return StorageSpec(url, "journal", path.resolve())
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(_bad_url(url)) from None
+    backend = parsed.get_backend_name()
+    if backend not in RDB_SCHEMES:
+        raise StorageError(_bad_url(url))
+    if backend != "sqlite":
+        if backend == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")  # the driver hpsearch installs
+        return StorageSpec(parsed.render_as_string(hide_password=False), backend)
+    if not parsed.database or parsed.database == ":memory:":
+        raise StorageError("an in-memory SQLite store keeps nothing; use sqlite:///PATH.db")
+    path = Path(parsed.database).expanduser().resolve()
+    return StorageSpec(f"sqlite:///{path}", "sqlite", path)
+
+
+def _bad_url(url: str) -> str:
+    shown = url.split("@")[-1] if "@" in url else url  # never echo a password
+    return (f"--storage {shown!r} is not a storage URL; use sqlite:///PATH.db, "
+            f"postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB or journal:PATH")
+
+
+def check_store_file(spec: StorageSpec) -> None:
+    """Refuse a file that exists but is not a store hpsearch can write into."""
+    if spec.kind != "sqlite" or not spec.path.exists():
+        return
+    if spec.path.is_dir():
+        raise StorageError(f"store {spec.path} is a folder; --storage needs a .db file path")
+    with open(spec.path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head and head != SQLITE_MAGIC:
+        raise StorageError(f"store {spec.path} is not an SQLite database; point --storage at a "
+                           f"store hpsearch made or at a new file")
+    if head and not _is_optuna_db(spec.path):
+        raise StorageError(f"store {spec.path} is an SQLite database of another program; "
+                           f"hpsearch will not add tables to it: use a new file")
+
+
+def _is_optuna_db(path: Path) -> bool:
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        raise StorageError(f"store {path} cannot be read as SQLite ({err}); "
+                           f"point --storage at another file") from None
+    return not tables or {"studies", "trials", "version_info"} <= tables
+
+
+def open_storage(spec: StorageSpec, *, heartbeat_interval: int, grace_period: int):
+    """The Optuna storage for a checked spec; SQLite files and their folder are made here."""
+    check_store_file(spec)
+    if spec.kind == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        spec.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = JournalFileOpenLock(str(spec.path))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(spec.path), lock_obj=lock))
+    engine_kwargs = {}
+    if spec.kind == "sqlite":
+        spec.path.parent.mkdir(parents=True, exist_ok=True)
+        _use_wal(spec.path)
+        # Wait for a lock instead of failing at once when a dashboard or worker holds it.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            spec.url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1),
+        )
+    except Exception as err:  # SQLAlchemy and the drivers raise many kinds; all mean "cannot open"
+        raise StorageError(f"cannot open store {spec.display}: {_first_line(err)}") from None
+
+
+def _use_wal(path: Path) -> None:
+    """Write-ahead logging lets readers (the dashboard, reports) work while a trial writes.
+    The mode is stored in the file, so setting it once is enough."""
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as err:
+        raise StorageError(f"store {path} cannot be opened as SQLite ({err})") from None
+    finally:
+        con.close()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return text[0] if text else type(err).__name__

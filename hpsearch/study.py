@@ -1,0 +1,191 @@
+"""Samplers, pruners, create-or-resume, recovery of dead trials, stopping at the target."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import Config, Fixed, grid_values
+from hpsearch.owner import OWNER_ATTR, is_provably_dead
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SETTINGS_ATTR = "hpsearch"  # the study user attribute that holds the run's settings
+MAX_FAILS_IN_A_ROW = 5
+
+
+class SettingsMismatch(ValueError):
+    """A resumed study was created with other settings than this run's."""
+
+
+class TooManyFailures(RuntimeError):
+    """The study stopped because trial after trial crashed."""
+
+
+def sampler_seed(seed: int, n_stored: int, worker: int = 0) -> int:
+    """A sampler seed per (study seed, trials already stored, worker): a resumed run never
+    replays the random start-up points of an earlier one."""
+    return int(np.random.SeedSequence([seed, n_stored, worker]).generate_state(1)[0])
+
+
+def make_sampler(cfg: Config, seed: int) -> optuna.samplers.BaseSampler:
+    name = cfg.study.sampler
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "grid":
+        space = {p.name: grid_values(p) for p in cfg.space if not isinstance(p, Fixed)}
+        return optuna.samplers.GridSampler(space, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    name, epochs = cfg.study.pruner, cfg.train.epochs
+    if name == "median":
+        # Five trials to learn from, and a first epoch to settle before any is judged.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
+                                              reduction_factor=3)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def find_study(storage, name: str) -> Optional[optuna.Study]:
+    if name not in optuna.get_all_study_names(storage=storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def check_settings(study: optuna.Study, record: dict) -> None:
+    """Refuse to resume a study whose stored settings differ from this run's."""
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if not isinstance(stored, dict):
+        raise SettingsMismatch(f"study {study.study_name!r} was not made by hpsearch; "
+                               f"pass --study-name NEW to start a new one")
+    # Package versions are kept for the record; a newer torch on a resumed Colab is fine.
+    diffs = _differences({k: v for k, v in stored.items() if k != "versions"},
+                         {k: v for k, v in record.items() if k != "versions"})
+    if diffs:
+        shown = "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in diffs[:3])
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise SettingsMismatch(
+            f"study {study.study_name!r} was created with other settings: {shown}{more}; "
+            f"rerun with the original settings or pass --study-name NEW for a new study")
+
+
+def _differences(stored: dict, now: dict, prefix: str = "") -> list:
+    diffs = []
+    for key in sorted(set(stored) | set(now), key=str):
+        a, b, name = stored.get(key), now.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, name + ".")
+        elif a != b and not (_is_number(a) and _is_number(b) and np.isclose(a, b, rtol=1e-9)):
+            diffs.append((name, a, b))
+    return diffs
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def open_study(storage, cfg: Config, record: dict, worker: int = 0) -> optuna.Study:
+    """Create the study or resume it after checking its settings; seed the sampler by the
+    number of trials already stored."""
+    study = find_study(storage, cfg.study.name)
+    if study is None:
+        study = optuna.create_study(study_name=cfg.study.name, storage=storage,
+                                    direction="maximize", load_if_exists=True)
+        if SETTINGS_ATTR not in study.user_attrs:
+            study.set_user_attr(SETTINGS_ATTR, record)
+    check_settings(study, record)
+    n_stored = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(cfg, sampler_seed(cfg.study.seed, n_stored, worker))
+    study.pruner = make_pruner(cfg)
+    return study
+
+
+def recover_dead_trials(study: optuna.Study) -> list:
+    """Fail each RUNNING trial whose owner is provably dead on this host and queue one retry
+    with the same parameters. Returns the numbers of the trials failed."""
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    storage = study._storage  # Optuna's own stale-trial recovery works on the storage too
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_provably_dead(trial.user_attrs.get(OWNER_ATTR), trial.number):
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "its process died")
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        retry(study, storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    return failed
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class FailStreak:
+    """Stops the study after `limit` failed trials in a row."""
+
+    def __init__(self, limit: int = MAX_FAILS_IN_A_ROW):
+        self.limit = limit
+        self.streak = 0
+        self.last_reason: Optional[str] = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.streak = 0
+            return
+        self.streak += 1
+        self.last_reason = trial.user_attrs.get("fail_reason") or "see the log above"
+        if self.streak >= self.limit:
+            study.stop()
+
+
+@dataclass
+class RunResult:
+    ran: int  # trials this run finished (any state)
+    seconds: float
+    states: dict = field(default_factory=dict)  # state name -> count, whole study
+    stopped_by_failures: bool = False
+    last_fail_reason: Optional[str] = None
+
+
+def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float] = None,
+        callbacks: tuple = ()) -> RunResult:
+    """Run trials until the study holds `target` finished ones, the timeout passes or trials
+    keep failing. Crashing trials are recorded as FAIL and the study goes on."""
+    streak = FailStreak()
+    ran = []
+    start = time.perf_counter()
+    study.optimize(
+        objective,
+        timeout=timeout,
+        catch=(Exception,),
+        gc_after_trial=False,  # the trainer holds no reference cycles worth a full collection
+        callbacks=[MaxTrialsCallback(target, states=FINISHED), streak,
+                   lambda s, t: ran.append(t.number), *callbacks],
+    )
+    return RunResult(ran=len(ran), seconds=time.perf_counter() - start,
+                     states=state_counts(study),
+                     stopped_by_failures=streak.streak >= streak.limit,
+                     last_fail_reason=streak.last_reason)
+
+
+def state_counts(study: optuna.Study) -> dict:
+    counts: dict = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts

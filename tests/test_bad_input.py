@@ -1,0 +1,74 @@
+"""Bad input gets one line on stderr, exit status 2, no traceback, and the store untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_STUDY, load, run_cli
+
+
+def snapshot(store: str) -> list:
+    study = load(store)
+    return [study.user_attrs] + [
+        (t.number, t.state, t.params, t.value, t.user_attrs, t.intermediate_values)
+        for t in study.trials
+    ]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A store holding one finished study, made once for every case below."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    config = folder / "tiny.toml"
+    config.write_text(TINY_STUDY)
+    store = f"sqlite:///{folder / 'store.db'}"
+    out = run_cli("--config", config, "--storage", store, "--trials", 2)
+    assert out.returncode == 0, out.stderr
+    return folder, config, store
+
+
+CASES = {
+    "typo in a flag": (["--trails", "5"], "unrecognized arguments: --trails"),
+    "negative trial count": (["--trials", "-3"], "--trials: must be at least 1"),
+    "trial count not a number": (["--trials", "many"], "expected a whole number"),
+    "unknown dataset": (["--set", "data.dataset='imagenet'"], "data.dataset must be one of"),
+    "low above high": (["--set", "space.lr={low=0.1, high=0.01}"], "low must be below high"),
+    "unknown parameter": (["--set", "space.depht=3"], "unknown parameter space.depht"),
+    "unknown key": (["--set", "train.epoch=3"], "unknown key train.epoch"),
+    "bad override": (["--set", "epochs"], "--set expects section.key=value"),
+    "grid without step": (["--set", "study.sampler='grid'"], "needs a list or a step"),
+    "missing config": (["--config", "{folder}/nope.toml"], "nope.toml does not exist"),
+    "config not TOML": (["--config", "{folder}/store.db"], "is not valid TOML"),
+    "unreadable storage URL": (["--storage", "nosuchdb://x"], "is not a storage URL"),
+    "store that is not a database": (["--storage", "sqlite:///{folder}/tiny.toml"],
+                                     "is not an SQLite database"),
+    "cuda where there is none": (["--device", "cuda"], "CUDA is not available"),
+    "unknown device": (["--device", "tpu"], "--device"),
+    "changed settings on resume": (["--epochs", "3"], "train.epochs was 2, now 3"),
+    "missing data folder": (["--set", "data.dataset='folder:{folder}/none'"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_input_is_one_line_and_exit_2(stored, case):
+    folder, config, store = stored
+    args, expected = CASES[case]
+    args = [a.replace("{folder}", str(folder)) for a in args]
+    before = snapshot(store)
+    base = ["--config", config, "--storage", store, "--trials", 3]
+    # Flags given later win, so each case overrides the working base command.
+    out = run_cli(*base, *args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in out.stderr
+    assert snapshot(store) == before
+
+
+def test_passwords_are_never_printed():
+    out = run_cli("--storage", "postgresql://alice:s3cret@127.0.0.1:1/nodb", "--trials", 1,
+                  "--epochs", 1, "--set", "data.image_size=8")
+    assert out.returncode == 2
+    assert "s3cret" not in out.stdout + out.stderr
+    assert "***" in out.stderr and len(out.stderr.strip().splitlines()) == 1

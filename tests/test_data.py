@@ -1,0 +1,149 @@
+"""Dataset loaders on small files the tests write: IDX, CIFAR pickle batches, image folders."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load, run_cli, states
+from hpsearch.config import DataConfig
+from hpsearch.data import DataError, cache_dir, folder_images, load_images, split_and_normalize
+
+RNG = np.random.default_rng(0)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    magic = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)  # unsigned bytes, ndim dimensions
+    dims = struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(magic + dims + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder: str, per_class: int = 10) -> None:
+    raw = root / folder / "raw"
+    for prefix, n in (("train", per_class), ("t10k", 3)):
+        labels = np.repeat(np.arange(10), n)
+        images = RNG.integers(0, 256, (len(labels), 28, 28))
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_files_are_read_pooled_and_resized(tmp_path, name, folder):
+    write_mnist(tmp_path, folder)
+    images = load_images(DataConfig(dataset=name, image_size=16, data_dir=str(tmp_path)))
+    assert images.x.shape == (130, 1, 16, 16) and images.x.dtype == np.uint8
+    assert np.bincount(images.y).tolist() == [13] * 10
+    assert len(images.classes) == 10
+
+
+def test_cifar10_batches_are_read(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+             "test_batch"]
+    for name in names:
+        labels = list(range(10)) * 2
+        data = RNG.integers(0, 256, (20, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"labels": labels}))
+    classes = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
+               b"ship", b"truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": classes}))
+    images = load_images(DataConfig(dataset="cifar10", image_size=8, data_dir=str(tmp_path)))
+    assert images.x.shape == (120, 3, 8, 8)
+    assert images.classes[0] == "airplane" and np.bincount(images.y).tolist() == [12] * 10
+
+
+def test_absent_files_offline_name_the_folder_and_files(tmp_path, monkeypatch):
+    # A proxy on a closed local port makes every download fail at once, as offline does.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(DataError) as err:
+        load_images(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+
+
+def write_folder_tree(root: Path, per_class: int = 12) -> None:
+    """Two classes of PNG and JPEG files in RGB, greyscale and RGBA, one corrupt file, a
+    hidden folder and a stray text file."""
+    for label, colour in (("cats", (200, 30, 30)), ("dogs", (30, 30, 200))):
+        folder = root / label
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            mode, ext = [("RGB", "png"), ("L", "jpg"), ("RGBA", "png")][i % 3]
+            img = Image.new("RGB", (20 + i, 24), colour).convert(mode)
+            img.save(folder / f"{i}.{ext}")
+    (root / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "dogs" / "notes.txt").write_text("not an image")
+    hidden = root / ".thumbnails"
+    hidden.mkdir()
+    Image.new("RGB", (8, 8)).save(hidden / "x.png")
+
+
+def test_folder_of_class_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    write_folder_tree(tmp_path / "pets")
+    images = folder_images(tmp_path / "pets", 16)
+    assert images.classes == ("cats", "dogs")
+    assert images.x.shape == (24, 3, 16, 16) and images.x.dtype == np.uint8
+    assert images.skipped == (str(Path("cats") / "broken.png"),)
+    # Red cats and blue dogs survive decoding, whatever the file's mode.
+    red = images.x[images.y == 0][:, 0].mean()
+    assert red > images.x[images.y == 1][:, 0].mean() + 50
+
+
+def test_folder_decodes_once_and_reads_the_cache_after(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    write_folder_tree(tmp_path / "pets")
+    first = folder_images(tmp_path / "pets", 16)
+    cached = list(cache_dir().glob("*.npz"))
+    assert len(cached) == 1
+    # Mark the cached copy: a second load that returns the mark did not decode again.
+    with np.load(cached[0]) as z:
+        parts = dict(z)
+    parts["x"] = np.zeros_like(parts["x"])
+    np.savez(cached[0], **parts)
+    assert folder_images(tmp_path / "pets", 16).x.max() == 0
+    # A new image size is another cache entry, decoded from the files.
+    assert folder_images(tmp_path / "pets", 8).x.max() == first.x.max()
+
+
+def test_folder_with_one_class_is_refused(tmp_path):
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a.png")
+    (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / ".hidden" / "a.png")
+    with pytest.raises(DataError, match="at least two sub-folders"):
+        folder_images(tmp_path, 8)
+
+
+def test_splits_are_stratified_fixed_by_seed_and_normalised_on_train(tmp_path):
+    cfg = DataConfig(image_size=8)
+    images = load_images(cfg)
+    a = split_and_normalize(images, cfg, seed=3, device="cpu")
+    b = split_and_normalize(images, cfg, seed=3, device="cpu")
+    c = split_and_normalize(images, cfg, seed=4, device="cpu")
+    assert a.x_val.equal(b.x_val) and not a.x_val.equal(c.x_val)
+    assert len(a.y_train) + len(a.y_val) + len(a.y_test) == len(images.y)
+    shares = np.bincount(a.y_val.numpy()) / len(a.y_val)
+    assert np.allclose(shares, np.bincount(images.y) / len(images.y), atol=0.02)
+    assert abs(float(a.x_train.mean())) < 1e-4 and abs(float(a.x_train.std()) - 1) < 1e-2
+
+
+def test_a_study_runs_on_an_image_folder(study_file, store, tmp_path):
+    write_folder_tree(tmp_path / "pets")
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 1,
+                  "--set", f"data.dataset='folder:{tmp_path / 'pets'}'",
+                  HPSEARCH_CACHE_DIR=str(tmp_path / "cache"))
+    assert out.returncode == 0, out.stderr
+    assert "skipped 1 unreadable image file(s)" in out.stderr
+    assert states(load(store)) == {"COMPLETE": 1}

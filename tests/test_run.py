@@ -1,0 +1,156 @@
+"""The study runner end to end: the CLI in a subprocess on a real SQLite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from conftest import load, run_cli, start_cli, states
+
+
+def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 3)
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    assert states(study) == {"COMPLETE": 3}
+    assert "Best: trial" in out.stdout
+    assert f"Store: {tmp_path / 'store.db'}" in out.stdout  # absolute path
+    best = study.best_trial
+    history = best.user_attrs["history"]
+    assert len(history["val_acc"]) == 2 and len(history["epoch_seconds"]) == 2
+    assert history["val_acc"][-1] == best.value
+    assert best.user_attrs["device"] == "cpu" and best.user_attrs["n_params"] > 0
+    assert [best.intermediate_values[s] for s in (1, 2)] == history["val_acc"]
+    settings = study.user_attrs["hpsearch"]
+    assert settings["data"]["sizes"] == {"train": 1257, "val": 270, "test": 270}
+    assert len(settings["data"]["normalization"]["mean"]) == 1
+    assert "store.db" not in str(settings)  # no storage URL is saved
+
+
+def test_trials_is_the_total_and_resume_never_repeats(study_file, store):
+    assert run_cli("--config", study_file, "--storage", store, "--trials", 3).returncode == 0
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 5)
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    assert states(study) == {"COMPLETE": 5}
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == 5, params
+
+    again = run_cli("--config", study_file, "--storage", store, "--trials", 5)
+    assert again.returncode == 0, again.stderr
+    assert "already has 5 finished trials" in again.stdout
+    assert len(load(store).trials) == 5
+
+
+def test_default_study_file_is_found_from_any_folder(tmp_path):
+    store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    out = run_cli("--storage", store, "--trials", 1, "--epochs", 1, "--set", "space.depth=1",
+                  "--set", "space.width=4", "--set", "data.image_size=8", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Study 'digits-cnn'" in out.stdout
+    assert states(load(store, "digits-cnn")) == {"COMPLETE": 1}
+
+
+def test_default_storage_is_under_studies_of_the_working_folder(tmp_path):
+    out = run_cli("--trials", 1, "--epochs", 1, "--set", "space.depth=1", "--set",
+                  "space.width=4", "--set", "data.image_size=8", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "studies" / "hpsearch.db").is_file()
+    assert f"Store: {tmp_path / 'studies' / 'hpsearch.db'}" in out.stdout
+
+
+def test_fixed_values_work_for_every_parameter(study_file, store):
+    fixed = ["space.lr=0.01", "space.depth=2", "space.width=8", "space.dropout=0.1",
+             "space.optimizer='adamw'", "space.batch_size=32", "space.weight_decay=0.0001"]
+    args = [a for item in fixed for a in ("--set", item)]
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 1, *args)
+    assert out.returncode == 0, out.stderr
+    trial = load(store).trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.params == {}
+
+
+def test_grid_sampler_covers_the_grid(study_file, store):
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 4,
+                  "--set", "study.sampler='grid'", "--set", "space.lr=[0.01, 0.05]",
+                  "--set", "space.depth={low=1, high=2, step=1}", "--set", "space.width=4",
+                  "--set", "space.dropout=0.0", "--set", "space.optimizer='adam'")
+    assert out.returncode == 0, out.stderr
+    grid = {(t.params["lr"], t.params["depth"]) for t in load(store).trials}
+    assert grid == {(0.01, 1), (0.01, 2), (0.05, 1), (0.05, 2)}
+
+
+def test_a_pruner_that_must_prune_does(study_file, store):
+    # Half the trials learn, half barely move: after five trials the median pruner must stop
+    # the slow ones once they fall behind at epoch 2.
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 14,
+                  "--set", "study.sampler='random'", "--set", "space.lr=[0.05, 1e-7]",
+                  "--set", "train.epochs=4")
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, states(study)
+    assert any(t.params["lr"] == 1e-7 for t in pruned)
+    assert all(max(t.intermediate_values) < 4 for t in pruned)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 14
+
+
+def test_a_diverging_learning_rate_is_pruned_and_the_study_goes_on(study_file, store):
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 2,
+                  "--set", "study.sampler='grid'", "--set", "space.lr=[1e5, 0.01]",
+                  "--set", "space.optimizer='sgd'", "--set", "space.depth=1",
+                  "--set", "space.width=4", "--set", "space.dropout=0.0")
+    assert out.returncode == 0, out.stderr
+    by_lr = {t.params["lr"]: t for t in load(store).trials}
+    assert by_lr[1e5].state == TrialState.PRUNED
+    assert "diverged" in by_lr[1e5].user_attrs["prune_reason"]
+    assert by_lr[0.01].state == TrialState.COMPLETE
+
+
+def _running_trial_with_an_epoch(db: Path):
+    """The number of a RUNNING trial that has reported at least one epoch, if any."""
+    if not db.exists():
+        return None
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute(
+            "SELECT t.number FROM trials t JOIN trial_intermediate_values v "
+            "ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING' LIMIT 1").fetchone()
+    except sqlite3.OperationalError:
+        return None  # tables not made yet
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
+    db = tmp_path / "store.db"
+    store = f"sqlite:///{db}"
+    # Long enough trials that the kill lands mid-trial, after a reported epoch.
+    args = ("--config", study_file, "--storage", store, "--trials", 3, "--epochs", 40)
+    proc = start_cli(*args)
+    deadline = time.monotonic() + 240
+    killed = None
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        killed = _running_trial_with_an_epoch(db)
+        time.sleep(0.02)
+    assert killed is not None, proc.communicate()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load(store).trials[killed].state == TrialState.RUNNING
+
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert f"Trial {killed} was left running by a process that died" in out.stdout
+    study = load(store)
+    assert study.trials[killed].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1
+    assert retries[0].params == study.trials[killed].params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3

@@ -1,0 +1,121 @@
+"""Config, search space, model, trainer and objective in process, without a store."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+
+from hpsearch.config import Choice, ConfigError, Fixed, Range, build_config, grid_values, load_config
+from hpsearch.data import load_dataset
+from hpsearch.model import build_cnn, count_params
+from hpsearch.objective import make_objective
+from hpsearch.space import suggest_params
+from hpsearch.study import make_sampler, sampler_seed
+from hpsearch.train import Diverged, FitSettings, fit
+
+
+def test_default_study_searches_the_promised_space():
+    cfg = load_config(None)
+    space = {p.name: p for p in cfg.space}
+    assert space["lr"] == Range("lr", 1e-4, 1e-1, log=True)
+    assert space["depth"] == Range("depth", 1, 4)
+    assert space["width"] == Range("width", 8, 64, log=True)
+    assert isinstance(space["optimizer"], Choice)
+    assert (cfg.study.trials, cfg.data.dataset, cfg.data.image_size) == (50, "digits", 16)
+
+
+def test_overrides_are_read_as_toml_values():
+    cfg = load_config(None, ["space.depth=3", "space.optimizer=['sgd']", "train.epochs=4",
+                             "space.lr={low=0.001, high=0.01}", "study.name=run 2"])
+    space = {p.name: p for p in cfg.space}
+    assert space["depth"] == Fixed("depth", 3)
+    assert space["optimizer"] == Choice("optimizer", ("sgd",))
+    assert space["lr"] == Range("lr", 0.001, 0.01)
+    assert cfg.train.epochs == 4 and cfg.study.name == "run 2"
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"data": {"image_size": 4}}, "data.image_size must be 8..256, got 4"),
+    ({"space": {"depth": {"low": 4, "high": 1}}}, "space.depth: low must be below high"),
+    ({"space": {"depth": 2.5}}, "space.depth must be an integer, got 2.5"),
+    ({"space": {"dropout": {"low": 0.0, "high": 0.5, "log": True}}}, "a log range needs low > 0"),
+    ({"space": {"optimizer": ["adam", "rmsprop"]}}, "space.optimizer must be adam | adamw | sgd"),
+    ({"study": {"pruner": "asha"}}, "study.pruner must be one of median, hyperband, sha, none"),
+    ({"study": {"trials": 0}}, "study.trials must be at least 1, got 0"),
+    ({"model": {}}, "unknown section [model]"),
+])
+def test_config_errors_name_key_value_and_what_is_allowed(raw, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(raw)
+    assert message in str(err.value)
+
+
+def test_grid_values_enumerate_steps():
+    assert grid_values(Range("depth", 1, 4, step=1)) == [1, 2, 3, 4]
+    assert grid_values(Range("dropout", 0.0, 0.5, step=0.25)) == [0.0, 0.25, 0.5]
+
+
+def test_sampler_seed_depends_on_stored_trials_and_worker():
+    seeds = {sampler_seed(0, n, w) for n in (0, 3) for w in (0, 1)}
+    assert len(seeds) == 4 and sampler_seed(0, 3) == sampler_seed(0, 3)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp"])
+def test_samplers_are_built(sampler):
+    cfg = load_config(None, [f"study.sampler='{sampler}'"])
+    assert make_sampler(cfg, 1) is not None
+
+
+def test_model_fits_any_depth_on_small_images():
+    for depth in (1, 4, 6):
+        model = build_cnn(in_channels=3, num_classes=5, image_size=8, depth=depth, width=4)
+        assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 5)
+        assert count_params(model) > 0
+
+
+@pytest.fixture(scope="module")
+def digits8():
+    cfg = load_config(None, ["data.image_size=8"])
+    return cfg, load_dataset(cfg.data, cfg.study.seed)
+
+
+def test_objective_with_a_fixed_trial(digits8):
+    cfg, data = digits8
+    cfg = load_config(None, ["data.image_size=8", "train.epochs=2"])
+    trial = optuna.trial.FixedTrial({"lr": 0.01, "depth": 2, "width": 8, "dropout": 0.1,
+                                     "optimizer": "adam"})
+    value = make_objective(cfg, data, torch.device("cpu"))(trial)
+    assert 0.5 < value <= 1.0
+    history = trial.user_attrs["history"]
+    assert history["val_acc"][-1] == value and len(history["train_loss"]) == 2
+    assert trial.user_attrs["owner"]["trial"] == trial.number
+
+
+def test_suggest_params_fills_fixed_and_default_values():
+    cfg = load_config(None, ["space.depth=3", "train.batch_size=32"])
+    params = suggest_params(optuna.trial.FixedTrial({"lr": 0.01, "width": 8, "dropout": 0.0,
+                                                     "optimizer": "sgd"}), cfg)
+    assert params["depth"] == 3 and params["batch_size"] == 32 and params["weight_decay"] == 0
+
+
+def test_nan_loss_raises_diverged(digits8):
+    _, data = digits8
+    poisoned = type(data)(**{**vars(data), "x_train": data.x_train.clone()})
+    poisoned.x_train[:, :, 0, 0] = math.nan
+    model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=1, width=4)
+    with pytest.raises(Diverged, match="became nan in epoch 1"):
+        fit(model, poisoned, FitSettings(epochs=2, batch_size=64, lr=0.01), torch.device("cpu"))
+
+
+def test_training_is_reproducible_on_the_cpu(digits8):
+    _, data = digits8
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=2, width=8)
+        runs.append(fit(model, data, FitSettings(epochs=2, batch_size=64, lr=0.01, seed=7),
+                        torch.device("cpu")).val_acc)
+    assert runs[0] == runs[1]
