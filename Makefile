@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help study test install clean
+.PHONY: help study test bench install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ study: $(STAMP) ## run the default study (50 trials on digits; ARGS="--trials 10
 
 test: $(STAMP) ## run the tests
 	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP) ## time the default study against the canonical recipe (ARGS="--repeats 3")
+	$(PY) -m hpsearch.cli bench $(ARGS)
 
 clean: ## remove the virtual environment and caches (studies/ keeps its stores)
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -81,6 +81,16 @@ def build_parser() -> Parser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="time the default study against the canonical recipe",
+                           description="Run the default study and the canonical Optuna + "
+                                       "PyTorch recipe side by side, as separate processes.")
+    bench.add_argument("--trials", type=positive_int, default=50, metavar="N")
+    bench.add_argument("--repeats", type=positive_int, default=1, metavar="N",
+                       help="runs of each side, alternating; medians are reported")
+    bench.add_argument("--out", default="studies/bench", metavar="DIR",
+                       help="where bench.json and bench.md are written (default: studies/bench)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -156,6 +166,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"hpsearch: error: the last 5 trials failed; stopped. Last error: "
               f"{result.last_fail_reason}", file=sys.stderr)
         return EXIT_FAILED
+    done = count_finished(study)
+    if done < cfg.study.trials:
+        if args.timeout and result.seconds >= args.timeout:
+            why = "--timeout reached"
+        else:
+            why = "the grid is exhausted" if cfg.study.sampler == "grid" else "stopped early"
+        print(f"{done} of {cfg.study.trials} trials finished ({why}); run the same command "
+              f"to continue.")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from hpsearch.bench import bench_study, markdown
+
+    out = Path(args.out).resolve()
+    print(f"Running the recipe and hpsearch {args.repeats}x each, {args.trials} trials per "
+          f"study; this takes a few minutes per run.", flush=True)
+    result = bench_study(args.trials, args.repeats, out)
+    table = markdown(result)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(table + "\n")
+    print(table)
+    print(f"Written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0
 
 

@@ -1,0 +1,96 @@
+"""Side-by-side benchmarks: hpsearch's default study against the canonical recipe.
+
+Each side runs as its own process, as a user would start it, so import time, data loading
+and the store are counted on both; the two alternate within one run so that machine noise
+falls on both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+
+def timed(cmd: list) -> tuple:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{out.stderr[-2000:]}")
+    return seconds, out.stdout
+
+
+def run_recipe(trials: int, seed: int) -> dict:
+    seconds, stdout = timed([sys.executable, "-m", "hpsearch.recipe", "--trials", str(trials),
+                             "--seed", str(seed)])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {"wall_seconds": seconds, "best_value": result["best_value"],
+            "states": result["states"]}
+
+
+def run_hpsearch(trials: int, seed: int, workdir: Path, config: str = None) -> dict:
+    db = workdir / f"bench-{seed}-{time.time_ns()}.db"
+    url = f"sqlite:///{db}"
+    cmd = [sys.executable, "-m", "hpsearch.cli", "run", "--trials", str(trials), "--seed",
+           str(seed), "--storage", url, "--quiet", "--study-name", "bench"]
+    seconds, _ = timed(cmd + (["--config", config] if config else []))
+    study = optuna.load_study(study_name="bench", storage=url)
+    states: dict = {}
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    epochs = sum(len(t.intermediate_values) for t in study.trials)
+    db.unlink(missing_ok=True)
+    return {"wall_seconds": seconds, "best_value": study.best_value, "states": states,
+            "epochs_run": epochs}
+
+
+def bench_study(trials: int = 50, repeats: int = 1, workdir: Path = Path("studies/bench")) -> dict:
+    """Alternate the recipe and hpsearch `repeats` times (seeds 0, 1, ...); medians and ratio."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in range(repeats):
+        runs.append({"seed": seed, "recipe": run_recipe(trials, seed),
+                     "hpsearch": run_hpsearch(trials, seed, workdir)})
+    median = {side: {key: statistics.median(r[side][key] for r in runs)
+                     for key in ("wall_seconds", "best_value")}
+              for side in ("recipe", "hpsearch")}
+    ratio = median["recipe"]["wall_seconds"] / median["hpsearch"]["wall_seconds"]
+    return {"trials": trials, "repeats": repeats, "runs": runs, "median": median,
+            "speedup": ratio, "machine": machine()}
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "optuna": optuna.__version__}
+
+
+def markdown(result: dict) -> str:
+    rows = ["| run | seed | wall s | best val acc | trials by state |", "|---|---|---|---|---|"]
+    for r in result["runs"]:
+        for side in ("recipe", "hpsearch"):
+            s = r[side]
+            states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s["states"].items()))
+            rows.append(f"| {side} | {r['seed']} | {s['wall_seconds']:.1f} | "
+                        f"{s['best_value']:.4f} | {states} |")
+    m = result["median"]
+    rows.append("")
+    rows.append(f"Median wall time: recipe {m['recipe']['wall_seconds']:.1f} s, hpsearch "
+                f"{m['hpsearch']['wall_seconds']:.1f} s: **{result['speedup']:.2f}x** faster; "
+                f"best validation accuracy {m['recipe']['best_value']:.4f} vs "
+                f"{m['hpsearch']['best_value']:.4f}.")
+    mc = result["machine"]
+    rows.append(f"Machine: {mc['cores']} cores ({mc['cpu']}), Python {mc['python']}, "
+                f"torch {mc['torch']}, optuna {mc['optuna']}.")
+    return "\n".join(rows)

@@ -1,0 +1,71 @@
+"""Study-level behaviour on a real SQLite store, in process."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.config import load_config
+from hpsearch.storage import open_storage, parse_storage
+from hpsearch.study import SettingsMismatch, check_settings, open_study, run
+
+
+def tiny_study(tmp_path, record=None):
+    cfg = load_config(None, ["study.name='s'", "data.image_size=8"])
+    spec = parse_storage(f"sqlite:///{tmp_path / 'store.db'}")
+    storage = open_storage(spec, heartbeat_interval=30, grace_period=60)
+    return cfg, open_study(storage, cfg, record or {"config": cfg.settings()})
+
+
+def test_five_failed_trials_in_a_row_stop_the_study(tmp_path):
+    cfg, study = tiny_study(tmp_path)
+    calls = []
+
+    def crashing(trial):
+        calls.append(trial.number)
+        trial.set_user_attr("fail_reason", "RuntimeError: out of disk")
+        raise RuntimeError("out of disk")
+
+    result = run(study, crashing, target=50)
+    assert result.stopped_by_failures and len(calls) == 5
+    assert result.last_fail_reason == "RuntimeError: out of disk"
+    assert all(t.state == TrialState.FAIL for t in study.trials)
+
+
+def test_a_success_resets_the_failure_streak(tmp_path):
+    cfg, study = tiny_study(tmp_path)
+
+    def flaky(trial):
+        if trial.number % 4 == 3:
+            return 0.5
+        raise RuntimeError("flaky")
+
+    result = run(study, flaky, target=3)
+    assert not result.stopped_by_failures
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+
+
+def test_settings_differences_are_named(tmp_path):
+    cfg, study = tiny_study(tmp_path)
+    other = load_config(None, ["study.name='s'", "data.image_size=8", "train.epochs=3",
+                               "space.depth=2"])
+    try:
+        check_settings(study, {"config": other.settings()})
+    except SettingsMismatch as err:
+        message = str(err)
+    else:
+        raise AssertionError("a changed study was resumed")
+    assert "config.space.depth was {'low': 1, 'high': 4, 'log': False}, now 2" in message
+    assert "config.train.epochs was 10, now 3" in message
+    assert "--study-name NEW" in message
+
+
+def test_a_study_of_another_tool_is_not_resumed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    optuna.create_study(study_name="s", storage=url)
+    try:
+        tiny_study(tmp_path)
+    except SettingsMismatch as err:
+        assert "was not made by hpsearch" in str(err)
+    else:
+        raise AssertionError("a foreign study was resumed")
