@@ -25,24 +25,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+positive_int = whole_number(1)
 
 
 def positive_float(text: str) -> float:
@@ -75,7 +73,7 @@ def build_parser() -> Parser:
     run.add_argument("--study-name", metavar="NAME", help="default: study.name")
     run.add_argument("--epochs", type=positive_int, metavar="N", help="default: train.epochs")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    run.add_argument("--seed", type=non_negative_int, metavar="N", help="default: study.seed")
+    run.add_argument("--seed", type=whole_number(0), metavar="N", help="default: study.seed")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a study-file key, e.g. --set space.depth=3 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -250,23 +248,28 @@ class progress_bar:
 
 
 def print_summary(study, result, store: str) -> None:
-    from hpsearch.study import state_counts
+    """The end-of-run table: trials by state, the best trial, wall time, the store."""
+    from hpsearch.study import FINISHED, state_counts
 
     counts = state_counts(study)
-    print()
-    print("Trials by state: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
-    if result is not None:
-        print(f"This run: {result.ran} trials in {result.seconds:.1f} s")
+    finished = sum(counts.get(s.name, 0) for s in FINISHED)
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    rows = [("Trials", f"{finished} finished ({states})")]
     try:
         best = study.best_trial
     except ValueError:
-        print("No trial has completed yet.")
+        rows.append(("Best", "no trial has completed yet"))
     else:
-        print(f"Best: trial {best.number}, validation accuracy {best.value:.4f}")
-        for name, value in best.params.items():
-            shown = f"{value:.4g}" if isinstance(value, float) else value
-            print(f"  {name:<14} {shown}")
-    print(f"Store: {store}")
+        rows.append(("Best", f"validation accuracy {best.value:.4f} (trial {best.number})"))
+        rows += [(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
+                 for k, v in best.params.items()]
+    if result is not None:
+        plural = "" if result.ran == 1 else "s"
+        rows.append(("Wall time", f"{result.seconds:.1f} s for {result.ran} trial{plural} this run"))
+    rows.append(("Store", store))
+    print()
+    for label, value in rows:
+        print(f"{label:<14} {value}")
 
 
 def run_study_main() -> int:

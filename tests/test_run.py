@@ -18,8 +18,8 @@ def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
     assert out.returncode == 0, out.stderr
     study = load(store)
     assert states(study) == {"COMPLETE": 3}
-    assert "Best: trial" in out.stdout
-    assert f"Store: {tmp_path / 'store.db'}" in out.stdout  # absolute path
+    assert "Best           validation accuracy" in out.stdout
+    assert f"Store          {tmp_path / 'store.db'}" in out.stdout  # absolute path
     best = study.best_trial
     history = best.user_attrs["history"]
     assert len(history["val_acc"]) == 2 and len(history["epoch_seconds"]) == 2
@@ -61,7 +61,7 @@ def test_default_storage_is_under_studies_of_the_working_folder(tmp_path):
                   "space.width=4", "--set", "data.image_size=8", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "studies" / "hpsearch.db").is_file()
-    assert f"Store: {tmp_path / 'studies' / 'hpsearch.db'}" in out.stdout
+    assert f"Store          {tmp_path / 'studies' / 'hpsearch.db'}" in out.stdout
 
 
 def test_fixed_values_work_for_every_parameter(study_file, store):
