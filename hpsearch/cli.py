@@ -56,10 +56,12 @@ def positive_float(text: str) -> float:
 def build_parser() -> Parser:
     from hpsearch.storage import DEFAULT_STORAGE
 
-    parser = Parser(prog="hpsearch", description="Hyperparameter search for image classifiers.")
+    parser = Parser(prog="hpsearch", allow_abbrev=False,
+                    description="Hyperparameter search for image classifiers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    run = sub.add_parser("run", help="run or resume a study until it has its trials",
+    run = sub.add_parser("run", allow_abbrev=False,
+                         help="run or resume a study until it has its trials",
                          description="Run a study, or resume it: --trials is the study's total.")
     run.add_argument("--config", metavar="PATH",
                      help="study file (TOML); default: the packaged digits study")
@@ -80,7 +82,8 @@ def build_parser() -> Parser:
     run.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
     run.set_defaults(func=cmd_run)
 
-    bench = sub.add_parser("bench", help="time the default study against the canonical recipe",
+    bench = sub.add_parser("bench", allow_abbrev=False,
+                           help="time the default study against the canonical recipe",
                            description="Run the default study and the canonical Optuna + "
                                        "PyTorch recipe side by side, as separate processes.")
     bench.add_argument("--trials", type=positive_int, default=50, metavar="N")
@@ -98,8 +101,8 @@ def main(argv: Optional[list] = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("\nhpsearch: interrupted; run the same command again to continue the study",
-              file=sys.stderr)
+        print("\nhpsearch: interrupted; run the same command to continue the study (an "
+              "unfinished trial starts again)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except user_errors() as err:
         print(f"hpsearch: error: {err}", file=sys.stderr)
@@ -124,14 +127,23 @@ def configure_logging(verbose: bool) -> None:
     if not verbose:
         # Heartbeats and the GP sampler are marked experimental; the warning is noise here.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for handler in logging.getLogger("optuna").handlers:
+        handler.addFilter(_not_ctrl_c)
+
+
+def _not_ctrl_c(record: logging.LogRecord) -> bool:
+    """Optuna logs the trial that Ctrl-C stopped with a traceback; hpsearch says it in one
+    line instead."""
+    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
-    from hpsearch.storage import check_store_file, open_storage, parse_storage
-    from hpsearch.study import count_finished, open_study, recover_dead_trials, run
+    from hpsearch.storage import check_store_file, open_storage, parse_storage, use_wal
+    from hpsearch.study import (count_finished, grid_is_exhausted, open_study,
+                                recover_dead_trials, run)
     from hpsearch.train import configure_threads, resolve_device
 
     flags = {"study.trials": args.trials, "study.name": args.study_name,
@@ -148,18 +160,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                            grace_period=cfg.study.grace_period)
     study = open_study(storage, cfg, settings_record(cfg, data))
-    retried = recover_dead_trials(study)
+    use_wal(spec)
     done = count_finished(study)
-    print_header(cfg, data, spec.display, device, threads, done, retried)
+    print_header(cfg, data, spec.display, device, threads, done)
     if done >= cfg.study.trials:
         print(f"Study {cfg.study.name!r} already has {done} finished trials (target "
               f"{cfg.study.trials}); pass a larger --trials to run more.")
-        print_summary(study, None, spec.display)
+        print_summary(study, None, spec.display, cfg)
         return 0
+    if grid_is_exhausted(study):
+        print(f"Study {cfg.study.name!r} has tried every point of its grid ({done} finished "
+              f"trials); widen [space] under a new --study-name to search further.")
+        print_summary(study, None, spec.display, cfg)
+        return 0
+    for number, queued in recover_dead_trials(study):
+        then = "queued again" if queued else "not retried again (it died before)"
+        print(f"Trial {number} was left running by a process that died: failed, {then}.")
     with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
         result = run(study, make_objective(cfg, data, device), cfg.study.trials,
                      timeout=args.timeout, callbacks=(bar,))
-    print_summary(study, result, spec.display)
+    print_summary(study, result, spec.display, cfg)
     if result.stopped_by_failures:
         print(f"hpsearch: error: the last 5 trials failed; stopped. Last error: "
               f"{result.last_fail_reason}", file=sys.stderr)
@@ -205,7 +225,7 @@ def settings_record(cfg, data) -> dict:
             "versions": versions}
 
 
-def print_header(cfg, data, store: str, device, threads, done: int, retried: list) -> None:
+def print_header(cfg, data, store: str, device, threads, done: int) -> None:
     sizes = f"{len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test"
     where = f"{device} ({threads} threads)" if threads else str(device)
     print(f"Store: {store}")
@@ -213,8 +233,6 @@ def print_header(cfg, data, store: str, device, threads, done: int, retried: lis
           f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {cfg.train.epochs} epochs")
     print(f"Data: {cfg.data.dataset}, {sizes} images of {data.image_size}x{data.image_size}, "
           f"{len(data.classes)} classes; training on {where}")
-    for number in retried:
-        print(f"Trial {number} was left running by a process that died: failed, queued again.")
 
 
 class progress_bar:
@@ -247,8 +265,10 @@ class progress_bar:
             pass  # no completed trial yet
 
 
-def print_summary(study, result, store: str) -> None:
-    """The end-of-run table: trials by state, the best trial, wall time, the store."""
+def print_summary(study, result, store: str, cfg) -> None:
+    """The end-of-run table: trials by state, the best trial (searched and fixed values),
+    wall time, the store."""
+    from hpsearch.space import fixed_params
     from hpsearch.study import FINISHED, state_counts
 
     counts = state_counts(study)
@@ -261,11 +281,13 @@ def print_summary(study, result, store: str) -> None:
         rows.append(("Best", "no trial has completed yet"))
     else:
         rows.append(("Best", f"validation accuracy {best.value:.4f} (trial {best.number})"))
+        params = {**best.params, **fixed_params(cfg)}
         rows += [(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
-                 for k, v in best.params.items()]
+                 for k, v in params.items()]
     if result is not None:
         plural = "" if result.ran == 1 else "s"
-        rows.append(("Wall time", f"{result.seconds:.1f} s for {result.ran} trial{plural} this run"))
+        rows.append(("Wall time",
+                     f"{result.seconds:.1f} s for {result.ran} trial{plural} this run"))
     rows.append(("Store", store))
     print()
     for label, value in rows:

@@ -23,6 +23,7 @@ SAMPLERS = ("tpe", "random", "gp", "grid")
 PRUNERS = ("median", "hyperband", "sha", "none")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take 32-bit seeds
 
 # Every parameter the model and trainer understand: kind and the default used when [space]
 # does not name it. batch_size defaults to [train] batch_size.
@@ -134,7 +135,7 @@ def load_config(path: Union[str, Path, None], overrides: list[str] = (),
         apply_override(raw, item)
     for key, value in (flags or {}).items():
         section, _, name = key.partition(".")
-        raw.setdefault(section, {})[name] = value
+        _table(raw, section)[name] = value
     return build_config(raw)
 
 
@@ -160,8 +161,17 @@ def apply_override(raw: dict, item: str) -> None:
     if not sep or not dot or not section or not name:
         raise ConfigError(f"--set expects section.key=value (e.g. train.epochs=5), got {item!r}")
     if section not in SECTIONS and section != "space":
-        raise ConfigError(f"--set {item!r}: unknown section {section!r}; use {_names(_SECTION_NAMES)}")
-    raw.setdefault(section, {})[name] = parse_value(text.strip())
+        raise ConfigError(f"--set {item!r}: unknown section {section!r}; "
+                          f"use {_names(_SECTION_NAMES)}")
+    _table(raw, section)[name] = parse_value(text.strip())
+
+
+def _table(raw: dict, section: str) -> dict:
+    """The section's table, made when the file has none; a section that is a plain value is
+    an error here, before an override would write into it."""
+    table = raw.setdefault(section, {})
+    _need(isinstance(table, dict), f"[{section}] must be a table, got {section} = {table!r}")
+    return table
 
 
 def parse_value(text: str) -> Any:
@@ -216,9 +226,10 @@ def _check_type(key: str, value: Any, expected: type) -> Any:
 def _check_study(s: StudyConfig) -> None:
     _need(bool(s.name.strip()), "study.name must not be empty")
     _need(s.trials >= 1, f"study.trials must be at least 1, got {s.trials}")
-    _need(s.sampler in SAMPLERS, f"study.sampler must be one of {_names(SAMPLERS)}, got {s.sampler!r}")
+    _need(s.sampler in SAMPLERS,
+          f"study.sampler must be one of {_names(SAMPLERS)}, got {s.sampler!r}")
     _need(s.pruner in PRUNERS, f"study.pruner must be one of {_names(PRUNERS)}, got {s.pruner!r}")
-    _need(s.seed >= 0, f"study.seed must be 0 or more, got {s.seed}")
+    _need(0 <= s.seed <= MAX_SEED, f"study.seed must be 0..{MAX_SEED}, got {s.seed}")
     _need(s.heartbeat_interval >= 1,
           f"study.heartbeat_interval must be at least 1 second, got {s.heartbeat_interval}")
     _need(s.grace_period > s.heartbeat_interval,
@@ -273,7 +284,8 @@ def _build_range(name: str, table: dict) -> Range:
     _need(kind is not str, f"{key} takes a list of choices or one value, not a range")
     extra = sorted(set(table) - {"low", "high", "log", "step"})
     if extra:
-        raise ConfigError(f"{key} has unknown key {extra[0]!r}; a range takes low, high, log, step")
+        raise ConfigError(f"{key} has unknown key {extra[0]!r}; "
+                          f"a range takes low, high, log, step")
     _need("low" in table and "high" in table, f"{key} needs both low and high, got {table}")
     low, high = (_check_value(name, table[k]) for k in ("low", "high"))
     log = table.get("log", False)

@@ -8,8 +8,10 @@ training split alone. Trials batch these tensors by indexing; nothing here is re
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ class Images:
     x: np.ndarray
     y: np.ndarray
     classes: tuple
+    source: str  # sha256 of the source images before resizing: the same on any torch or PIL
     skipped: tuple = ()  # files that could not be decoded (folder datasets only)
 
 
@@ -49,7 +52,7 @@ class Dataset:
     classes: tuple
     mean: tuple  # per channel, of the training split, in [0, 1] pixel units
     std: tuple
-    fingerprint: str  # sha256 of the decoded images, labels and class names
+    fingerprint: str  # sha256 of the source images, labels and class names
     skipped: tuple = ()
 
     @property
@@ -65,7 +68,8 @@ class Dataset:
         return {
             "fingerprint": self.fingerprint,
             "classes": list(self.classes),
-            "sizes": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
+            "sizes": {"train": len(self.y_train), "val": len(self.y_val),
+                      "test": len(self.y_test)},
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
         }
 
@@ -99,7 +103,14 @@ def digits_images(image_size: int) -> Images:
     bunch = load_digits()
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     classes = tuple(str(c) for c in bunch.target_names)
-    return Images(resize(x, image_size), bunch.target.astype(np.int64), classes)
+    return Images(resize(x, image_size), bunch.target.astype(np.int64), classes, digest(x))
+
+
+def digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -129,7 +140,7 @@ def mnist_images(root: Path, name: str, image_size: int) -> Images:
     parts = [_torchvision_dataset(cls, root, train, raw, _MNIST_FILES) for train in (True, False)]
     x = np.concatenate([p.data.numpy() for p in parts])[:, None]
     y = np.concatenate([p.targets.numpy() for p in parts]).astype(np.int64)
-    return Images(resize(x, image_size), y, tuple(parts[0].classes))
+    return Images(resize(x, image_size), y, tuple(parts[0].classes), digest(x))
 
 
 _CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -147,7 +158,7 @@ def cifar10_images(root: Path, image_size: int) -> Images:
     y = np.concatenate([b[b"labels"] for b in batches]).astype(np.int64)
     meta = _read_pickle(folder / "batches.meta")
     classes = tuple(n.decode() for n in meta[b"label_names"])
-    return Images(resize(x, image_size), y, classes)
+    return Images(resize(x, image_size), y, classes, digest(x))
 
 
 def _read_pickle(path: Path) -> dict:
@@ -224,24 +235,40 @@ def _decode_all(root, files, labels, classes, image_size) -> Images:
     x = np.stack([decoded[i][0] for i in keep]).transpose(0, 3, 1, 2)
     x = np.ascontiguousarray(x[:, :1] if grey else x)
     y = np.asarray([labels[i] for i in keep], dtype=np.int64)
-    return Images(x, y, classes, skipped)
+    source = hashlib.sha256("".join(f"{files[i]}\0{decoded[i][2]}\n" for i in keep).encode())
+    return Images(x, y, classes, source.hexdigest(), skipped)
 
 
 def _decode(path: Path, size: int):
-    """(uint8 HxWx3 array, is_greyscale), or None for a file PIL cannot read."""
+    """(uint8 HxWx3 array, is_greyscale, sha256 of the file), or None for a file PIL cannot
+    read. The file is read once: on a network drive reading is the slow part."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as img:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
             grey = img.mode in _GREY_MODES
+            img = _to_8_bit(ImageOps.exif_transpose(img))  # as a phone photo is shown
             if img.mode in ("RGBA", "LA", "PA", "P") or "transparency" in img.info:
                 img = img.convert("RGBA")
                 # Transparent pixels become white, as an image viewer shows them.
                 img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img)
             img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8), grey
+            return np.asarray(img, dtype=np.uint8), grey, hashlib.sha256(data).hexdigest()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def _to_8_bit(img):
+    """16-bit greyscale (medical and microscopy images) scaled to 0..255; PIL's own
+    conversion would clip everything above 255 to white."""
+    from PIL import Image
+
+    if not img.mode.startswith("I"):
+        return img
+    a = np.asarray(img).astype(np.float64)
+    scale = 257.0 if a.max(initial=0) > 255 else 1.0
+    return Image.fromarray(np.clip(np.rint(a / scale), 0, 255).astype(np.uint8), mode="L")
 
 
 def cache_dir() -> Path:
@@ -250,7 +277,7 @@ def cache_dir() -> Path:
     return Path(base) / "folders"
 
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # bump when decoding changes: old cache files are then never read
 
 
 def _folder_key(root: Path, files: list, image_size: int) -> str:
@@ -265,18 +292,23 @@ def _read_cache(key: str):
     path = cache_dir() / f"{key}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Images(z["x"], z["y"], tuple(z["classes"].tolist()), tuple(z["skipped"].tolist()))
-    except (OSError, KeyError, ValueError):
+            return Images(z["x"], z["y"], tuple(z["classes"].tolist()), str(z["source"]),
+                          tuple(z["skipped"].tolist()))
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None  # absent or damaged: decode again
 
 
 def _write_cache(key: str, images: Images) -> None:
+    """Best effort: a full or read-only disk costs the next run a decode, nothing more."""
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.{os.getpid()}.npz"
-    np.savez(tmp, x=images.x, y=images.y, classes=np.array(images.classes, dtype=str),
-             skipped=np.array(images.skipped, dtype=str))
-    os.replace(tmp, folder / f"{key}.npz")  # atomic: a reader sees the old file or the new one
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, x=images.x, y=images.y, classes=np.array(images.classes, dtype=str),
+                 source=np.array(images.source), skipped=np.array(images.skipped, dtype=str))
+        os.replace(tmp, folder / f"{key}.npz")  # atomic: readers see the old file or the new
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ split and normalisation
@@ -319,8 +351,10 @@ def split_and_normalize(images: Images, cfg: DataConfig, seed: int, device) -> D
 
 
 def fingerprint(images: Images) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images.x).tobytes())
+    """The data a study was run on: source images, labels and class names. Resizing is left
+    out (the image size is a setting of its own), so a newer torch or PIL on a resumed
+    machine does not change it."""
+    h = hashlib.sha256(images.source.encode())
     h.update(np.ascontiguousarray(images.y).tobytes())
     h.update("\0".join(images.classes).encode())
     return h.hexdigest()

@@ -12,6 +12,8 @@ from hpsearch.owner import OWNER_ATTR, owner_record
 from hpsearch.space import suggest_params
 from hpsearch.train import FitSettings, Diverged, fit
 
+OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason")
+
 
 def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
     """The seed of a trial's initialisation and shuffling. A retry inherits its original's
@@ -25,6 +27,9 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device):
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(OWNER_ATTR, owner_record(trial.number))
+        for key in OUTCOME_ATTRS:  # a retry inherits these from the trial it repeats
+            if trial.user_attrs.get(key) is not None:
+                trial.set_user_attr(key, None)
         params = suggest_params(trial, cfg)
         seed = trial_seed(cfg, trial)
         trial.set_user_attr("seed", seed)
@@ -51,6 +56,9 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device):
             trial.set_user_attr("prune_reason", str(err))
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
             raise
         except Exception as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")

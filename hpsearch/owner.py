@@ -31,8 +31,26 @@ def process_start(pid: int) -> Optional[float]:
 
 def owner_record(trial_number: int) -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "boot_id": boot_id(), "pid": pid,
-            "started": process_start(pid), "trial": trial_number}
+    return {"host": socket.gethostname(), "boot_id": boot_id(), "pid_ns": pid_namespace(),
+            "pid": pid, "started": process_start(pid), "trial": trial_number}
+
+
+@lru_cache(maxsize=1)
+def pid_namespace() -> Optional[str]:
+    """Containers on one host share its name and boot id but not its process ids: a pid is
+    only evidence inside the namespace it was recorded in."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def is_mine(owner: object) -> bool:
+    """True when the record names this very process."""
+    if not isinstance(owner, dict):
+        return False
+    me = owner_record(owner.get("trial"))
+    return all(owner.get(k) == me[k] for k in ("host", "boot_id", "pid_ns", "pid", "started"))
 
 
 def is_provably_dead(owner: object, trial_number: int) -> bool:
@@ -45,6 +63,8 @@ def is_provably_dead(owner: object, trial_number: int) -> bool:
         return False
     if owner.get("boot_id") != boot_id():
         return True
+    if owner.get("pid_ns") != pid_namespace():
+        return False  # another container of this host: its pids mean nothing here
     pid, started = owner.get("pid"), owner.get("started")
     if not isinstance(pid, int):
         return False

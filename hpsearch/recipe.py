@@ -67,7 +67,7 @@ def get_digits(image_size: int = 16, seed: int = 0):
             DigitsDataset(images[val], raw.y[val], transform))
 
 
-def objective(trial: optuna.Trial) -> float:
+def objective(trial: optuna.Trial, split_seed: int = 0) -> float:
     lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
     depth = trial.suggest_int("depth", 1, 4)
     width = trial.suggest_int("width", 8, 64, log=True)
@@ -78,7 +78,7 @@ def objective(trial: optuna.Trial) -> float:
                       dropout=dropout)
     optimizer = make_optimizer(model, FitSettings(EPOCHS, BATCHSIZE, lr, optimizer_name))
 
-    train_set, valid_set = get_digits()
+    train_set, valid_set = get_digits(seed=split_seed)
     train_loader = DataLoader(train_set, batch_size=BATCHSIZE, shuffle=True)
     valid_loader = DataLoader(valid_set, batch_size=BATCHSIZE, shuffle=False)
 
@@ -110,7 +110,7 @@ def run_recipe(trials: int = 50, seed: int = 0) -> dict:
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner())
-    study.optimize(objective, n_trials=trials)
+    study.optimize(lambda trial: objective(trial, seed), n_trials=trials)
     states: dict = {}
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1

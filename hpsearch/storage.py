@@ -39,11 +39,13 @@ def parse_storage(url: str) -> StorageSpec:
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):]).expanduser()
         if not path.name:
-            raise StorageError("--storage journal:PATH needs a file path, e.g. journal:studies/s.log")
+            raise StorageError("--storage journal:PATH needs a file path, "
+                               "e.g. journal:studies/s.log")
         return StorageSpec(url, "journal", path.resolve())
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        parsed.port  # a port that is not a number fails only when read
+    except (ArgumentError, ValueError):
         raise StorageError(_bad_url(url)) from None
     backend = parsed.get_backend_name()
     if backend not in RDB_SCHEMES:
@@ -66,12 +68,20 @@ def _bad_url(url: str) -> str:
 
 def check_store_file(spec: StorageSpec) -> None:
     """Refuse a file that exists but is not a store hpsearch can write into."""
-    if spec.kind != "sqlite" or not spec.path.exists():
+    if spec.path is None or not spec.path.exists():
         return
     if spec.path.is_dir():
-        raise StorageError(f"store {spec.path} is a folder; --storage needs a .db file path")
-    with open(spec.path, "rb") as f:
-        head = f.read(len(SQLITE_MAGIC))
+        raise StorageError(f"store {spec.path} is a folder; --storage needs a file path")
+    try:
+        with open(spec.path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as err:
+        raise StorageError(f"store {spec.path} cannot be read: {err.strerror}") from None
+    if spec.kind == "journal":
+        if head and not head.startswith(b"{"):
+            raise StorageError(f"store {spec.path} is not an Optuna journal file; point "
+                               f"--storage at a journal hpsearch made or at a new file")
+        return
     if head and head != SQLITE_MAGIC:
         raise StorageError(f"store {spec.path} is not an SQLite database; point --storage at a "
                            f"store hpsearch made or at a new file")
@@ -84,7 +94,8 @@ def _is_optuna_db(path: Path) -> bool:
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            tables = {r[0] for r in rows}
         finally:
             con.close()
     except sqlite3.DatabaseError as err:
@@ -94,45 +105,60 @@ def _is_optuna_db(path: Path) -> bool:
 
 
 def open_storage(spec: StorageSpec, *, heartbeat_interval: int, grace_period: int):
-    """The Optuna storage for a checked spec; SQLite files and their folder are made here."""
+    """The Optuna storage for a checked spec; store files and their folder are made here."""
     check_store_file(spec)
-    if spec.kind == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    if spec.path is not None:
+        try:
+            spec.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot make the folder of store {spec.path}: "
+                               f"{err.strerror}") from None
+    try:
+        if spec.kind == "journal":
+            return _journal(spec.path)
+        return _rdb(spec, heartbeat_interval, grace_period)
+    except Exception as err:  # SQLAlchemy, the drivers and the journal raise many kinds;
+        # all of them mean "cannot open"
+        raise StorageError(f"cannot open store {spec.display}: {_first_line(err)}") from None
 
-        spec.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = JournalFileOpenLock(str(spec.path))
-        return optuna.storages.JournalStorage(JournalFileBackend(str(spec.path), lock_obj=lock))
-    engine_kwargs = {}
+
+def _journal(path: Path):
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    lock = JournalFileOpenLock(str(path))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def _rdb(spec: StorageSpec, heartbeat_interval: int, grace_period: int):
     if spec.kind == "sqlite":
-        spec.path.parent.mkdir(parents=True, exist_ok=True)
-        _use_wal(spec.path)
         # Wait for a lock instead of failing at once when a dashboard or worker holds it.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
+    return optuna.storages.RDBStorage(
             spec.url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1),
-        )
-    except Exception as err:  # SQLAlchemy and the drivers raise many kinds; all mean "cannot open"
-        raise StorageError(f"cannot open store {spec.display}: {_first_line(err)}") from None
+            max_retry=1),
+    )
 
 
-def _use_wal(path: Path) -> None:
+def use_wal(spec: StorageSpec) -> None:
     """Write-ahead logging lets readers (the dashboard, reports) work while a trial writes.
-    The mode is stored in the file, so setting it once is enough."""
-    con = sqlite3.connect(path, timeout=60)
+    The mode is stored in the file, so setting it once is enough; it is set only after the
+    study's settings were accepted, so a refused resume leaves the file as it was."""
+    if spec.kind != "sqlite":
+        return
     try:
-        con.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.DatabaseError as err:
-        raise StorageError(f"store {path} cannot be opened as SQLite ({err})") from None
-    finally:
-        con.close()
+        con = sqlite3.connect(spec.path, timeout=60)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise StorageError(f"store {spec.path} cannot be opened as SQLite ({err})") from None
 
 
 def _first_line(err: Exception) -> str:

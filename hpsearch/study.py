@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -12,19 +13,16 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import Config, Fixed, grid_values
-from hpsearch.owner import OWNER_ATTR, is_provably_dead
+from hpsearch.owner import OWNER_ATTR, is_mine, is_provably_dead
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR = "hpsearch"  # the study user attribute that holds the run's settings
 MAX_FAILS_IN_A_ROW = 5
+MAX_RETRIES = 1  # retries of a trial whose process died; Ctrl-C retries without limit
 
 
 class SettingsMismatch(ValueError):
     """A resumed study was created with other settings than this run's."""
-
-
-class TooManyFailures(RuntimeError):
-    """The study stopped because trial after trial crashed."""
 
 
 def sampler_seed(seed: int, n_stored: int, worker: int = 0) -> int:
@@ -89,13 +87,20 @@ def _differences(stored: dict, now: dict, prefix: str = "") -> list:
         a, b, name = stored.get(key), now.get(key), f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += _differences(a, b, name + ".")
-        elif a != b and not (_is_number(a) and _is_number(b) and np.isclose(a, b, rtol=1e-9)):
+        elif not _same(a, b):
             diffs.append((name, a, b))
     return diffs
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _same(a, b) -> bool:
+    """Equal, with floats (learning rates, normalization statistics) compared to a relative
+    1e-9 so that a value read back from JSON is not a change; integers compare exactly."""
+    if isinstance(a, float) or isinstance(b, float):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        return numbers and math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def open_study(storage, cfg: Config, record: dict, worker: int = 0) -> optuna.Study:
@@ -116,10 +121,9 @@ def open_study(storage, cfg: Config, record: dict, worker: int = 0) -> optuna.St
 
 def recover_dead_trials(study: optuna.Study) -> list:
     """Fail each RUNNING trial whose owner is provably dead on this host and queue one retry
-    with the same parameters. Returns the numbers of the trials failed."""
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    with the same parameters. Returns (trial number, retry queued) pairs."""
     storage = study._storage  # Optuna's own stale-trial recovery works on the storage too
-    failed = []
+    recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not is_provably_dead(trial.user_attrs.get(OWNER_ATTR), trial.number):
             continue
@@ -129,9 +133,37 @@ def recover_dead_trials(study: optuna.Study) -> list:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
-        retry(study, storage.get_trial(trial._trial_id))
-        failed.append(trial.number)
-    return failed
+        queued = queue_retry(study, storage.get_trial(trial._trial_id), MAX_RETRIES)
+        recovered.append((trial.number, queued))
+    return recovered
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: Optional[int]) -> bool:
+    """Queue a failed trial again with its parameters and attributes (its seed among them),
+    unless it was already retried `max_retry` times: a trial that kills its process every
+    time must not keep a study from finishing."""
+    history = trial.system_attrs.get("retry_history", [])
+    if max_retry is not None and len(history) >= max_retry:
+        return False
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)
+    return True
+
+
+def requeue_interrupted(study: optuna.Study, finished: set) -> Optional[int]:
+    """After Ctrl-C: Optuna has marked the trial this process was running as failed; queue
+    it again so the next run starts with it. Returns its number, if there was one."""
+    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
+        if trial.number in finished or not is_mine(trial.user_attrs.get(OWNER_ATTR)):
+            continue
+        if trial.user_attrs.get(OWNER_ATTR, {}).get("trial") != trial.number:
+            continue  # an attribute copied into a retry that never started
+        return trial.number if queue_retry(study, trial, max_retry=None) else None
+    return None
+
+
+def grid_is_exhausted(study: optuna.Study) -> bool:
+    sampler = study.sampler
+    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -172,14 +204,18 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
     streak = FailStreak()
     ran = []
     start = time.perf_counter()
-    study.optimize(
-        objective,
-        timeout=timeout,
-        catch=(Exception,),
-        gc_after_trial=False,  # the trainer holds no reference cycles worth a full collection
-        callbacks=[MaxTrialsCallback(target, states=FINISHED), streak,
-                   lambda s, t: ran.append(t.number), *callbacks],
-    )
+    try:
+        study.optimize(
+            objective,
+            timeout=timeout,
+            catch=(Exception,),
+            gc_after_trial=False,  # the trainer holds no reference cycles worth a collection
+            callbacks=[MaxTrialsCallback(target, states=FINISHED), streak,
+                       lambda s, t: ran.append(t.number), *callbacks],
+        )
+    except KeyboardInterrupt:
+        requeue_interrupted(study, set(ran))
+        raise
     return RunResult(ran=len(ran), seconds=time.perf_counter() - start,
                      states=state_counts(study),
                      stopped_by_failures=streak.streak >= streak.limit,

@@ -81,7 +81,7 @@ def resolve_device(name: str) -> torch.device:
             raise DeviceError(f"--device {name}: this machine has {count} CUDA device(s), "
                               f"cuda:0..cuda:{count - 1}")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError(f"--device mps: Apple's mps is not available here; use --device cpu")
+        raise DeviceError("--device mps: Apple's mps is not available here; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device

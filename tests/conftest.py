@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(ROOT / "run_study.py"), "--quiet", "--device", "cpu"]
 
 # 8-pixel digits, one or two conv blocks of at most 8 channels: a trial takes well under a
 # second on a CPU, yet it is the real trainer on real images.
@@ -59,13 +60,13 @@ def cli_env(**extra) -> dict:
 
 def run_cli(*args, cwd: Path = ROOT, timeout: float = 300, **env) -> subprocess.CompletedProcess:
     """`python run_study.py ARGS` (or `-m hpsearch.cli` for other commands) as a user runs it."""
-    cmd = [sys.executable, str(ROOT / "run_study.py"), "--quiet", "--device", "cpu", *map(str, args)]
+    cmd = [*RUN, *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=cli_env(**env))
 
 
 def start_cli(*args, **env) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "run_study.py"), "--quiet", "--device", "cpu", *map(str, args)]
+    cmd = [*RUN, *map(str, args)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=cli_env(**env))
 

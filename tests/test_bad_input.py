@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import optuna
 import pytest
 
 from conftest import TINY_STUDY, load, run_cli
@@ -21,6 +24,7 @@ def stored(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad-input")
     config = folder / "tiny.toml"
     config.write_text(TINY_STUDY)
+    (folder / "flat.toml").write_text('study = "tiny"\n')
     store = f"sqlite:///{folder / 'store.db'}"
     out = run_cli("--config", config, "--storage", store, "--trials", 2)
     assert out.returncode == 0, out.stderr
@@ -46,6 +50,13 @@ CASES = {
     "unknown device": (["--device", "tpu"], "--device"),
     "changed settings on resume": (["--epochs", "3"], "train.epochs was 2, now 3"),
     "missing data folder": (["--set", "data.dataset='folder:{folder}/none'"], "does not exist"),
+    "abbreviated flag": (["--epoch", "3"], "unrecognized arguments: --epoch"),
+    "port not a number": (["--storage", "postgresql://u@127.0.0.1:abc/db"], "not a storage URL"),
+    "journal that is a folder": (["--storage", "journal:{folder}"], "is a folder"),
+    "journal that is another file": (["--storage", "journal:{folder}/tiny.toml"],
+                                     "is not an Optuna journal file"),
+    "seed past 32 bits": (["--seed", "4294967296"], "study.seed must be 0..4294967295"),
+    "section that is a value": (["--config", "{folder}/flat.toml"], "[study] must be a table"),
 }
 
 
@@ -72,3 +83,13 @@ def test_passwords_are_never_printed():
     assert out.returncode == 2
     assert "s3cret" not in out.stdout + out.stderr
     assert "***" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_refused_resume_leaves_the_store_file_as_it_was(tmp_path, study_file):
+    db = tmp_path / "other.db"
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{db}")
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    out = run_cli("--config", study_file, "--storage", f"sqlite:///{db}")
+    assert out.returncode == 2 and "was not made by hpsearch" in out.stderr
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "other.db-wal").exists()

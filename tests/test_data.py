@@ -117,6 +117,39 @@ def test_folder_decodes_once_and_reads_the_cache_after(tmp_path, monkeypatch):
     assert folder_images(tmp_path / "pets", 8).x.max() == first.x.max()
 
 
+def test_16_bit_and_rotated_images_are_decoded_as_shown(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    for name, level in (("dark", 8_000), ("bright", 60_000)):
+        (tmp_path / "scans" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((10, 10), level, np.uint16)).save(
+                tmp_path / "scans" / name / f"{i}.png")
+    scans = folder_images(tmp_path / "scans", 8)
+    assert scans.x.shape[1] == 1
+    means = [scans.x[scans.y == k].mean() for k in (0, 1)]  # classes sort: bright, dark
+    assert means[0] == pytest.approx(60_000 / 257, abs=1)
+    assert means[1] == pytest.approx(8_000 / 257, abs=1)
+
+    # A phone photo stored sideways, with an EXIF tag saying "rotate 90 degrees".
+    top_white = np.zeros((16, 16, 3), np.uint8)
+    top_white[:8] = 255
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(2):
+            exif = Image.Exif()
+            exif[0x0112] = 6  # orientation: the viewer turns it 90 degrees clockwise
+            Image.fromarray(top_white).save(tmp_path / "photos" / name / f"{i}.jpg", exif=exif)
+    photo = folder_images(tmp_path / "photos", 16).x[0].mean(axis=0)
+    # Shown upright, the white half is on the right, not on top.
+    assert photo[:, 8:].mean() > 200 and photo[:, :8].mean() < 50
+
+
+def test_the_fingerprint_is_of_the_source_not_of_the_resizing():
+    small = load_images(DataConfig(image_size=8))
+    large = load_images(DataConfig(image_size=16))
+    assert small.source == large.source
+
+
 def test_folder_with_one_class_is_refused(tmp_path):
     (tmp_path / "only").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a.png")

@@ -154,3 +154,34 @@ def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
     assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+
+
+def test_ctrl_c_queues_the_interrupted_trial_for_the_next_run(study_file, tmp_path):
+    db = tmp_path / "store.db"
+    store = f"sqlite:///{db}"
+    args = ("--config", study_file, "--storage", store, "--trials", 3, "--epochs", 40)
+    proc = start_cli(*args)
+    deadline = time.monotonic() + 240
+    interrupted = None
+    while interrupted is None and time.monotonic() < deadline and proc.poll() is None:
+        interrupted = _running_trial_with_an_epoch(db)
+        time.sleep(0.02)
+    assert interrupted is not None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "run the same command to continue" in stderr and "Traceback" not in stderr
+    study = load(store)
+    assert study.trials[interrupted].state == TrialState.FAIL
+    assert study.trials[interrupted].user_attrs["fail_reason"] == "interrupted"
+    queued = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert [t.system_attrs["failed_trial"] for t in queued] == [interrupted]
+
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    retry = study.trials[queued[0].number]
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.params == study.trials[interrupted].params
+    assert retry.user_attrs["fail_reason"] is None  # the retry's own outcome, not the copy's
+    assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0

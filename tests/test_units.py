@@ -8,12 +8,14 @@ import optuna
 import pytest
 import torch
 
-from hpsearch.config import Choice, ConfigError, Fixed, Range, build_config, grid_values, load_config
+from conftest import ROOT
+from hpsearch.config import (Choice, ConfigError, Fixed, Range, build_config,
+                             default_config_path, grid_values, load_config)
 from hpsearch.data import load_dataset
 from hpsearch.model import build_cnn, count_params
 from hpsearch.objective import make_objective
 from hpsearch.space import suggest_params
-from hpsearch.study import make_sampler, sampler_seed
+from hpsearch.study import _same, make_sampler, sampler_seed
 from hpsearch.train import Diverged, FitSettings, fit
 
 
@@ -119,3 +121,13 @@ def test_training_is_reproducible_on_the_cpu(digits8):
         runs.append(fit(model, data, FitSettings(epochs=2, batch_size=64, lr=0.01, seed=7),
                         torch.device("cpu")).val_acc)
     assert runs[0] == runs[1]
+
+
+def test_the_studies_folder_shows_the_packaged_default():
+    assert (ROOT / "studies" / "digits.toml").read_text() == default_config_path().read_text()
+
+
+def test_settings_compare_integers_exactly_and_floats_to_rounding():
+    assert _same(0.1 + 0.2, 0.3) and _same([0.5, 1 / 3], [0.5, 0.3333333333333333])
+    assert not _same(2**53, 2**53 + 1)
+    assert not _same(1e-4, 1.0001e-4) and not _same(1.0, "1.0") and not _same(True, 1.0)
