@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help study test bench install clean
+.PHONY: help study test bench report dashboard install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -25,6 +25,12 @@ study: $(STAMP) ## run the default study (50 trials on digits; ARGS="--trials 10
 
 test: $(STAMP) ## run the tests
 	$(PY) -m pytest $(ARGS)
+
+report: $(STAMP) ## write the default study's report under studies/reports/ (ARGS for more)
+	$(PY) -m hpsearch.cli report $(ARGS)
+
+dashboard: $(STAMP) ## open optuna-dashboard on studies/hpsearch.db at http://127.0.0.1:8080/
+	$(PY) -m hpsearch.cli dashboard $(ARGS)
 
 bench: $(STAMP) ## time the default study against the canonical recipe (ARGS="--repeats 3")
 	$(PY) -m hpsearch.cli bench $(ARGS)

@@ -73,6 +73,9 @@ def build_parser() -> Parser:
                      help=f"sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH "
                           f"(default: {DEFAULT_STORAGE})")
     run.add_argument("--study-name", metavar="NAME", help="default: study.name")
+    run.add_argument("--artifacts", metavar="DIR",
+                     help="where completed trials' weights go (default: artifacts/ beside a "
+                          "store file, else studies/artifacts)")
     run.add_argument("--epochs", type=positive_int, metavar="N", help="default: train.epochs")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     run.add_argument("--seed", type=whole_number(0), metavar="N", help="default: study.seed")
@@ -81,6 +84,8 @@ def build_parser() -> Parser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
     run.set_defaults(func=cmd_run)
+
+    add_result_commands(sub)
 
     bench = sub.add_parser("bench", allow_abbrev=False,
                            help="time the default study against the canonical recipe",
@@ -93,6 +98,64 @@ def build_parser() -> Parser:
                        help="where bench.json and bench.md are written (default: studies/bench)")
     bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def store_flags(p: argparse.ArgumentParser, name: bool = True, artifacts: bool = True) -> None:
+    """The flags that find a study, as `run` takes them."""
+    from hpsearch.storage import DEFAULT_STORAGE
+
+    p.add_argument("--config", metavar="PATH",
+                   help="study file (TOML): its study.name and data_dir; default: digits")
+    if name:
+        p.add_argument("--study-name", metavar="NAME", help="default: study.name")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
+                   help=f"the store (default: {DEFAULT_STORAGE})")
+    if artifacts:
+        p.add_argument("--artifacts", metavar="DIR",
+                       help="the weights folder (default: artifacts/ beside a store file)")
+
+
+def add_result_commands(sub) -> None:
+    def command(name: str, func, help: str, description: str = None):
+        p = sub.add_parser(name, allow_abbrev=False, help=help, description=description or help)
+        p.set_defaults(func=func)
+        return p
+
+    report = command("report", cmd_report, "write the best-config report of a study",
+                     "Write best_config.json, report.md, report.html and the charts.")
+    store_flags(report)
+    report.add_argument("--out", metavar="DIR",
+                        help="default: studies/reports/<study>/ beside the store")
+    report.add_argument("--retrain", action="store_true",
+                        help="retrain the best trial when its weights are missing")
+    report.add_argument("--device", default="auto", help="for --retrain: auto | cpu | cuda | mps")
+
+    compare = command("compare", cmd_compare, "overlay several studies of one store")
+    compare.add_argument("studies", nargs="+", metavar="STUDY")
+    store_flags(compare, name=False, artifacts=False)
+    compare.add_argument("--out", metavar="DIR",
+                         help="default: studies/reports/compare-<studies>/ beside the store")
+
+    best = command("best", cmd_best, "print the best configuration as JSON")
+    store_flags(best, artifacts=False)
+
+    status = command("status", cmd_status, "list the studies of a store")
+    store_flags(status, name=False, artifacts=False)
+
+    train = command("train", cmd_train, "retrain a best_config.json on train + validation",
+                    "Retrain a best_config.json from scratch on train + validation, evaluate "
+                    "it on the test split, save weights.pt and config.json side by side.")
+    train.add_argument("--best", required=True, metavar="PATH", help="a best_config.json")
+    train.add_argument("--out", metavar="DIR", help="default: model/ beside the JSON file")
+    train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    train.add_argument("--data-dir", metavar="DIR", help="where mnist/cifar10 files are")
+
+    dash = command("dashboard", cmd_dashboard, "run optuna-dashboard on a store",
+                   "Run optuna-dashboard on the store and its weights folder.")
+    store_flags(dash, name=False)
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="default 127.0.0.1; the dashboard has no login, so keep it local")
+    dash.add_argument("--port", type=whole_number(1), default=8080, metavar="N")
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -112,11 +175,12 @@ def main(argv: Optional[list] = None) -> int:
 def user_errors() -> tuple:
     """The exceptions that mean bad input: shown as one line, never as a traceback."""
     from hpsearch.data import DataError
+    from hpsearch.report.collect import ReportError
     from hpsearch.storage import StorageError
     from hpsearch.study import SettingsMismatch
     from hpsearch.train import DeviceError
 
-    return ConfigError, DataError, StorageError, DeviceError, SettingsMismatch
+    return ConfigError, DataError, StorageError, DeviceError, SettingsMismatch, ReportError
 
 
 def configure_logging(verbose: bool) -> None:
@@ -141,7 +205,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
-    from hpsearch.storage import check_store_file, open_storage, parse_storage, use_wal
+    from hpsearch.storage import (check_store_file, open_artifacts, open_storage, parse_storage,
+                                  use_wal)
     from hpsearch.study import (count_finished, grid_is_exhausted, open_study,
                                 recover_dead_trials, run)
     from hpsearch.train import configure_threads, resolve_device
@@ -176,8 +241,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for number, queued in recover_dead_trials(study):
         then = "queued again" if queued else "not retried again (it died before)"
         print(f"Trial {number} was left running by a process that died: failed, {then}.")
+    artifacts = open_artifacts(artifact_dir(args, spec))
     with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
-        result = run(study, make_objective(cfg, data, device), cfg.study.trials,
+        result = run(study, make_objective(cfg, data, device, artifacts), cfg.study.trials,
                      timeout=args.timeout, callbacks=(bar,))
     print_summary(study, result, spec.display, cfg)
     if result.stopped_by_failures:
@@ -192,6 +258,213 @@ def cmd_run(args: argparse.Namespace) -> int:
             why = "the grid is exhausted" if cfg.study.sampler == "grid" else "stopped early"
         print(f"{done} of {cfg.study.trials} trials finished ({why}); run the same command "
               f"to continue.")
+    return 0
+
+
+def open_store(args: argparse.Namespace):
+    """(spec, storage) of a store that must exist."""
+    from hpsearch.storage import open_existing_storage, parse_storage
+
+    spec = parse_storage(args.storage)
+    return spec, open_existing_storage(spec)
+
+
+def load_named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
+    """The study `name` (default: --study-name, else the study file's name), or an error that
+    lists the studies the store holds."""
+    import optuna
+
+    from hpsearch.config import load_config
+    from hpsearch.report.collect import ReportError
+
+    if name is None:
+        name = getattr(args, "study_name", None) or load_config(args.config).study.name
+    names = optuna.get_all_study_names(storage=storage)
+    if name not in names:
+        held = ", ".join(sorted(names)) if names else "none"
+        raise ReportError(f"no study {name!r} in this store; its studies: {held} "
+                          f"(pass --study-name NAME)")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_data(study_cfg, split_seed: int, fingerprint: Optional[str], device="cpu"):
+    """The dataset a study ran on, checked against the fingerprint it stored."""
+    from hpsearch.data import DataError, load_dataset
+
+    data = load_dataset(study_cfg.data, split_seed, device)
+    if fingerprint and data.fingerprint != fingerprint:
+        raise DataError(f"the images of {study_cfg.data.dataset} differ from those the study "
+                        f"ran on; point data_dir (--config) at the original files")
+    return data
+
+
+def data_dir_of(args: argparse.Namespace) -> Optional[str]:
+    from hpsearch.config import load_config
+
+    return load_config(args.config).data.data_dir if args.config else None
+
+
+def reports_dir(spec):
+    from pathlib import Path
+
+    base = spec.path.parent if spec.path is not None else Path("studies").resolve()
+    return base / "reports"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpsearch.report import make_report
+    from hpsearch.storage import open_artifacts
+    from hpsearch.train import resolve_device
+
+    device = resolve_device(args.device) if args.retrain else None
+    spec, storage = open_store(args)
+    study = load_named_study(args, storage)
+    folder = artifact_dir(args, spec)
+    artifacts = open_artifacts(folder) if folder.is_dir() else None
+    out = Path(args.out).resolve() if args.out else reports_dir(spec) / study.study_name
+    settings = study.user_attrs.get("hpsearch") or {}
+
+    def load_data(cfg):
+        return study_data(cfg, settings.get("split_seed", cfg.study.seed),
+                          (settings.get("data") or {}).get("fingerprint"))
+
+    result = make_report(study, out, artifacts=artifacts, load_data=load_data,
+                         data_dir=data_dir_of(args), retrain_device=device)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.best is not None:
+        test = result.test_accuracy
+        print(f"Best: trial {result.best['trial']}, validation accuracy "
+              f"{result.best['validation_accuracy']:.4f}"
+              + ("" if test is None else f", test accuracy {test:.4f}"))
+    print(f"Report: {out / 'report.html'} ({len(result.files)} files in {out})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpsearch.report.compare import make_comparison
+
+    spec, storage = open_store(args)
+    studies = [load_named_study(args, storage, name) for name in dict.fromkeys(args.studies)]
+    default = reports_dir(spec) / ("compare-" + "-".join(s.study_name for s in studies))[:120]
+    out = Path(args.out).resolve() if args.out else default
+    result = make_comparison(studies, out)
+    print(f"Comparison: {out / 'report.html'} ({len(result.files)} files in {out})")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    import json
+
+    from hpsearch.report import collect
+
+    _, storage = open_store(args)
+    study = load_named_study(args, storage)
+    trials = study.get_trials(deepcopy=False)
+    settings = collect.study_settings(study)
+    best = collect.best_trial(trials)
+    if best is None:
+        print(f"hpsearch: study {study.study_name!r} has no completed trial yet",
+              file=sys.stderr)
+        return EXIT_FAILED
+    cfg = collect.config_of(settings, data_dir_of(args))
+    print(json.dumps(collect.best_config(study, best, settings, cfg), indent=2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from hpsearch.study import state_counts
+
+    spec, storage = open_store(args)
+    names = sorted(optuna.get_all_study_names(storage=storage))
+    print(f"Store: {spec.display}")
+    if not names:
+        print("No studies yet.")
+        return 0
+    header = ("study", "complete", "pruned", "failed", "running", "waiting", "best",
+              "last activity")
+    lines = [header]
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        counts = state_counts(study)
+        trials = study.get_trials(deepcopy=False)
+        times = [t.datetime_complete or t.datetime_start for t in trials]
+        times = [t for t in times if t is not None]
+        try:
+            best = f"{study.best_value:.4f}"
+        except ValueError:
+            best = "-"
+        lines.append((name, *(str(counts.get(k, 0)) for k in
+                              ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
+                      best, max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-"))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    for row in lines:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpsearch import best as best_model
+    from hpsearch.report.collect import config_of
+    from hpsearch.train import configure_threads, resolve_device
+
+    path = Path(args.best).expanduser().resolve()
+    try:
+        best = best_model.read_best_config(path)
+        cfg = config_of({"config": best["config"]}, args.data_dir)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"--best {path}: {err}") from None
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        configure_threads()
+    data = study_data(cfg, best.get("split_seed", cfg.study.seed), best.get("data_fingerprint"),
+                      device)
+    print(f"Retraining trial {best.get('trial')} of {best.get('study')!r} on train + "
+          f"validation ({len(data.y_train) + len(data.y_val)} images, {best['epochs']} "
+          f"epochs) on {device}", flush=True)
+    model = best_model.retrain(best["params"], best["epochs"], best["seed"],
+                               best_model.with_validation_in_training(data), device)
+    preds = best_model.predictions_on_test(model, data)
+    out = Path(args.out).expanduser().resolve() if args.out else path.parent / "model"
+    saved = {**{k: v for k, v in best.items() if k != "confusion_matrix"},
+             "trained_on": "train+validation", "test_accuracy": round(preds.accuracy, 6),
+             "test_size": int(len(preds.true))}
+    weights, config = best_model.save_model(model, saved, out)
+    print(f"Test accuracy {preds.accuracy:.4f} on {len(preds.true)} held-out images")
+    print(f"Saved: {weights} and {config}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from hpsearch.storage import open_artifacts
+
+    spec, storage = open_store(args)
+    folder = artifact_dir(args, spec)
+    artifacts = open_artifacts(folder) if folder.is_dir() else None
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"optuna-dashboard on {spec.display}" + (f" with weights in {folder}" if artifacts
+                                                    else ""))
+    print(f"Open http://{host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port,
+                                    artifact_store=artifacts)
+    except OSError as err:
+        print(f"hpsearch: error: cannot serve on {args.host}:{args.port} ({err.strerror}); "
+              f"pass another --port", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nDashboard stopped.")
     return 0
 
 
@@ -211,6 +484,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(table)
     print(f"Written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0
+
+
+def artifact_dir(args: argparse.Namespace, spec):
+    from pathlib import Path
+
+    from hpsearch.storage import default_artifact_dir
+
+    return Path(args.artifacts).expanduser().resolve() if args.artifacts else \
+        default_artifact_dir(spec)
 
 
 def settings_record(cfg, data) -> dict:

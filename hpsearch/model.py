@@ -36,3 +36,9 @@ def build_cnn(*, in_channels: int, num_classes: int, image_size: int, depth: int
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def cpu_state_dict(model: nn.Module) -> dict:
+    """The weights as plain contiguous CPU tensors: loadable anywhere, channels-last or not,
+    with `torch.load(..., weights_only=True)`."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import optuna
 import torch
 
 from hpsearch.config import Config
 from hpsearch.data import Dataset
-from hpsearch.model import build_cnn, count_params
+from hpsearch.model import build_cnn, count_params, cpu_state_dict
 from hpsearch.owner import OWNER_ATTR, owner_record
 from hpsearch.space import suggest_params
 from hpsearch.train import FitSettings, Diverged, fit
 
-OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason")
+WEIGHTS_ATTR = "weights"  # user attribute: the artifact id of a completed trial's weights
+WEIGHTS_FILE = "weights.pt"
+OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", WEIGHTS_ATTR)
 
 
 def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
@@ -22,8 +27,9 @@ def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
     return seed if isinstance(seed, int) else cfg.study.seed * 100_003 + trial.number
 
 
-def make_objective(cfg: Config, data: Dataset, device: torch.device):
-    """The function `study.optimize` calls: returns the final validation accuracy."""
+def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None):
+    """The function `study.optimize` calls: returns the final validation accuracy. With an
+    artifact store, a completed trial's weights are uploaded to it."""
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(OWNER_ATTR, owner_record(trial.number))
@@ -63,6 +69,20 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device):
         except Exception as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
+        if artifacts is not None:
+            save_weights(trial, model, artifacts)
         return history.val_acc[-1]
 
     return objective
+
+
+def save_weights(trial: optuna.Trial, model: torch.nn.Module, artifacts) -> str:
+    """Upload the model's state dict as the trial's artifact. It must happen here: a finished
+    trial is read-only."""
+    with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
+        path = os.path.join(tmp, WEIGHTS_FILE)
+        torch.save(cpu_state_dict(model), path)
+        artifact_id = optuna.artifacts.upload_artifact(
+            artifact_store=artifacts, file_path=path, study_or_trial=trial)
+    trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+    return artifact_id

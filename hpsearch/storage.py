@@ -104,7 +104,8 @@ def _is_optuna_db(path: Path) -> bool:
     return not tables or {"studies", "trials", "version_info"} <= tables
 
 
-def open_storage(spec: StorageSpec, *, heartbeat_interval: int, grace_period: int):
+def open_storage(spec: StorageSpec, *, heartbeat_interval: Optional[int] = None,
+                 grace_period: Optional[int] = None):
     """The Optuna storage for a checked spec; store files and their folder are made here."""
     check_store_file(spec)
     if spec.path is not None:
@@ -129,19 +130,21 @@ def _journal(path: Path):
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
-def _rdb(spec: StorageSpec, heartbeat_interval: int, grace_period: int):
+def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Optional[int]):
     if spec.kind == "sqlite":
         # Wait for a lock instead of failing at once when a dashboard or worker holds it.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+    retry = None
+    if heartbeat_interval is not None:
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     return optuna.storages.RDBStorage(
-            spec.url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=1),
+        spec.url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        heartbeat_stale_trial_callback=retry,
     )
 
 
@@ -164,3 +167,52 @@ def use_wal(spec: StorageSpec) -> None:
 def _first_line(err: Exception) -> str:
     text = str(getattr(err, "orig", None) or err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def default_artifact_dir(spec: StorageSpec) -> Path:
+    """Model weights live beside a store file (`studies/artifacts`), or under the working
+    folder's `studies/` for a database server."""
+    base = spec.path.parent if spec.path is not None else Path("studies").resolve()
+    return base / "artifacts"
+
+
+def open_artifacts(folder: Path):
+    """Optuna's file-system artifact store; the folder is made on first upload."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot make the artifact folder {folder}: {err.strerror}") from None
+    return FileSystemArtifactStore(str(folder))
+
+
+def open_existing_storage(spec: StorageSpec):
+    """The storage of a store that must already exist (reports, status, the dashboard): a
+    mistyped path is an error, never a new empty store."""
+    check_store_file(spec)
+    if spec.path is not None and not spec.path.exists():
+        raise StorageError(f"store {spec.path} does not exist; pass --storage URL of a store "
+                           f"made by `hpsearch run`")
+    if spec.kind not in ("sqlite", "journal"):
+        _require_optuna_tables(spec)
+    elif spec.kind == "sqlite" and spec.path.stat().st_size == 0:
+        raise StorageError(f"store {spec.path} is empty; pass --storage URL of a store made by "
+                           f"`hpsearch run`")
+    return open_storage(spec)  # no heartbeat: readers never fail a writer's trials
+
+
+def _require_optuna_tables(spec: StorageSpec) -> None:
+    from sqlalchemy import create_engine, inspect
+
+    try:
+        engine = create_engine(spec.url)
+        try:
+            found = inspect(engine).has_table("studies")
+        finally:
+            engine.dispose()
+    except Exception as err:  # drivers raise many kinds; all mean "cannot open"
+        raise StorageError(f"cannot open store {spec.display}: {_first_line(err)}") from None
+    if not found:
+        raise StorageError(f"{spec.display} holds no Optuna studies; pass --storage URL of a "
+                           f"store made by `hpsearch run`")

@@ -65,6 +65,13 @@ def run_cli(*args, cwd: Path = ROOT, timeout: float = 300, **env) -> subprocess.
                           env=cli_env(**env))
 
 
+def hpsearch(*args, cwd: Path = ROOT, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    """`hpsearch COMMAND ARGS` for the commands besides run."""
+    cmd = [sys.executable, "-m", "hpsearch.cli", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=cli_env(**env))
+
+
 def start_cli(*args, **env) -> subprocess.Popen:
     cmd = [*RUN, *map(str, args)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

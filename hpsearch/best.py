@@ -1,0 +1,126 @@
+"""The best model: its weights from the artifact store, a retrain from best_config.json, and
+its predictions on the held-out test split. Knows nothing of reports or the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpsearch.data import Dataset
+from hpsearch.model import build_cnn, cpu_state_dict
+from hpsearch.objective import WEIGHTS_ATTR
+from hpsearch.train import FitSettings, fit
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The best model on the test split: predicted and true class per image."""
+
+    predicted: np.ndarray
+    true: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predicted == self.true).mean()) if len(self.true) else float("nan")
+
+
+def model_for(params: dict, data: Dataset) -> torch.nn.Module:
+    return build_cnn(in_channels=data.channels, num_classes=len(data.classes),
+                     image_size=data.image_size, depth=params["depth"], width=params["width"],
+                     dropout=params["dropout"])
+
+
+def fit_settings(params: dict, epochs: int, seed: int) -> FitSettings:
+    return FitSettings(epochs=epochs, batch_size=params["batch_size"], lr=params["lr"],
+                       optimizer=params["optimizer"], weight_decay=params["weight_decay"],
+                       seed=seed)
+
+
+def trial_weights(trial, artifacts) -> tuple:
+    """(state dict, None) for a trial whose weights were uploaded, else (None, why not)."""
+    from optuna.artifacts import download_artifact
+
+    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    if not artifact_id:
+        return None, (f"trial {trial.number} has no saved weights (it ran before hpsearch "
+                      f"saved weights, or without an artifact store)")
+    if artifacts is None:
+        return None, "no artifact folder was given"
+    with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
+        path = os.path.join(tmp, "weights.pt")
+        try:
+            download_artifact(artifact_store=artifacts, file_path=path, artifact_id=artifact_id)
+            return torch.load(path, map_location="cpu", weights_only=True), None
+        except Exception as err:  # a missing file, a damaged one: both mean "no weights"
+            return None, (f"the weights of trial {trial.number} (artifact {artifact_id}) cannot "
+                          f"be read from the artifact folder: {type(err).__name__}")
+
+
+def retrain(params: dict, epochs: int, seed: int, data: Dataset,
+            device: torch.device) -> torch.nn.Module:
+    """Train a model from scratch as a trial with these values and seed trains it."""
+    torch.manual_seed(seed)
+    model = model_for(params, data)
+    fit(model, data, fit_settings(params, epochs, seed), device)
+    return model
+
+
+def loaded_model(params: dict, data: Dataset, state: dict) -> torch.nn.Module:
+    model = model_for(params, data)
+    model.load_state_dict(state)
+    return model
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def predictions_on_test(model: torch.nn.Module, data: Dataset) -> Predictions:
+    """The model on the held-out test split, measured once, after the search chose it."""
+    return Predictions(predict(model, data.x_test), data.y_test.cpu().numpy())
+
+
+def with_validation_in_training(data: Dataset) -> Dataset:
+    """Train and validation pooled for the final fit (normalised as the study normalised
+    them); validation scores then read the test split, which nothing is chosen by any more."""
+    return replace(data, x_train=torch.cat([data.x_train, data.x_val]),
+                   y_train=torch.cat([data.y_train, data.y_val]),
+                   x_val=data.x_test, y_val=data.y_test)
+
+
+def read_best_config(path: Path) -> dict:
+    """A best_config.json written by `hpsearch report` (or `hpsearch best`)."""
+    try:
+        best = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read: {err.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not JSON ({err}); pass the best_config.json that "
+                         f"`hpsearch report` wrote") from None
+    needed = ("params", "config", "seed", "epochs")
+    if not isinstance(best, dict) or any(k not in best for k in needed):
+        raise ValueError(f"{path} is not a best_config.json: it needs {', '.join(needed)}")
+    return best
+
+
+def save_model(model: torch.nn.Module, config: dict, folder: Path) -> tuple:
+    """weights.pt (a plain state dict: `torch.load(..., weights_only=True)` reads it) and
+    config.json side by side; each written to a temporary name first, then renamed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, cfg_path = folder / "weights.pt", folder / "config.json"
+    torch.save(cpu_state_dict(model), weights.with_suffix(".tmp"))
+    os.replace(weights.with_suffix(".tmp"), weights)
+    cfg_path.with_suffix(".tmp").write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(cfg_path.with_suffix(".tmp"), cfg_path)
+    return weights, cfg_path

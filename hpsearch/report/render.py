@@ -1,0 +1,108 @@
+"""A report as plain blocks -> Markdown and one self-contained HTML file."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Table:
+    header: list
+    rows: list
+
+
+@dataclass
+class Image:
+    filename: str  # a PNG in the report folder
+    caption: str  # one line on how to read it
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)
+
+
+def markdown(title: str, sections: list) -> str:
+    out = [f"# {title}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Text):
+                out += [block.text, ""]
+            elif isinstance(block, Table):
+                out += [_md_row(block.header), _md_row(["---"] * len(block.header))]
+                out += [_md_row(r) for r in block.rows] + [""]
+            else:
+                out += [f"![{block.caption}]({block.filename})", "", f"*{block.caption}*", ""]
+    return "\n".join(out)
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #e5e5e5; text-align: left; }
+th { background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0 2em; } img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def html_page(title: str, sections: list, folder: Path) -> str:
+    """One file: images are embedded as data URIs, the style is inline, nothing is fetched."""
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+           f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        out.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Text):
+                out.append(f"<p>{_inline(block.text)}</p>")
+            elif isinstance(block, Table):
+                out.append(_html_table(block))
+            else:
+                data = base64.b64encode((folder / block.filename).read_bytes()).decode("ascii")
+                out.append(f'<figure><img alt="{html.escape(block.caption)}" '
+                           f'src="data:image/png;base64,{data}">'
+                           f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in table.header)
+    body = []
+    for row in table.rows:
+        cells = "".join(
+            f'<td class="num">{html.escape(str(c))}</td>' if _is_numeric(c)
+            else f"<td>{_inline(str(c))}</td>" for c in row)
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _is_numeric(cell) -> bool:
+    try:
+        float(str(cell).replace(",", "").rstrip("%s"))
+    except ValueError:
+        return False
+    return True
+
+
+def _inline(text: str) -> str:
+    """Markdown's `code` spans as <code>; everything else escaped."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
