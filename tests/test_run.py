@@ -127,18 +127,24 @@ def _running_trial_with_an_epoch(db: Path):
     return row[0] if row else None
 
 
-def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
-    db = tmp_path / "store.db"
-    store = f"sqlite:///{db}"
-    # Long enough trials that the kill lands mid-trial, after a reported epoch.
-    args = ("--config", study_file, "--storage", store, "--trials", 3, "--epochs", 40)
+def _start_and_wait_for_an_epoch(study_file, db: Path) -> tuple:
+    """A run with trials long enough that a signal lands mid-trial, after a reported epoch:
+    (its arguments, the process, the running trial's number)."""
+    args = ("--config", study_file, "--storage", f"sqlite:///{db}", "--trials", 3,
+            "--epochs", 40)
     proc = start_cli(*args)
     deadline = time.monotonic() + 240
-    killed = None
-    while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        killed = _running_trial_with_an_epoch(db)
+    number = None
+    while number is None and time.monotonic() < deadline and proc.poll() is None:
+        number = _running_trial_with_an_epoch(db)
         time.sleep(0.02)
-    assert killed is not None, proc.communicate()
+    assert number is not None, proc.communicate()
+    return args, proc, number
+
+
+def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args, proc, killed = _start_and_wait_for_an_epoch(study_file, tmp_path / "store.db")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert load(store).trials[killed].state == TrialState.RUNNING
@@ -157,16 +163,8 @@ def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
 
 
 def test_ctrl_c_queues_the_interrupted_trial_for_the_next_run(study_file, tmp_path):
-    db = tmp_path / "store.db"
-    store = f"sqlite:///{db}"
-    args = ("--config", study_file, "--storage", store, "--trials", 3, "--epochs", 40)
-    proc = start_cli(*args)
-    deadline = time.monotonic() + 240
-    interrupted = None
-    while interrupted is None and time.monotonic() < deadline and proc.poll() is None:
-        interrupted = _running_trial_with_an_epoch(db)
-        time.sleep(0.02)
-    assert interrupted is not None, proc.communicate()
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args, proc, interrupted = _start_and_wait_for_an_epoch(study_file, tmp_path / "store.db")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

@@ -39,8 +39,11 @@ def make_comparison(studies: list, out: Path) -> ReportResult:
                      summary.pruner, states, "-" if best is None else f"{best.value:.4f}",
                      f"{summary.wall_seconds:.1f}",
                      f"{summary.epochs_run} / {summary.epochs_possible}"])
-    history = draw.histories({n: collect.best_so_far(t) for n, t in trials.items()})
-    timing = draw.best_against_time({n: best_by_time(t) for n, t in trials.items()})
+    history = draw.best_so_far({n: collect.best_so_far(t) for n, t in trials.items()},
+                               "Best validation accuracy by trial", "trial")
+    timing = draw.best_so_far({n: best_by_time(t) for n, t in trials.items()},
+                              "Best validation accuracy against wall time",
+                              "seconds since the study started")
     sections = [
         Section("Side by side", [Table(
             ["study", "dataset", "sampler", "pruner", "trials", "best val acc", "wall s",

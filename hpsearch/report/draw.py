@@ -163,28 +163,14 @@ def confusion(matrix: np.ndarray, classes: tuple) -> Figure:
         return fig
 
 
-def histories(series: dict) -> Figure:
-    """Best validation accuracy so far against trial number, one line per study."""
+def best_so_far(series: dict, title: str, xlabel: str) -> Figure:
+    """Best validation accuracy so far, one step line per study: {name: (xs, best values)}."""
     with styled():
         fig = Figure(figsize=(6.5, 3.8), layout="constrained")
         ax = fig.subplots()
-        for name, (numbers, best) in series.items():
-            ax.step(numbers, best, where="post", label=name)
-        ax.set(title="Best validation accuracy by trial", xlabel="trial",
-               ylabel="best validation accuracy so far")
-        ax.legend(fontsize=8, loc="lower right")
-        return fig
-
-
-def best_against_time(series: dict) -> Figure:
-    """Best validation accuracy so far against wall time since each study started."""
-    with styled():
-        fig = Figure(figsize=(6.5, 3.8), layout="constrained")
-        ax = fig.subplots()
-        for name, (seconds, best) in series.items():
-            ax.step(seconds, best, where="post", label=name)
-        ax.set(title="Best validation accuracy against wall time", xlabel="seconds since start",
-               ylabel="best validation accuracy so far")
+        for name, (xs, best) in series.items():
+            ax.step(xs, best, where="post", label=name)
+        ax.set(title=title, xlabel=xlabel, ylabel="best validation accuracy so far")
         ax.legend(fontsize=8, loc="lower right")
         return fig
 
