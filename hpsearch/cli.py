@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from importlib import metadata
@@ -205,8 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
-    from hpsearch.storage import (check_store_file, open_artifacts, open_storage, parse_storage,
-                                  use_wal)
+    from hpsearch.storage import (beside_store, check_store_file, open_artifacts, open_storage,
+                                  parse_storage, use_wal)
     from hpsearch.study import (count_finished, grid_is_exhausted, open_study,
                                 recover_dead_trials, run)
     from hpsearch.train import configure_threads, resolve_device
@@ -242,8 +243,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         then = "queued again" if queued else "not retried again (it died before)"
         print(f"Trial {number} was left running by a process that died: failed, {then}.")
     artifacts = open_artifacts(artifact_dir(args, spec))
+    objective = make_objective(cfg, data, device, artifacts, beside_store(spec, "checkpoints"))
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped VM or notebook: as Ctrl-C
     with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
-        result = run(study, make_objective(cfg, data, device, artifacts), cfg.study.trials,
+        result = run(study, objective, cfg.study.trials,
                      timeout=args.timeout, callbacks=(bar,))
     print_summary(study, result, spec.display, cfg)
     if result.stopped_by_failures:
@@ -305,10 +308,9 @@ def data_dir_of(args: argparse.Namespace) -> Optional[str]:
 
 
 def reports_dir(spec):
-    from pathlib import Path
+    from hpsearch.storage import beside_store
 
-    base = spec.path.parent if spec.path is not None else Path("studies").resolve()
-    return base / "reports"
+    return beside_store(spec, "reports")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -486,13 +488,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def artifact_dir(args: argparse.Namespace, spec):
     from pathlib import Path
 
-    from hpsearch.storage import default_artifact_dir
+    from hpsearch.storage import beside_store
 
     return Path(args.artifacts).expanduser().resolve() if args.artifacts else \
-        default_artifact_dir(spec)
+        beside_store(spec, "artifacts")
 
 
 def settings_record(cfg, data) -> dict:

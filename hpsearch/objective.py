@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from pathlib import Path
+from typing import Optional
 
 import optuna
 import torch
 
+from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
 from hpsearch.model import build_cnn, count_params, cpu_state_dict
 from hpsearch.owner import OWNER_ATTR, owner_record
 from hpsearch.space import suggest_params
-from hpsearch.train import FitSettings, Diverged, fit
+from hpsearch.train import Diverged, FitSettings, fit
+
+log = logging.getLogger("hpsearch")
 
 WEIGHTS_ATTR = "weights"  # user attribute: the artifact id of a completed trial's weights
 WEIGHTS_FILE = "weights.pt"
-OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", WEIGHTS_ATTR)
+ORIGIN_ATTR = "origin_trial"  # the number of the first trial of a retry chain
+OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", "resumed_from_epoch", WEIGHTS_ATTR)
 
 
 def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
@@ -27,18 +34,14 @@ def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
     return seed if isinstance(seed, int) else cfg.study.seed * 100_003 + trial.number
 
 
-def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None):
+def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None,
+                   checkpoints: Optional[Path] = None):
     """The function `study.optimize` calls: returns the final validation accuracy. With an
-    artifact store, a completed trial's weights are uploaded to it."""
+    artifact store, a completed trial's weights are uploaded to it; with a checkpoint folder,
+    every epoch is checkpointed and a retried trial resumes from its last one."""
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(OWNER_ATTR, owner_record(trial.number))
-        for key in OUTCOME_ATTRS:  # a retry inherits these from the trial it repeats
-            if trial.user_attrs.get(key) is not None:
-                trial.set_user_attr(key, None)
-        params = suggest_params(trial, cfg)
-        seed = trial_seed(cfg, trial)
-        trial.set_user_attr("seed", seed)
+        params, seed = start_trial(trial, cfg)
         torch.manual_seed(seed)
         model = build_cnn(in_channels=data.channels, num_classes=len(data.classes),
                           image_size=data.image_size, depth=params["depth"],
@@ -48,6 +51,8 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         settings = FitSettings(epochs=cfg.train.epochs, batch_size=params["batch_size"],
                                lr=params["lr"], optimizer=params["optimizer"],
                                weight_decay=params["weight_decay"], seed=seed)
+        ckpt = checkpoint_of(trial, cfg, params, checkpoints)
+        resume = resume_from(trial, ckpt)
 
         def report(epoch: int, history) -> None:
             trial.set_user_attr("history", history.as_dict())
@@ -56,7 +61,8 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            history = fit(model, data, settings, device, on_epoch_end=report)
+            history = fit(model, data, settings, device, on_epoch_end=report, resume=resume,
+                          save_state=ckpt.save if ckpt else None)
         except Diverged as err:
             # Pruned, not failed: samplers learn from pruned trials and skip failed ones.
             trial.set_user_attr("prune_reason", str(err))
@@ -65,15 +71,58 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
+            ckpt = None  # kept: the queued retry resumes from it
             raise
         except Exception as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
+        finally:
+            if ckpt is not None:
+                ckpt.delete()  # finished one way or another; a killed process never gets here
         if artifacts is not None:
             save_weights(trial, model, artifacts)
         return history.val_acc[-1]
 
     return objective
+
+
+def start_trial(trial: optuna.Trial, cfg: Config) -> tuple:
+    """Record the owner first (so a later start can prove this process dead), clear what a
+    retry inherited of its original's outcome, and draw the parameters. Returns (params, seed)."""
+    trial.set_user_attr(OWNER_ATTR, owner_record(trial.number))
+    for key in OUTCOME_ATTRS:
+        if trial.user_attrs.get(key) is not None:
+            trial.set_user_attr(key, None)
+    if not isinstance(trial.user_attrs.get(ORIGIN_ATTR), int):
+        trial.set_user_attr(ORIGIN_ATTR, trial.number)  # retries inherit it
+    params = suggest_params(trial, cfg)
+    seed = trial_seed(cfg, trial)
+    trial.set_user_attr("seed", seed)
+    return params, seed
+
+
+def checkpoint_of(trial: optuna.Trial, cfg: Config, params: dict,
+                  folder: Optional[Path]) -> Optional[TrialCheckpoint]:
+    if folder is None:
+        return None
+    return TrialCheckpoint.under(folder, cfg.study.name, trial.user_attrs[ORIGIN_ATTR], params)
+
+
+def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optional[dict]:
+    """The checkpoint to continue from, its epochs reported again under the same step numbers
+    so the pruner and the dashboard see one uninterrupted curve."""
+    if ckpt is None:
+        return None
+    state, why = ckpt.load()
+    if why:
+        log.warning("warning: %s; trial %d starts from epoch 1", why, trial.number)
+    if state is None:
+        return None
+    trial.set_user_attr("resumed_from_epoch", state["epoch"])
+    trial.set_user_attr("history", state["history"])
+    for epoch, value in enumerate(state["history"]["val_acc"], start=1):
+        trial.report(value, step=epoch)
+    return state
 
 
 def save_weights(trial: optuna.Trial, model: torch.nn.Module, artifacts) -> str:

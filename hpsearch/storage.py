@@ -169,11 +169,11 @@ def _first_line(err: Exception) -> str:
     return text[0] if text else type(err).__name__
 
 
-def default_artifact_dir(spec: StorageSpec) -> Path:
-    """Model weights live beside a store file (`studies/artifacts`), or under the working
-    folder's `studies/` for a database server."""
+def beside_store(spec: StorageSpec, name: str) -> Path:
+    """A folder beside a store file (`studies/artifacts`, `studies/checkpoints`), or under the
+    working folder's `studies/` for a database server."""
     base = spec.path.parent if spec.path is not None else Path("studies").resolve()
-    return base / "artifacts"
+    return base / name
 
 
 def open_artifacts(folder: Path):

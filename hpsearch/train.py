@@ -12,6 +12,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from hpsearch.checkpoint import rng_state, set_rng_state
+
 
 class DeviceError(ValueError):
     """The requested device does not exist on this machine."""
@@ -126,12 +128,17 @@ def autocast_for(device: torch.device):
 
 
 EpochHook = Callable[[int, History], None]
+StateHook = Callable[[int, dict], None]
 
 
 def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
-        on_epoch_end: Optional[EpochHook] = None) -> History:
+        on_epoch_end: Optional[EpochHook] = None, resume: Optional[dict] = None,
+        save_state: Optional[StateHook] = None) -> History:
     """Train for `s.epochs` epochs on data.x_train, scoring data.x_val after each.
 
+    `save_state(epoch, state)` receives everything needed to go on after that epoch (model,
+    optimizer, scaler, random streams, history); `resume` is such a state, and training
+    continues from the epoch after it with the same random draws as an uninterrupted run.
     `on_epoch_end(epoch, history)` runs after every epoch (1-based) and may raise to stop early.
     Raises Diverged when the training loss does.
     """
@@ -141,9 +148,15 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     optimizer = make_optimizer(model, s, fused=device.type in ("cpu", "cuda"))
     autocast, scaler = autocast_for(device)
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
-    history = History()
+    history, first = History(), 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"], gen)
+        history, first = History(**resume["history"]), resume["epoch"] + 1
     chance = math.log(max(2, len(data.classes)))
-    for epoch in range(1, s.epochs + 1):
+    for epoch in range(first, s.epochs + 1):
         start = time.perf_counter()
         loss, acc = train_epoch(model, data.x_train, data.y_train, optimizer, scaler, autocast,
                                 s.batch_size, gen)
@@ -154,6 +167,10 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
                            ("val_acc", val_acc)):
             getattr(history, key).append(round(value, 6))
         history.epoch_seconds.append(round(time.perf_counter() - start, 4))
+        if save_state is not None:
+            save_state(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scaler": scaler.state_dict(), "rng": rng_state(gen),
+                               "history": history.as_dict()})
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
     return history

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from conftest import load, run_cli, start_cli, states
@@ -158,14 +159,35 @@ def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
     assert len(retries) == 1
     assert retries[0].params == study.trials[killed].params
     assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    # Resumed from its checkpoint, with every epoch's step reported once, in order.
+    assert retries[0].user_attrs["resumed_from_epoch"] > 0
+    steps = sorted(retries[0].intermediate_values)
+    assert steps == list(range(1, len(steps) + 1))
     assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert list((tmp_path / "checkpoints").rglob("*.pt")) == []  # finished trials keep none
 
 
-def test_ctrl_c_queues_the_interrupted_trial_for_the_next_run(study_file, tmp_path):
+def test_a_damaged_checkpoint_means_a_restart_from_the_first_epoch(study_file, tmp_path):
+    args, proc, killed = _start_and_wait_for_an_epoch(study_file, tmp_path / "store.db")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (checkpoint,) = (tmp_path / "checkpoints").rglob("*.pt")
+    checkpoint.write_bytes(b"half a file")
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert "cannot be read" in out.stderr and "starts from epoch 1" in out.stderr
+    study = load(f"sqlite:///{tmp_path / 'store.db'}")
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.user_attrs.get("resumed_from_epoch") is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_queues_the_interrupted_trial_for_the_next_run(study_file, tmp_path, sig):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     args, proc, interrupted = _start_and_wait_for_an_epoch(study_file, tmp_path / "store.db")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "run the same command to continue" in stderr and "Traceback" not in stderr
@@ -182,4 +204,5 @@ def test_ctrl_c_queues_the_interrupted_trial_for_the_next_run(study_file, tmp_pa
     assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retry.params == study.trials[interrupted].params
     assert retry.user_attrs["fail_reason"] is None  # the retry's own outcome, not the copy's
+    assert retry.user_attrs["resumed_from_epoch"] > 0
     assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0

@@ -73,8 +73,9 @@ def _write(path: Path, text: str, result: ReportResult) -> None:
     result.files.append(path)
 
 
-def _figure(result: ReportResult, fig, filename: str, caption: str) -> Image:
-    draw.save(fig, result.folder / filename)
+def _figure(result: ReportResult, fig, filename: str, caption: str,
+            tight: bool = False) -> Image:
+    draw.save(fig, result.folder / filename, tight)
     result.files.append(result.folder / filename)
     return Image(filename, caption)
 
@@ -179,7 +180,7 @@ def _optuna_section(result: ReportResult, study, trials: list) -> Section:
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             result.notes.append(f"{filename}: Optuna could not draw it ({err}).")
             continue
-        blocks.append(_figure(result, fig, filename, caption))
+        blocks.append(_figure(result, fig, filename, caption, tight=True))
     return Section("The search", blocks or [Text("Nothing to draw yet.")])
 
 

@@ -1,0 +1,79 @@
+"""Per-trial checkpoints: a trial that dies resumes from its last finished epoch.
+
+A checkpoint is a plain dict of tensors, numbers and strings, so that
+`torch.load(weights_only=True)` reads it; it is written to a temporary file and renamed, so a
+kill during the write leaves the previous one. It names the study, the original trial number
+and the parameters, and is ignored when any of them differs. Knows nothing of Optuna.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrialCheckpoint:
+    """Where one trial's checkpoint lives and whom it belongs to."""
+
+    path: Path
+    study: str
+    trial: int  # the original trial's number: its retries share the file
+    params: dict
+
+    @classmethod
+    def under(cls, folder: Path, study: str, trial: int, params: dict) -> "TrialCheckpoint":
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study)[:80]
+        return cls(folder / safe / f"trial-{trial}.pt", study, trial, dict(params))
+
+    def save(self, epoch: int, state: dict) -> None:
+        """Write `state` (model, optimizer, RNG, history...) as the state after `epoch`."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"format": FORMAT, "study": self.study, "trial": self.trial,
+                  "params": self.params, "epoch": epoch, **state}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(record, tmp)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load(self) -> tuple:
+        """(state, None) for a checkpoint of this very trial, (None, why) when there is a
+        file that cannot be used, (None, None) when there is none."""
+        if not self.path.exists():
+            return None, None
+        try:
+            record = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, corrupt, unreadable: all mean "start over"
+            return None, f"checkpoint {self.path} cannot be read ({type(err).__name__})"
+        mine = (isinstance(record, dict) and record.get("format") == FORMAT
+                and record.get("study") == self.study and record.get("trial") == self.trial
+                and record.get("params") == self.params)
+        if not mine:
+            return None, f"checkpoint {self.path} belongs to another study, trial or parameters"
+        return record, None
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    """Every random stream a CPU or CUDA epoch draws from, as tensors."""
+    state = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

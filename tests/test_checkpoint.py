@@ -1,0 +1,60 @@
+"""Trial checkpoints: a resumed fit continues exactly where it stopped."""
+
+from __future__ import annotations
+
+import torch
+
+from hpsearch.checkpoint import TrialCheckpoint
+from hpsearch.config import DataConfig
+from hpsearch.data import load_dataset
+from hpsearch.model import build_cnn
+from hpsearch.train import FitSettings, fit
+
+SETTINGS = FitSettings(epochs=5, batch_size=64, lr=0.01, optimizer="adam", seed=7)
+
+
+def new_model(data):
+    torch.manual_seed(7)
+    return build_cnn(in_channels=1, num_classes=10, image_size=8, depth=2, width=6,
+                     dropout=0.3)
+
+
+def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path):
+    data = load_dataset(DataConfig(image_size=8), 0)
+    whole = fit(new_model(data), data, SETTINGS, torch.device("cpu"))
+
+    ckpt = TrialCheckpoint.under(tmp_path, "s", 3, {"lr": 0.01})
+    saved = []
+
+    def stop_after_two(epoch, history):
+        saved.append(epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process dies here; the checkpoint of epoch 2 stays
+
+    try:
+        fit(new_model(data), data, SETTINGS, torch.device("cpu"), on_epoch_end=stop_after_two,
+            save_state=ckpt.save)
+    except KeyboardInterrupt:
+        pass
+    state, why = ckpt.load()
+    assert why is None and state["epoch"] == 2
+    resumed = fit(new_model(data), data, SETTINGS, torch.device("cpu"), resume=state)
+    assert resumed.val_acc == whole.val_acc
+    assert resumed.train_loss == whole.train_loss
+
+
+def test_a_checkpoint_of_another_trial_or_a_damaged_one_is_not_used(tmp_path):
+    ckpt = TrialCheckpoint.under(tmp_path, "study/with:odd name", 3, {"lr": 0.01})
+    assert ckpt.load() == (None, None)
+    ckpt.save(1, {"history": {}})
+    assert ckpt.load()[0]["epoch"] == 1
+    for other in (TrialCheckpoint(ckpt.path, "other", 3, {"lr": 0.01}),
+                  TrialCheckpoint(ckpt.path, ckpt.study, 4, {"lr": 0.01}),
+                  TrialCheckpoint(ckpt.path, ckpt.study, 3, {"lr": 0.02})):
+        state, why = other.load()
+        assert state is None and "belongs to another" in why
+    ckpt.path.write_bytes(b"\x00 not a checkpoint")
+    state, why = ckpt.load()
+    assert state is None and "cannot be read" in why
+    ckpt.delete()
+    assert not ckpt.path.exists() and list(ckpt.path.parent.iterdir()) == []
