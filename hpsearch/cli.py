@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 import warnings
-from importlib import metadata
 from typing import Optional
 
 from hpsearch.config import ConfigError
@@ -82,6 +81,9 @@ def build_parser() -> Parser:
     run.add_argument("--seed", type=whole_number(0), metavar="N", help="default: study.seed")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a study-file key, e.g. --set space.depth=3 (repeatable)")
+    run.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                     help="worker processes on this machine, sharing the CPU threads (on "
+                          "CUDA, worker i takes GPU i modulo the count); default 1")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
     run.set_defaults(func=cmd_run)
@@ -209,16 +211,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.storage import (beside_store, check_store_file, open_artifacts, open_storage,
                                   parse_storage, use_wal)
     from hpsearch.study import (count_finished, grid_is_exhausted, open_study,
-                                recover_dead_trials, run)
+                                recover_dead_trials, settings_record)
     from hpsearch.train import configure_threads, resolve_device
 
     flags = {"study.trials": args.trials, "study.name": args.study_name,
              "train.epochs": args.epochs, "study.seed": args.seed}
-    cfg = load_config(args.config, args.set, {k: v for k, v in flags.items() if v is not None})
+    flags = {k: v for k, v in flags.items() if v is not None}
+    cfg = load_config(args.config, args.set, flags)
     device = resolve_device(args.device)
     spec = parse_storage(args.storage)
     check_store_file(spec)  # before any work, so a wrong path fails fast
-    threads = configure_threads() if device.type == "cpu" else None
+    threads = configure_threads(args.workers) if device.type == "cpu" else None
     data = load_dataset(cfg.data, cfg.study.seed, device)
     if data.skipped:
         log.warning("warning: skipped %d unreadable image file(s), e.g. %s",
@@ -228,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = open_study(storage, cfg, settings_record(cfg, data))
     use_wal(spec)
     done = count_finished(study)
-    print_header(cfg, data, spec.display, device, threads, done)
+    print_header(cfg, data, spec.display, device, threads, done, args.workers)
     if done >= cfg.study.trials:
         print(f"Study {cfg.study.name!r} already has {done} finished trials (target "
               f"{cfg.study.trials}); pass a larger --trials to run more.")
@@ -242,12 +245,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     for number, queued in recover_dead_trials(study):
         then = "queued again" if queued else "not retried again (it died before)"
         print(f"Trial {number} was left running by a process that died: failed, {then}.")
-    artifacts = open_artifacts(artifact_dir(args, spec))
-    objective = make_objective(cfg, data, device, artifacts, beside_store(spec, "checkpoints"))
+    artifacts, checkpoints = artifact_dir(args, spec), beside_store(spec, "checkpoints")
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped VM or notebook: as Ctrl-C
     with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
-        result = run(study, objective, cfg.study.trials,
-                     timeout=args.timeout, callbacks=(bar,))
+        if args.workers == 1:
+            from hpsearch.study import run
+
+            objective = make_objective(cfg, data, device, open_artifacts(artifacts), checkpoints)
+            result = run(study, objective, cfg.study.trials, timeout=args.timeout,
+                         callbacks=(bar,))
+        else:
+            from hpsearch.workers import Plan, run_workers
+
+            plan = Plan(args.config, tuple(args.set), flags, spec.url, args.device,
+                        str(artifacts), str(checkpoints), args.timeout, args.workers)
+            result = run_workers(plan, poll=lambda: bar.poll(study))
     print_summary(study, result, spec.display, cfg)
     if result.stopped_by_failures:
         print(f"hpsearch: error: the last 5 trials failed; stopped. Last error: "
@@ -501,21 +513,11 @@ def artifact_dir(args: argparse.Namespace, spec):
         beside_store(spec, "artifacts")
 
 
-def settings_record(cfg, data) -> dict:
-    """What a study keeps about how it was run: never a storage URL or a password."""
-    versions = {}
-    for package in ("hpsearch", "optuna", "torch", "torchvision", "numpy", "scikit-learn"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
-            "versions": versions}
-
-
-def print_header(cfg, data, store: str, device, threads, done: int) -> None:
+def print_header(cfg, data, store: str, device, threads, done: int, workers: int) -> None:
     sizes = f"{len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test"
     where = f"{device} ({threads} threads)" if threads else str(device)
+    if workers > 1:
+        where = f"{workers} worker processes on {where.replace(' threads', ' threads each')}"
     print(f"Store: {store}")
     print(f"Study {cfg.study.name!r}: {done} of {cfg.study.trials} trials finished; "
           f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {cfg.train.epochs} epochs")
@@ -544,6 +546,13 @@ class progress_bar:
 
         if trial.state in FINISHED:
             self.bar.update(1)
+        self._show(study)
+
+    def poll(self, study) -> None:
+        """For workers in other processes: read the finished count from the store."""
+        from hpsearch.study import count_finished
+
+        self.bar.update(count_finished(study) - self.bar.n)
         self._show(study)
 
     def _show(self, study) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from importlib import metadata
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -220,6 +221,18 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
                      states=state_counts(study),
                      stopped_by_failures=streak.streak >= streak.limit,
                      last_fail_reason=streak.last_reason)
+
+
+def settings_record(cfg, data) -> dict:
+    """What a study keeps about how it was run: never a storage URL or a password."""
+    versions = {}
+    for package in ("hpsearch", "optuna", "torch", "torchvision", "numpy", "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
+            "versions": versions}
 
 
 def state_counts(study: optuna.Study) -> dict:
