@@ -81,6 +81,10 @@ def build_parser() -> Parser:
     run.add_argument("--seed", type=whole_number(0), metavar="N", help="default: study.seed")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a study-file key, e.g. --set space.depth=3 (repeatable)")
+    run.add_argument("--backup", metavar="DIR",
+                     help="copy the store, the running trial's checkpoint and new weights to "
+                          "DIR (Google Drive, say) and restore from it on a fresh machine; "
+                          "also [study] backup")
     run.add_argument("--workers", type=positive_int, default=1, metavar="N",
                      help="worker processes on this machine, sharing the CPU threads (on "
                           "CUDA, worker i takes GPU i modulo the count); default 1")
@@ -207,19 +211,25 @@ def _not_ctrl_c(record: logging.LogRecord) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
-    from hpsearch.objective import make_objective
-    from hpsearch.storage import (beside_store, check_store_file, open_artifacts, open_storage,
-                                  parse_storage, use_wal)
+    from hpsearch.storage import (Backup, beside_store, check_store_file, open_storage,
+                                  parse_storage, refuse_network_sqlite, use_wal)
     from hpsearch.study import (count_finished, grid_is_exhausted, open_study,
                                 recover_dead_trials, settings_record)
     from hpsearch.train import configure_threads, resolve_device
 
     flags = {"study.trials": args.trials, "study.name": args.study_name,
-             "train.epochs": args.epochs, "study.seed": args.seed}
+             "train.epochs": args.epochs, "study.seed": args.seed, "study.backup": args.backup}
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = load_config(args.config, args.set, flags)
     device = resolve_device(args.device)
     spec = parse_storage(args.storage)
+    refuse_network_sqlite(spec)
+    folders = {"artifacts": artifact_dir(args, spec),
+               "checkpoints": beside_store(spec, "checkpoints")}
+    backup = Backup.of(cfg.study, spec, folders["artifacts"], folders["checkpoints"])
+    restored = backup.restore_if_missing() if backup else None
+    if restored:
+        print(restored)
     check_store_file(spec)  # before any work, so a wrong path fails fast
     threads = configure_threads(args.workers) if device.type == "cpu" else None
     data = load_dataset(cfg.data, cfg.study.seed, device)
@@ -232,42 +242,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     use_wal(spec)
     done = count_finished(study)
     print_header(cfg, data, spec.display, device, threads, done, args.workers)
-    if done >= cfg.study.trials:
-        print(f"Study {cfg.study.name!r} already has {done} finished trials (target "
-              f"{cfg.study.trials}); pass a larger --trials to run more.")
-        print_summary(study, None, spec.display, cfg)
+    if done >= cfg.study.trials or grid_is_exhausted(study):
+        print_nothing_to_do(study, cfg, done, spec.display)
         return 0
-    if grid_is_exhausted(study):
-        print(f"Study {cfg.study.name!r} has tried every point of its grid ({done} finished "
-              f"trials); widen [space] under a new --study-name to search further.")
-        print_summary(study, None, spec.display, cfg)
-        return 0
-    for number, queued in recover_dead_trials(study):
+    from_backup = bool(restored) and restored.startswith("restored")
+    for number, queued in recover_dead_trials(study, restored=from_backup):
         then = "queued again" if queued else "not retried again (it died before)"
         print(f"Trial {number} was left running by a process that died: failed, {then}.")
-    artifacts, checkpoints = artifact_dir(args, spec), beside_store(spec, "checkpoints")
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped VM or notebook: as Ctrl-C
+    try:
+        result = run_trials(args, cfg, flags, spec, study, data, device, folders, backup, done)
+    finally:
+        if backup:
+            backup.sync(force=True)
+    return finish(study, cfg, result, spec.display, args.timeout)
+
+
+def run_trials(args, cfg, flags, spec, study, data, device, folders, backup, done: int):
+    """The trials themselves: in this process, or in --workers spawned ones."""
+    from hpsearch.objective import make_objective
+    from hpsearch.storage import open_artifacts
+
     with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
         if args.workers == 1:
             from hpsearch.study import run
 
-            objective = make_objective(cfg, data, device, open_artifacts(artifacts), checkpoints)
-            result = run(study, objective, cfg.study.trials, timeout=args.timeout,
-                         callbacks=(bar,))
-        else:
-            from hpsearch.workers import Plan, run_workers
+            objective = make_objective(cfg, data, device, open_artifacts(folders["artifacts"]),
+                                       folders["checkpoints"], backup)
+            return run(study, objective, cfg.study.trials, timeout=args.timeout,
+                       callbacks=(bar,))
+        from hpsearch.workers import Plan, run_workers
 
-            plan = Plan(args.config, tuple(args.set), flags, spec.url, args.device,
-                        str(artifacts), str(checkpoints), args.timeout, args.workers)
-            result = run_workers(plan, poll=lambda: bar.poll(study))
-    print_summary(study, result, spec.display, cfg)
+        plan = Plan(args.config, tuple(args.set), flags, spec.url, args.device,
+                    str(folders["artifacts"]), str(folders["checkpoints"]), args.timeout,
+                    args.workers)
+        return run_workers(plan, poll=lambda: bar.poll(study))
+
+
+def print_nothing_to_do(study, cfg, done: int, store: str) -> None:
+    if done >= cfg.study.trials:
+        print(f"Study {cfg.study.name!r} already has {done} finished trials (target "
+              f"{cfg.study.trials}); pass a larger --trials to run more.")
+    else:
+        print(f"Study {cfg.study.name!r} has tried every point of its grid ({done} finished "
+              f"trials); widen [space] under a new --study-name to search further.")
+    print_summary(study, None, store, cfg)
+
+
+def finish(study, cfg, result, store: str, timeout) -> int:
+    from hpsearch.study import count_finished
+
+    print_summary(study, result, store, cfg)
     if result.stopped_by_failures:
         print(f"hpsearch: error: the last 5 trials failed; stopped. Last error: "
               f"{result.last_fail_reason}", file=sys.stderr)
         return EXIT_FAILED
     done = count_finished(study)
     if done < cfg.study.trials:
-        if args.timeout and result.seconds >= args.timeout:
+        if timeout and result.seconds >= timeout:
             why = "--timeout reached"
         else:
             why = "the grid is exhausted" if cfg.study.sampler == "grid" else "stopped early"

@@ -81,6 +81,8 @@ class StudyConfig:
     seed: int = 0
     heartbeat_interval: int = 30  # seconds between heartbeats of a running trial
     grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
+    backup: str = ""  # a folder (Google Drive, say) that receives a copy of the store
+    backup_interval: float = 30.0  # seconds at least between two backups during a trial
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ class Config:
     def settings(self) -> dict:
         """The settings a resumed run must share with the first: everything but the target
         count and where the data files live (the dataset's fingerprint covers its content)."""
-        study = {k: v for k, v in asdict(self.study).items() if k != "trials"}
+        local = ("trials", "backup", "backup_interval")  # may differ from machine to machine
+        study = {k: v for k, v in asdict(self.study).items() if k not in local}
         data = {k: v for k, v in asdict(self.data).items() if k != "data_dir"}
         return {
             "study": study,
@@ -232,6 +235,8 @@ def _check_study(s: StudyConfig) -> None:
     _need(0 <= s.seed <= MAX_SEED, f"study.seed must be 0..{MAX_SEED}, got {s.seed}")
     _need(s.heartbeat_interval >= 1,
           f"study.heartbeat_interval must be at least 1 second, got {s.heartbeat_interval}")
+    _need(s.backup_interval >= 0,
+          f"study.backup_interval must be 0 or more seconds, got {s.backup_interval}")
     _need(s.grace_period > s.heartbeat_interval,
           f"study.grace_period must exceed study.heartbeat_interval ({s.heartbeat_interval}),"
           f" got {s.grace_period}")

@@ -35,10 +35,11 @@ def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
 
 
 def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None,
-                   checkpoints: Optional[Path] = None):
+                   checkpoints: Optional[Path] = None, backup=None):
     """The function `study.optimize` calls: returns the final validation accuracy. With an
     artifact store, a completed trial's weights are uploaded to it; with a checkpoint folder,
-    every epoch is checkpointed and a retried trial resumes from its last one."""
+    every epoch is checkpointed and a retried trial resumes from its last one; with a backup,
+    the store and the checkpoint are copied when a trial starts and after its epochs."""
 
     def objective(trial: optuna.Trial) -> float:
         params, seed = start_trial(trial, cfg)
@@ -53,6 +54,13 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
                                weight_decay=params["weight_decay"], seed=seed)
         ckpt = checkpoint_of(trial, cfg, params, checkpoints)
         resume = resume_from(trial, ckpt)
+        if backup is not None:
+            backup.sync()
+
+        def save_state(epoch: int, state: dict) -> None:
+            ckpt.save(epoch, state)
+            if backup is not None:
+                backup.sync(ckpt.path)
 
         def report(epoch: int, history) -> None:
             trial.set_user_attr("history", history.as_dict())
@@ -62,7 +70,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
 
         try:
             history = fit(model, data, settings, device, on_epoch_end=report, resume=resume,
-                          save_state=ckpt.save if ckpt else None)
+                          save_state=save_state if ckpt else None)
         except Diverged as err:
             # Pruned, not failed: samplers learn from pruned trials and skip failed ones.
             trial.set_user_attr("prune_reason", str(err))
@@ -77,8 +85,10 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
         finally:
-            if ckpt is not None:
-                ckpt.delete()  # finished one way or another; a killed process never gets here
+            if ckpt is not None:  # finished one way or another; a killed process never gets here
+                ckpt.delete()
+                if backup is not None:
+                    backup.forget(ckpt.path)
         if artifacts is not None:
             save_weights(trial, model, artifacts)
         return history.val_acc[-1]

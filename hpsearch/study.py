@@ -120,13 +120,15 @@ def open_study(storage, cfg: Config, record: dict, worker: int = 0) -> optuna.St
     return study
 
 
-def recover_dead_trials(study: optuna.Study) -> list:
-    """Fail each RUNNING trial whose owner is provably dead on this host and queue one retry
-    with the same parameters. Returns (trial number, retry queued) pairs."""
+def recover_dead_trials(study: optuna.Study, restored: bool = False) -> list:
+    """Fail each RUNNING trial whose owner is provably dead on this host (every one, in a
+    store just restored from a backup: nothing writes to that copy) and queue one retry with
+    the same parameters. Returns (trial number, retry queued) pairs."""
     storage = study._storage  # Optuna's own stale-trial recovery works on the storage too
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_provably_dead(trial.user_attrs.get(OWNER_ATTR), trial.number):
+        if not restored and not is_provably_dead(trial.user_attrs.get(OWNER_ATTR),
+                                                 trial.number):
             continue
         try:
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", "its process died")

@@ -62,7 +62,7 @@ def worker_main(plan: Plan, index: int, results) -> None:
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
-    from hpsearch.storage import open_artifacts, open_storage, parse_storage
+    from hpsearch.storage import Backup, open_artifacts, open_storage, parse_storage
     from hpsearch.study import open_study, run, settings_record
     from hpsearch.train import configure_threads
 
@@ -75,12 +75,14 @@ def worker_main(plan: Plan, index: int, results) -> None:
         if device.type == "cpu":
             configure_threads(plan.workers)
         data = load_dataset(cfg.data, cfg.study.seed, device)
-        storage = open_storage(parse_storage(plan.storage),
-                               heartbeat_interval=cfg.study.heartbeat_interval,
+        spec = parse_storage(plan.storage)
+        storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)
         study = open_study(storage, cfg, settings_record(cfg, data), worker=index)
-        objective = make_objective(cfg, data, device, open_artifacts(Path(plan.artifacts)),
-                                   Path(plan.checkpoints))
+        artifacts, checkpoints = Path(plan.artifacts), Path(plan.checkpoints)
+        backup = Backup.of(cfg.study, spec, artifacts, checkpoints)
+        objective = make_objective(cfg, data, device, open_artifacts(artifacts), checkpoints,
+                                   backup)
         result = run(study, objective, cfg.study.trials, timeout=plan.timeout)
     except KeyboardInterrupt:
         results.put((index, None))
