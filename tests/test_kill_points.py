@@ -1,0 +1,107 @@
+"""SIGKILL at several points of a run; the rerun finishes the study with nothing lost.
+
+Each point is reached by waiting for a marker in the store or the checkpoint folder, never by
+sleeping for a guessed time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import load, run_cli, start_cli, states
+
+TARGET = 3
+
+
+def query(db: Path, sql: str) -> list:
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []  # tables not made yet
+    finally:
+        con.close()
+
+
+def in_first_epoch(db: Path, folder: Path) -> bool:
+    """A trial has recorded its owner but reported no epoch yet."""
+    return bool(query(db, "SELECT 1 FROM trials t JOIN trial_user_attributes a "
+                          "ON a.trial_id = t.trial_id AND a.key = 'owner' "
+                          "WHERE t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 FROM "
+                          "trial_intermediate_values v WHERE v.trial_id = t.trial_id)"))
+
+
+def after_epoch_2(db: Path, folder: Path) -> bool:
+    """The running trial's checkpoint holds epoch 2 or later."""
+    for path in folder.rglob("trial-*.pt"):
+        try:
+            if torch.load(path, weights_only=True)["epoch"] >= 2:
+                return True
+        except Exception:
+            pass  # replaced while being read: look again
+    return False
+
+
+def between_trials(db: Path, folder: Path) -> bool:
+    """A trial has finished and the next one has not reported an epoch (or not started)."""
+    finished = query(db, "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')")
+    if not finished or finished[0][0] < 1:
+        return False
+    running = query(db, "SELECT 1 FROM trials WHERE state = 'RUNNING'")
+    return not running or in_first_epoch(db, folder)
+
+
+MARKERS = {"during the first epoch": in_first_epoch, "between epochs": after_epoch_2,
+           "while a checkpoint is written": after_epoch_2, "between trials": between_trials}
+
+
+def finished_trials(store: str) -> dict:
+    return {t.number: (t.state, t.params, t.value, t.intermediate_values)
+            for t in load(store).trials if t.state.is_finished()}
+
+
+@pytest.mark.parametrize("point", MARKERS, ids=list(MARKERS))
+def test_sigkill_at_any_point_loses_nothing(study_file, tmp_path, point):
+    db, folder = tmp_path / "store.db", tmp_path / "checkpoints"
+    store = f"sqlite:///{db}"
+    args = ("--config", study_file, "--storage", store, "--trials", TARGET, "--epochs", 30,
+            "--set", "study.pruner='none'")
+    proc = start_cli(*args)
+    deadline = time.monotonic() + 240
+    while not MARKERS[point](db, folder):
+        assert proc.poll() is None and time.monotonic() < deadline, "the marker never came"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if point == "while a checkpoint is written":
+        # A kill inside torch.save leaves a partial temporary file beside the last checkpoint;
+        # the rename that would publish it never happened.
+        (ckpt,) = folder.rglob("trial-*.pt")
+        (ckpt.parent / f".{ckpt.name}.999999.tmp").write_bytes(b"partial")
+    before = finished_trials(store)
+    running = [t.number for t in load(store).trials if not t.state.is_finished()]
+
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    counts = states(study)
+    assert counts.get("COMPLETE", 0) == TARGET, counts
+    assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0
+    after = finished_trials(store)
+    assert all(after[n] == before[n] for n in before), "a finished trial changed"
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") in running]
+    assert len(retries) == len(running)
+    if point in ("between epochs", "while a checkpoint is written"):
+        assert retries[0].user_attrs["resumed_from_epoch"] >= 2
+        assert sorted(retries[0].intermediate_values) == list(range(1, 31))
+    if point == "during the first epoch":
+        assert retries[0].user_attrs.get("resumed_from_epoch") is None
