@@ -617,6 +617,9 @@ def print_summary(study, result, store: str, cfg) -> None:
         plural = "" if result.ran == 1 else "s"
         rows.append(("Wall time",
                      f"{result.seconds:.1f} s for {result.ran} trial{plural} this run"))
+        if result.lock_retries:
+            rows.append(("Lock retries", f"{result.lock_retries} (the SQLite store was busy "
+                                         f"for over a second each time; nothing was lost)"))
     rows.append(("Store", store))
     print()
     for label, value in rows:

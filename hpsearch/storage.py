@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -13,6 +14,8 @@ from typing import Optional
 import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+log = logging.getLogger("hpsearch")
 
 DEFAULT_STORAGE = "sqlite:///studies/hpsearch.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -135,8 +138,9 @@ def _journal(path: Path):
 
 def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Optional[int]):
     if spec.kind == "sqlite":
-        # Wait for a lock instead of failing at once when a dashboard or worker holds it.
-        engine_kwargs = {"connect_args": {"timeout": 60}}
+        # SQLite waits up to LOCK_WAIT seconds for another writer, then hpsearch retries and
+        # counts the retry, for LOCK_PATIENCE seconds in all.
+        engine_kwargs = {"connect_args": {"timeout": LOCK_WAIT, "factory": _RetryingConnection}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     retry = None
@@ -149,6 +153,53 @@ def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Opt
         grace_period=grace_period,
         heartbeat_stale_trial_callback=retry,
     )
+
+
+LOCK_WAIT = 1.0  # seconds SQLite itself waits for a lock before reporting it
+LOCK_PATIENCE = 120.0  # seconds of retries before "database is locked" reaches the user
+_lock_retries = 0
+
+
+def lock_retries() -> int:
+    """How many times this process retried a statement because the SQLite store was locked."""
+    return _lock_retries
+
+
+def _with_lock_retries(call):
+    global _lock_retries
+    deadline, delay = time.monotonic() + LOCK_PATIENCE, 0.02
+    while True:
+        try:
+            return call()
+        except sqlite3.OperationalError as err:
+            text = str(err).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            _lock_retries += 1
+            log.info("SQLite store locked by another process for over %.0f s; retry %d",
+                     LOCK_WAIT, _lock_retries)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+class _RetryingCursor(sqlite3.Cursor):
+    """A DB-API cursor (under SQLAlchemy, under Optuna's storage) that retries a statement
+    the SQLite store refused as locked, and counts it."""
+
+    def execute(self, sql, parameters=()):
+        return _with_lock_retries(lambda: super(_RetryingCursor, self).execute(sql, parameters))
+
+    def executemany(self, sql, seq):
+        seq = list(seq)
+        return _with_lock_retries(lambda: super(_RetryingCursor, self).executemany(sql, seq))
+
+
+class _RetryingConnection(sqlite3.Connection):
+    def cursor(self, factory=_RetryingCursor):
+        return super().cursor(factory)
+
+    def commit(self):
+        return _with_lock_retries(super().commit)
 
 
 def use_wal(spec: StorageSpec) -> None:

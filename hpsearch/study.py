@@ -198,6 +198,7 @@ class RunResult:
     states: dict = field(default_factory=dict)  # state name -> count, whole study
     stopped_by_failures: bool = False
     last_fail_reason: Optional[str] = None
+    lock_retries: int = 0  # statements retried because the SQLite store was locked
 
 
 def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float] = None,
@@ -219,10 +220,12 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
     except KeyboardInterrupt:
         requeue_interrupted(study, set(ran))
         raise
+    from hpsearch.storage import lock_retries
+
     return RunResult(ran=len(ran), seconds=time.perf_counter() - start,
                      states=state_counts(study),
                      stopped_by_failures=streak.streak >= streak.limit,
-                     last_fail_reason=streak.last_reason)
+                     last_fail_reason=streak.last_reason, lock_retries=lock_retries())
 
 
 def settings_record(cfg, data) -> dict:

@@ -67,6 +67,7 @@ def worker_main(plan: Plan, index: int, results) -> None:
     from hpsearch.train import configure_threads
 
     signal.signal(signal.SIGTERM, _interrupt)
+    logging.basicConfig(format=f"[worker {index}] %(message)s", level=logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
@@ -143,4 +144,5 @@ def _combine(items: list, seconds: float, exitcodes: list) -> RunResult:
     return RunResult(ran=sum(r["ran"] for r in done), seconds=seconds,
                      states=done[-1]["states"] if done else {},
                      stopped_by_failures=any(r["stopped_by_failures"] for r in done),
-                     last_fail_reason=reasons[-1] if reasons else None)
+                     last_fail_reason=reasons[-1] if reasons else None,
+                     lock_retries=sum(r["lock_retries"] for r in done))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, states
+from conftest import load, run_cli, start_cli, states
 from test_postgres import URL, postgres_study  # noqa: F401 (a fixture)
 
 WORKERS, TARGET = 4, 12
@@ -46,3 +50,33 @@ def test_four_workers_on_postgresql(study_file, postgres_study):  # noqa: F811
     out = run_cli("--config", study_file, "--storage", URL, "--study-name", postgres_study,
                   "--trials", TARGET, "--workers", WORKERS)
     check_workers_run(out, URL.replace("postgresql://", "postgresql+psycopg://"), postgres_study)
+
+
+def test_a_locked_sqlite_store_is_waited_for_and_each_retry_counted(study_file, tmp_path):
+    db = tmp_path / "s.db"
+    store = f"sqlite:///{db}"
+    assert run_cli("--config", study_file, "--storage", store, "--trials", 1).returncode == 0
+    # Another process takes the write lock, and keeps it for 2.5 s after the resumed run has
+    # printed its header, i.e. just when that run wants to write its next trial.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"con = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "con.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+        "sys.stdin.readline(); time.sleep(2.5); con.execute('COMMIT')\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    run = start_cli("--config", study_file, "--storage", store, "--trials", 2)
+    for line in run.stdout:
+        if line.startswith("Study 'tiny'"):
+            break
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    stdout, stderr = run.communicate(timeout=300)
+    holder.wait(timeout=30)
+    assert run.returncode == 0, stderr
+    assert "database is locked" not in stderr
+    retries = re.findall(r"SQLite store locked by another process for over 1 s; retry (\d+)",
+                         stderr)
+    assert retries and retries == [str(i) for i in range(1, len(retries) + 1)]
+    assert f"Lock retries   {len(retries)} " in stdout
+    assert states(load(store)) == {"COMPLETE": 2}
