@@ -198,14 +198,9 @@ def configure_logging(verbose: bool) -> None:
     if not verbose:
         # Heartbeats and the GP sampler are marked experimental; the warning is noise here.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for handler in logging.getLogger("optuna").handlers:
-        handler.addFilter(_not_ctrl_c)
+    from hpsearch.study import hide_ctrl_c_tracebacks
 
-
-def _not_ctrl_c(record: logging.LogRecord) -> bool:
-    """Optuna logs the trial that Ctrl-C stopped with a traceback; hpsearch says it in one
-    line instead."""
-    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+    hide_ctrl_c_tracebacks()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

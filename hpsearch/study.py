@@ -240,6 +240,19 @@ def settings_record(cfg, data) -> dict:
             "versions": versions}
 
 
+def hide_ctrl_c_tracebacks() -> None:
+    """Optuna logs the trial that Ctrl-C stopped with a traceback; hpsearch says it in one
+    line instead."""
+    import logging
+
+    for handler in logging.getLogger("optuna").handlers:
+        handler.addFilter(_not_ctrl_c)
+
+
+def _not_ctrl_c(record) -> bool:
+    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+
+
 def state_counts(study: optuna.Study) -> dict:
     counts: dict = {}
     for t in study.get_trials(deepcopy=False):

@@ -63,12 +63,13 @@ def worker_main(plan: Plan, index: int, results) -> None:
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
     from hpsearch.storage import Backup, open_artifacts, open_storage, parse_storage
-    from hpsearch.study import open_study, run, settings_record
+    from hpsearch.study import hide_ctrl_c_tracebacks, open_study, run, settings_record
     from hpsearch.train import configure_threads
 
     signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(format=f"[worker {index}] %(message)s", level=logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    hide_ctrl_c_tracebacks()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         cfg = load_config(plan.config, list(plan.overrides), plan.flags)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -80,3 +82,29 @@ def test_a_locked_sqlite_store_is_waited_for_and_each_retry_counted(study_file, 
     assert retries and retries == [str(i) for i in range(1, len(retries) + 1)]
     assert f"Lock retries   {len(retries)} " in stdout
     assert states(load(store)) == {"COMPLETE": 2}
+
+
+def test_sigterm_to_a_run_with_workers_queues_every_interrupted_trial(study_file, tmp_path):
+    db = tmp_path / "s.db"
+    store = f"sqlite:///{db}"
+    args = ("--config", study_file, "--storage", store, "--trials", 4, "--workers", 2,
+            "--epochs", 200, "--set", "study.pruner='none'")
+    run = start_cli(*args)
+    deadline = time.monotonic() + 240
+    while len(list((tmp_path / "checkpoints").rglob("trial-*.pt"))) < 2:
+        assert run.poll() is None and time.monotonic() < deadline, "no two running trials"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=180)
+    assert run.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    study = load(store)
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 2 and len(list((tmp_path / "checkpoints").rglob("*.pt"))) == 2
+
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    resumed = [study.trials[t.number] for t in waiting]
+    assert all(t.user_attrs["resumed_from_epoch"] > 0 for t in resumed)
+    assert states(study).get("WAITING", 0) == 0 and states(study).get("RUNNING", 0) == 0
