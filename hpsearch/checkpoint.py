@@ -61,7 +61,10 @@ class TrialCheckpoint:
         return record, None
 
     def delete(self) -> None:
+        """The checkpoint and any temporary file a killed process left half written."""
         self.path.unlink(missing_ok=True)
+        for stray in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stray.unlink(missing_ok=True)
 
 
 def rng_state(gen: torch.Generator) -> dict:

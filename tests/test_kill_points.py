@@ -60,8 +60,27 @@ def between_trials(db: Path, folder: Path) -> bool:
     return not running or in_first_epoch(db, folder)
 
 
+def first_checkpoint(db: Path, folder: Path) -> bool:
+    return (folder / "tiny" / "trial-0.pt").exists()
+
+
 MARKERS = {"during the first epoch": in_first_epoch, "between epochs": after_epoch_2,
-           "while a checkpoint is written": after_epoch_2, "between trials": between_trials}
+           "while a checkpoint is written": first_checkpoint, "between trials": between_trials}
+
+
+def block_the_next_checkpoint_write(folder: Path, pid: int) -> None:
+    """Put a named pipe where the run writes its next checkpoint's temporary file: torch.save
+    then stalls inside the write until the test has read part of it. Returns once it has."""
+    fifo = folder / "tiny" / f".trial-0.pt.{pid}.tmp"
+    while True:
+        try:
+            os.mkfifo(fifo)
+            break
+        except FileExistsError:
+            time.sleep(0.001)  # this epoch's file is being renamed into place; try again
+    reader = os.open(fifo, os.O_RDONLY)  # waits until torch.save opens the pipe to write
+    assert os.read(reader, 64)  # the write has begun and cannot finish
+    os.close(reader)
 
 
 def finished_trials(store: str) -> dict:
@@ -80,13 +99,10 @@ def test_sigkill_at_any_point_loses_nothing(study_file, tmp_path, point):
     while not MARKERS[point](db, folder):
         assert proc.poll() is None and time.monotonic() < deadline, "the marker never came"
         time.sleep(0.01)
+    if point == "while a checkpoint is written":
+        block_the_next_checkpoint_write(folder, proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    if point == "while a checkpoint is written":
-        # A kill inside torch.save leaves a partial temporary file beside the last checkpoint;
-        # the rename that would publish it never happened.
-        (ckpt,) = folder.rglob("trial-*.pt")
-        (ckpt.parent / f".{ckpt.name}.999999.tmp").write_bytes(b"partial")
     before = finished_trials(store)
     running = [t.number for t in load(store).trials if not t.state.is_finished()]
 
@@ -100,8 +116,12 @@ def test_sigkill_at_any_point_loses_nothing(study_file, tmp_path, point):
     assert all(after[n] == before[n] for n in before), "a finished trial changed"
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") in running]
     assert len(retries) == len(running)
-    if point in ("between epochs", "while a checkpoint is written"):
+    if point == "between epochs":
         assert retries[0].user_attrs["resumed_from_epoch"] >= 2
+    if point == "while a checkpoint is written":  # the last checkpoint before the stalled one
+        assert retries[0].user_attrs["resumed_from_epoch"] >= 1
+    if point != "between trials":
         assert sorted(retries[0].intermediate_values) == list(range(1, 31))
+    assert [p for p in folder.rglob("*") if p.is_file() or p.is_fifo()] == []
     if point == "during the first epoch":
         assert retries[0].user_attrs.get("resumed_from_epoch") is None
