@@ -32,7 +32,7 @@ report: $(STAMP) ## write the default study's report under studies/reports/ (ARG
 dashboard: $(STAMP) ## open optuna-dashboard on studies/hpsearch.db at http://127.0.0.1:8080/
 	$(PY) -m hpsearch.cli dashboard $(ARGS)
 
-bench: $(STAMP) ## time the default study against the canonical recipe (ARGS="--repeats 3")
+bench: $(STAMP) ## hpsearch against the canonical recipe: one trial and a study (ARGS="--repeats 3")
 	$(PY) -m hpsearch.cli bench $(ARGS)
 
 clean: ## remove the virtual environment and caches (studies/ keeps its stores)

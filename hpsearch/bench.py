@@ -66,6 +66,47 @@ def bench_study(trials: int = 50, repeats: int = 1, workdir: Path = Path("studie
             "speedup": ratio, "machine": machine()}
 
 
+def time_fixed_trial(epochs: int = 10) -> dict:
+    """hpsearch's objective for the fixed configuration, as `hpsearch run` sets it up: data
+    loaded once per process, threads configured, then one trial timed."""
+    import torch
+
+    from hpsearch.config import load_config
+    from hpsearch.data import load_dataset
+    from hpsearch.objective import make_objective
+    from hpsearch.recipe import FIXED
+    from hpsearch.train import configure_threads
+
+    configure_threads()
+    cfg = load_config(None, [f"train.epochs={epochs}"])
+    data = load_dataset(cfg.data, cfg.study.seed)
+    objective = make_objective(cfg, data, torch.device("cpu"))
+    trial = optuna.trial.FixedTrial(FIXED, number=0)
+    start = time.perf_counter()
+    objective(trial)
+    return {"seconds": time.perf_counter() - start, "images": len(data.y_train) * epochs}
+
+
+def bench_throughput(repeats: int = 3, epochs: int = 10) -> dict:
+    """Images per second of one fixed trial, the recipe's and hpsearch's alternating, each in
+    a fresh process; medians and their ratio."""
+    sides = {
+        "recipe": [sys.executable, "-m", "hpsearch.recipe", "--fixed-trial", "--epochs",
+                   str(epochs)],
+        "hpsearch": [sys.executable, "-m", "hpsearch.bench", "--fixed-trial", "--epochs",
+                     str(epochs)],
+    }
+    rates: dict = {side: [] for side in sides}
+    for _ in range(repeats):
+        for side, cmd in sides.items():
+            _, stdout = timed(cmd)
+            r = json.loads(stdout.strip().splitlines()[-1])
+            rates[side].append(r["images"] / r["seconds"])
+    median = {side: statistics.median(v) for side, v in rates.items()}
+    return {"epochs": epochs, "repeats": repeats, "images_per_second": rates,
+            "median": median, "speedup": median["hpsearch"] / median["recipe"]}
+
+
 def machine() -> dict:
     import os
 
@@ -94,3 +135,28 @@ def markdown(result: dict) -> str:
     rows.append(f"Machine: {mc['cores']} cores ({mc['cpu']}), Python {mc['python']}, "
                 f"torch {mc['torch']}, optuna {mc['optuna']}.")
     return "\n".join(rows)
+
+
+def throughput_markdown(result: dict) -> str:
+    m = result["median"]
+    return (f"Training throughput, fixed configuration (depth 3, width 32, batch 64, "
+            f"{result['epochs']} epochs, 16-pixel digits), median of {result['repeats']}: "
+            f"recipe {m['recipe']:.0f} images/s, hpsearch {m['hpsearch']:.0f} images/s: "
+            f"**{result['speedup']:.2f}x**.")
+
+
+def main() -> None:
+    """`python -m hpsearch.bench --fixed-trial` times hpsearch's side of the throughput
+    benchmark in this process and prints it as JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fixed-trial", action="store_true", required=True)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(json.dumps(time_fixed_trial(args.epochs)))
+
+
+if __name__ == "__main__":
+    main()

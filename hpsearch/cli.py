@@ -101,6 +101,10 @@ def build_parser() -> Parser:
     bench.add_argument("--trials", type=positive_int, default=50, metavar="N")
     bench.add_argument("--repeats", type=positive_int, default=1, metavar="N",
                        help="runs of each side, alternating; medians are reported")
+    bench.add_argument("--what", choices=("all", "study", "throughput"), default="all",
+                       help="the whole-study comparison, the fixed-trial throughput, or both")
+    bench.add_argument("--epochs", type=positive_int, default=10, metavar="N",
+                       help="epochs of the throughput benchmark's fixed trial (default 10)")
     bench.add_argument("--out", default="studies/bench", metavar="DIR",
                        help="where bench.json and bench.md are written (default: studies/bench)")
     bench.set_defaults(func=cmd_bench)
@@ -513,13 +517,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from hpsearch.bench import bench_study, markdown
+    from hpsearch.bench import bench_study, bench_throughput, markdown, throughput_markdown
 
     out = Path(args.out).resolve()
-    print(f"Running the recipe and hpsearch {args.repeats}x each, {args.trials} trials per "
-          f"study; this takes a few minutes per run.", flush=True)
-    result = bench_study(args.trials, args.repeats, out)
-    table = markdown(result)
+    out.mkdir(parents=True, exist_ok=True)
+    result, parts = {}, []
+    if args.what in ("all", "throughput"):
+        print(f"Timing one fixed trial, the recipe and hpsearch {args.repeats}x each.",
+              flush=True)
+        result["throughput"] = bench_throughput(args.repeats, args.epochs)
+        parts.append(throughput_markdown(result["throughput"]))
+    if args.what in ("all", "study"):
+        print(f"Running the recipe and hpsearch {args.repeats}x each, {args.trials} trials "
+              f"per study; this takes a few minutes per run.", flush=True)
+        result["study"] = bench_study(args.trials, args.repeats, out)
+        parts.append(markdown(result["study"]))
+    table = "\n\n".join(parts)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "bench.md").write_text(table + "\n")
     print(table)
