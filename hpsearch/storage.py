@@ -317,6 +317,12 @@ class Backup:
         if spec.kind != "sqlite":
             raise StorageError("--backup copies a SQLite store; a database server or a journal "
                                "file keeps its own copies")
+        if folder.exists() and not folder.is_dir():
+            raise StorageError(f"--backup {folder} is a file; pass a folder, e.g. "
+                               f"/content/drive/MyDrive/hpsearch")
+        if folder == spec.path.parent:
+            raise StorageError(f"--backup {folder} is the store's own folder; pass another, "
+                               f"e.g. a folder on Google Drive")
         self.spec, self.folder, self.interval = spec, folder, interval
         self.artifacts, self.checkpoints = artifacts, checkpoints
         self.store = folder / spec.path.name

@@ -57,6 +57,8 @@ CASES = {
                                      "is not an Optuna journal file"),
     "seed past 32 bits": (["--seed", "4294967296"], "study.seed must be 0..4294967295"),
     "section that is a value": (["--config", "{folder}/flat.toml"], "[study] must be a table"),
+    "backup that is a file": (["--backup", "{folder}/tiny.toml"], "is a file; pass a folder"),
+    "backup into the store's folder": (["--backup", "{folder}"], "the store's own folder"),
 }
 
 
