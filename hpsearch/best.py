@@ -36,10 +36,10 @@ def model_for(params: dict, data: Dataset) -> torch.nn.Module:
                      dropout=params["dropout"])
 
 
-def fit_settings(params: dict, epochs: int, seed: int) -> FitSettings:
+def fit_settings(params: dict, epochs: int, seed: int, precision: str = "auto") -> FitSettings:
     return FitSettings(epochs=epochs, batch_size=params["batch_size"], lr=params["lr"],
                        optimizer=params["optimizer"], weight_decay=params["weight_decay"],
-                       seed=seed)
+                       seed=seed, precision=precision)
 
 
 def trial_weights(trial, artifacts) -> tuple:
@@ -62,12 +62,12 @@ def trial_weights(trial, artifacts) -> tuple:
                           f"be read from the artifact folder: {type(err).__name__}")
 
 
-def retrain(params: dict, epochs: int, seed: int, data: Dataset,
-            device: torch.device) -> torch.nn.Module:
+def retrain(params: dict, epochs: int, seed: int, data: Dataset, device: torch.device,
+            precision: str = "auto") -> torch.nn.Module:
     """Train a model from scratch as a trial with these values and seed trains it."""
     torch.manual_seed(seed)
     model = model_for(params, data)
-    fit(model, data, fit_settings(params, epochs, seed), device)
+    fit(model, data, fit_settings(params, epochs, seed, precision), device)
     return model
 
 

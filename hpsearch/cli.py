@@ -214,13 +214,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   parse_storage, refuse_network_sqlite, use_wal)
     from hpsearch.study import (count_finished, grid_is_exhausted, open_study,
                                 recover_dead_trials, settings_record)
-    from hpsearch.train import configure_threads, resolve_device
+    from hpsearch.train import choose_precision, configure_threads, resolve_device
 
     flags = {"study.trials": args.trials, "study.name": args.study_name,
              "train.epochs": args.epochs, "study.seed": args.seed, "study.backup": args.backup}
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = load_config(args.config, args.set, flags)
     device = resolve_device(args.device)
+    choose_precision(device, cfg.train.precision)  # fp16 without CUDA: refused before any work
     spec = parse_storage(args.storage)
     refuse_network_sqlite(spec)
     folders = {"artifacts": artifact_dir(args, spec),
@@ -477,7 +478,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"validation ({len(data.y_train) + len(data.y_val)} images, {best['epochs']} "
           f"epochs) on {device}", flush=True)
     model = best_model.retrain(best["params"], best["epochs"], best["seed"],
-                               best_model.with_validation_in_training(data), device)
+                               best_model.with_validation_in_training(data), device,
+                               best.get("precision", "auto"))
     preds = best_model.predictions_on_test(model, data)
     out = Path(args.out).expanduser().resolve() if args.out else path.parent / "model"
     saved = {**{k: v for k, v in best.items() if k != "confusion_matrix"},

@@ -23,6 +23,7 @@ SAMPLERS = ("tpe", "random", "gp", "grid")
 PRUNERS = ("median", "hyperband", "sha", "none")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take 32-bit seeds
 
 # Every parameter the model and trainer understand: kind and the default used when [space]
@@ -98,6 +99,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 64  # used unless [space] names batch_size
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see train.choose_precision)
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,8 @@ def _check_data(d: DataConfig) -> None:
 def _check_train(t: TrainConfig) -> None:
     _need(1 <= t.epochs <= 10_000, f"train.epochs must be 1..10000, got {t.epochs}")
     _need(t.batch_size >= 2, f"train.batch_size must be at least 2, got {t.batch_size}")
+    _need(t.precision in PRECISIONS,
+          f"train.precision must be one of {' | '.join(PRECISIONS)}, got {t.precision!r}")
 
 
 _CHECKS = {"study": _check_study, "data": _check_data, "train": _check_train}

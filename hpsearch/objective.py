@@ -51,7 +51,8 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         trial.set_user_attr("device", str(device))
         settings = FitSettings(epochs=cfg.train.epochs, batch_size=params["batch_size"],
                                lr=params["lr"], optimizer=params["optimizer"],
-                               weight_decay=params["weight_decay"], seed=seed)
+                               weight_decay=params["weight_decay"], seed=seed,
+                               precision=cfg.train.precision)
         ckpt = checkpoint_of(trial, cfg, params, checkpoints)
         resume = resume_from(trial, ckpt)
         if backup is not None:
@@ -77,6 +78,13 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             raise
+        except torch.OutOfMemoryError:
+            # This trial's model or batch does not fit the device; the next one may.
+            why = (f"out of memory on {device} at batch size {settings.batch_size}, depth "
+                   f"{params['depth']}, width {params['width']}; a smaller train.batch_size or "
+                   f"width range fits")
+            trial.set_user_attr("fail_reason", why)
+            raise RuntimeError(why) from None
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             ckpt = None  # kept: the queued retry resumes from it

@@ -72,6 +72,7 @@ def check_settings(study: optuna.Study, record: dict) -> None:
         raise SettingsMismatch(f"study {study.study_name!r} was not made by hpsearch; "
                                f"pass --study-name NEW to start a new one")
     # Package versions are kept for the record; a newer torch on a resumed Colab is fine.
+    stored = _with_later_defaults(stored)
     diffs = _differences({k: v for k, v in stored.items() if k != "versions"},
                          {k: v for k, v in record.items() if k != "versions"})
     if diffs:
@@ -80,6 +81,23 @@ def check_settings(study: optuna.Study, record: dict) -> None:
         raise SettingsMismatch(
             f"study {study.study_name!r} was created with other settings: {shown}{more}; "
             f"rerun with the original settings or pass --study-name NEW for a new study")
+
+
+# Settings added after studies were already stored, with the value those studies ran with.
+LATER_SETTINGS = {("train", "precision"): "auto"}
+
+
+def _with_later_defaults(stored: dict) -> dict:
+    """A stored record completed by the settings it predates, so that a study made by an
+    earlier hpsearch resumes as long as this run keeps their defaults."""
+    config = stored.get("config")
+    if not isinstance(config, dict):
+        return stored
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for (section, key), value in LATER_SETTINGS.items():
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(key, value)
+    return {**stored, "config": config}
 
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list:
@@ -205,6 +223,8 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
         callbacks: tuple = ()) -> RunResult:
     """Run trials until the study holds `target` finished ones, the timeout passes or trials
     keep failing. Crashing trials are recorded as FAIL and the study goes on."""
+    from hpsearch.train import release_device_memory
+
     streak = FailStreak()
     ran = []
     start = time.perf_counter()
@@ -215,7 +235,8 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
             catch=(Exception,),
             gc_after_trial=False,  # the trainer holds no reference cycles worth a collection
             callbacks=[MaxTrialsCallback(target, states=FINISHED), streak,
-                       lambda s, t: ran.append(t.number), *callbacks],
+                       lambda s, t: ran.append(t.number),
+                       lambda s, t: release_device_memory(), *callbacks],
         )
     except KeyboardInterrupt:
         requeue_interrupted(study, set(ran))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -46,6 +47,7 @@ class FitSettings:
     optimizer: str = "adam"  # adam | adamw | sgd (with Nesterov momentum 0.9)
     weight_decay: float = 0.0
     seed: int = 0  # initialisation and shuffling
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; see choose_precision
 
 
 @dataclass
@@ -115,16 +117,60 @@ def make_optimizer(model: nn.Module, s: FitSettings, fused: bool = False) -> tor
     return cls(model.parameters(), **kwargs)
 
 
-def autocast_for(device: torch.device):
-    """Mixed precision on CUDA (bf16 from compute capability 8.0, fp16 with a scaler before);
-    full precision elsewhere. Returns (context factory, GradScaler)."""
-    if device.type != "cuda":
-        return nullcontext, torch.amp.GradScaler("cpu", enabled=False)
-    # bf16 is emulated (slow) below 8.0 even where is_bf16_supported() says True.
-    bf16 = torch.cuda.get_device_capability(device)[0] >= 8
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=not bf16)
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+@dataclass(frozen=True)
+class Precision:
+    """How the training step computes: autocast to `dtype` (None: full float32) and a gradient
+    scaler, which only float16 needs (its small range underflows gradients)."""
+
+    device_type: str
+    dtype: Optional[torch.dtype]
+    scaler: torch.amp.GradScaler
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this processor computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere
+    oneDNN emulates it, slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
+    """`auto`: on CUDA bf16 from compute capability 8.0 and fp16 with a scaler below it (a T4
+    says it supports bf16, but emulates it); on the CPU bf16 where the processor has it,
+    float32 elsewhere; float32 on mps. `fp32`, `bf16` and `fp16` force a choice."""
+    kind = device.type
+    if wanted == "auto":
+        if kind == "cuda":
+            wanted = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+        else:
+            wanted = "bf16" if kind == "cpu" and cpu_has_bf16() else "fp32"
+    if wanted == "fp16" and kind != "cuda":
+        raise DeviceError(f"train.precision = fp16 needs a CUDA device, not {kind}; "
+                          f"use auto, fp32 or bf16")
+    if wanted == "bf16" and kind == "mps":
+        raise DeviceError("train.precision = bf16 is not supported on mps; use auto or fp32")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[wanted]
+    scaler_device = "cuda" if kind == "cuda" else "cpu"
+    return Precision(kind, dtype, torch.amp.GradScaler(scaler_device, enabled=wanted == "fp16"))
+
+
+def release_device_memory() -> None:
+    """Hand the GPU memory of a finished trial back, so that the next trial, of another
+    size, starts from an empty cache instead of a fragmented one. Nothing to do on the CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()  # the finished trial's exception traceback may hold its tensors
+        torch.cuda.empty_cache()
 
 
 EpochHook = Callable[[int, History], None]
@@ -145,8 +191,12 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     # channels-last lets oneDNN and cuDNN pick their fast convolution kernels (30% per epoch
     # on a 2-core CPU for a depth-3 width-32 net on 16-pixel digits).
     model.to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        # Every trial's shapes stay fixed, so cuDNN's one-off kernel search pays off.
+        torch.backends.cudnn.benchmark = True
     optimizer = make_optimizer(model, s, fused=device.type in ("cpu", "cuda"))
-    autocast, scaler = autocast_for(device)
+    precision = choose_precision(device, s.precision)
+    scaler = precision.scaler
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
     history, first = History(), 1
     if resume is not None:
@@ -158,11 +208,11 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     chance = math.log(max(2, len(data.classes)))
     for epoch in range(first, s.epochs + 1):
         start = time.perf_counter()
-        loss, acc = train_epoch(model, data.x_train, data.y_train, optimizer, scaler, autocast,
+        loss, acc = train_epoch(model, data.x_train, data.y_train, optimizer, precision,
                                 s.batch_size, gen)
         if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
             raise Diverged(epoch, loss, chance)
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, precision=precision)
         for key, value in (("train_loss", loss), ("train_acc", acc), ("val_loss", val_loss),
                            ("val_acc", val_acc)):
             getattr(history, key).append(round(value, 6))
@@ -176,7 +226,21 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     return history
 
 
-def train_epoch(model, x, y, optimizer, scaler, autocast, batch_size, gen) -> tuple:
+def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
+               optimizer: torch.optim.Optimizer, precision: Precision) -> tuple:
+    """One optimisation step in the given precision, the same code on every device; returns
+    the detached (loss, logits) without reading them back to the host."""
+    with precision.autocast():
+        logits = model(xb)
+        loss = nn.functional.cross_entropy(logits, yb)
+    optimizer.zero_grad(set_to_none=True)
+    precision.scaler.scale(loss).backward()
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def train_epoch(model, x, y, optimizer, precision: Precision, batch_size: int, gen) -> tuple:
     """One pass over shuffled (x, y) by indexing; returns (mean loss, accuracy)."""
     model.train()
     n = len(y)
@@ -189,27 +253,23 @@ def train_epoch(model, x, y, optimizer, scaler, autocast, batch_size, gen) -> tu
         idx = order[start:start + batch_size]
         if len(idx) < 2:  # batch norm cannot train on a single image
             break
-        xb, yb = x[idx], y[idx]
-        with autocast():
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach().float() * len(idx)
-        correct += (logits.detach().argmax(1) == yb).sum()
+        yb = y[idx]
+        loss, logits = train_step(model, x[idx], yb, optimizer, precision)
+        loss_sum += loss.float() * len(idx)
+        correct += (logits.argmax(1) == yb).sum()
         seen += len(idx)
     return loss_sum.item() / seen, correct.item() / seen
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
-    """(mean loss, accuracy) over (x, y) in large batches."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+             precision: Optional[Precision] = None):
+    """(mean loss, accuracy) over (x, y) in large batches, in the training's precision."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size]).float()
+        with precision.autocast() if precision is not None else nullcontext():
+            logits = model(x[start:start + batch_size]).float()
         yb = y[start:start + batch_size]
         loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()

@@ -59,6 +59,9 @@ CASES = {
     "section that is a value": (["--config", "{folder}/flat.toml"], "[study] must be a table"),
     "backup that is a file": (["--backup", "{folder}/tiny.toml"], "is a file; pass a folder"),
     "backup into the store's folder": (["--backup", "{folder}"], "the store's own folder"),
+    "unknown precision": (["--set", "train.precision='fp8'"], "train.precision must be one of"),
+    "fp16 on the CPU": (["--set", "train.precision='fp16'", "--device", "cpu"],
+                        "fp16 needs a CUDA device"),
 }
 
 

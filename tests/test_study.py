@@ -60,6 +60,47 @@ def test_settings_differences_are_named(tmp_path):
     assert "--study-name NEW" in message
 
 
+def test_a_study_stored_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    cfg, study = tiny_study(tmp_path)
+    older = cfg.settings()
+    del older["train"]["precision"]
+    check_settings(study, {"config": cfg.settings()})  # the run's own record: same settings
+    study.set_user_attr("hpsearch", {"config": older})
+    check_settings(study, {"config": cfg.settings()})  # "auto", as the older study ran
+    forced = load_config(None, ["study.name='s'", "data.image_size=8", "train.precision='fp32'"])
+    try:
+        check_settings(study, {"config": forced.settings()})
+    except SettingsMismatch as err:
+        assert "config.train.precision was 'auto', now 'fp32'" in str(err)
+    else:
+        raise AssertionError("a changed precision was resumed")
+
+
+def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monkeypatch):
+    import torch
+
+    from hpsearch import objective as objective_module
+    from hpsearch.data import load_dataset
+    from hpsearch.objective import make_objective
+
+    cfg, study = tiny_study(tmp_path)
+    data = load_dataset(cfg.data, cfg.study.seed)
+    real_fit = objective_module.fit
+
+    def fit_that_runs_out_once(model, data, settings, device, **kwargs):
+        if not study.get_trials(states=(TrialState.FAIL,)):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(model, data, settings, device, **kwargs)
+
+    monkeypatch.setattr(objective_module, "fit", fit_that_runs_out_once)
+    cfg = load_config(None, ["study.name='s'", "data.image_size=8", "train.epochs=1"])
+    result = run(study, make_objective(cfg, data, torch.device("cpu")), target=2)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and not result.stopped_by_failures
+    assert failed[0].user_attrs["fail_reason"].startswith("out of memory on cpu at batch size 64")
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+
+
 def test_a_study_of_another_tool_is_not_resumed(tmp_path):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     optuna.create_study(study_name="s", storage=url)

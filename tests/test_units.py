@@ -16,7 +16,8 @@ from hpsearch.model import build_cnn, count_params
 from hpsearch.objective import make_objective
 from hpsearch.space import suggest_params
 from hpsearch.study import _same, make_sampler, sampler_seed
-from hpsearch.train import Diverged, FitSettings, fit
+from hpsearch.train import (DeviceError, Diverged, FitSettings, choose_precision, fit,
+                            make_optimizer, train_step)
 
 
 def test_default_study_searches_the_promised_space():
@@ -110,6 +111,40 @@ def test_nan_loss_raises_diverged(digits8):
     model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=1, width=4)
     with pytest.raises(Diverged, match="became nan in epoch 1"):
         fit(model, poisoned, FitSettings(epochs=2, batch_size=64, lr=0.01), torch.device("cpu"))
+
+
+def test_the_mixed_precision_step_runs_on_the_cpu_in_bf16(digits8):
+    """The step a GPU runs in bf16 or fp16, here on the CPU: bf16 autocast, scaler off."""
+    _, data = digits8
+    precision = choose_precision(torch.device("cpu"), "bf16")
+    assert precision.name == "bf16" and not precision.scaler.is_enabled()
+    torch.manual_seed(0)
+    model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=2, width=8)
+    optimizer = make_optimizer(model, FitSettings(epochs=1, batch_size=64, lr=0.01))
+    xb, yb = data.x_train[:64], data.y_train[:64]
+    losses = []
+    for _ in range(20):
+        loss, logits = train_step(model, xb, yb, optimizer, precision)
+        losses.append(loss.item())
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert model[0].weight.dtype == torch.float32  # the weights stay in full precision
+    assert losses[-1] < losses[0] / 2
+    history = fit(model, data, FitSettings(epochs=1, batch_size=64, lr=0.01, precision="bf16"),
+                  torch.device("cpu"))
+    assert history.val_acc[-1] > 0.5
+
+
+def test_precision_auto_is_full_float_on_a_cpu_without_bf16(monkeypatch):
+    from hpsearch import train
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    assert choose_precision(cpu).name == "fp32"
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    assert choose_precision(cpu).name == "bf16"
+    assert choose_precision(cpu, "fp32").name == "fp32"
+    with pytest.raises(DeviceError, match="fp16 needs a CUDA device"):
+        choose_precision(cpu, "fp16")
 
 
 def test_training_is_reproducible_on_the_cpu(digits8):

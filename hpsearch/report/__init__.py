@@ -202,7 +202,7 @@ def _model_section(result: ReportResult, best, cfg, artifacts, load_data,
         source = f"the weights trial {best.number} saved"
     elif retrain_device is not None:
         model = best_model.retrain(params, cfg.train.epochs, result.best["seed"], data,
-                                   retrain_device)
+                                   retrain_device, cfg.train.precision)
         source = f"trial {best.number} retrained with its seed (--retrain), as it had no weights"
     else:
         result.notes.append(f"prediction grid and confusion matrix: {why}; run "

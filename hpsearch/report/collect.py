@@ -143,6 +143,7 @@ def best_config(study, trial: FrozenTrial, settings: dict, cfg) -> dict:
         "dataset": cfg.data.dataset,
         "image_size": cfg.data.image_size,
         "epochs": cfg.train.epochs,
+        "precision": cfg.train.precision,
         "split_seed": settings.get("split_seed", cfg.study.seed),
         "normalization": data.get("normalization"),
         "classes": data.get("classes"),
