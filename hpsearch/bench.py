@@ -1,8 +1,20 @@
-"""Side-by-side benchmarks: hpsearch's default study against the canonical recipe.
+"""Side-by-side benchmarks: hpsearch against the canonical recipe and the machine's limits.
 
-Each side runs as its own process, as a user would start it, so import time, data loading
-and the store are counted on both; the two alternate within one run so that machine noise
-falls on both alike.
+Every measured run is its own process, started as a user would start it, so import time,
+data loading and the store are counted; runs of the sides being compared alternate within
+one invocation so that machine noise falls on both alike. Figures are medians of the
+repeats (seeds 0, 1, ...).
+
+Parts (`hpsearch bench --what PART`):
+- throughput: one fixed trial (depth 3, width 32, batch 64, 16-pixel digits), recipe against
+  hpsearch in float32 and in bfloat16;
+- compute: that trial's counted FLOPs per second against a large matrix product's
+  (hpsearch.flops), and the profiler's split of its time;
+- study: the default 50-trial study against the recipe on the same search space;
+- pruning: the default study under each pruner;
+- workers: the default study with 1 and 2 worker processes;
+- overhead: milliseconds per trial outside training at 50 and 1,000 trials, per storage
+  (hpsearch.overhead).
 """
 
 from __future__ import annotations
@@ -14,8 +26,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import optuna
+
+PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead")
+PRUNERS = ("none", "median", "hyperband", "sha")
+DEFAULT_PRUNER = "median"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def timed(cmd: list) -> tuple:
@@ -23,50 +41,22 @@ def timed(cmd: list) -> tuple:
     out = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... failed:\n{out.stderr[-2000:]}")
     return seconds, out.stdout
 
 
-def run_recipe(trials: int, seed: int) -> dict:
-    seconds, stdout = timed([sys.executable, "-m", "hpsearch.recipe", "--trials", str(trials),
-                             "--seed", str(seed)])
-    result = json.loads(stdout.strip().splitlines()[-1])
-    return {"wall_seconds": seconds, "best_value": result["best_value"],
-            "states": result["states"]}
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
-def run_hpsearch(trials: int, seed: int, workdir: Path, config: str = None) -> dict:
-    db = workdir / f"bench-{seed}-{time.time_ns()}.db"
-    url = f"sqlite:///{db}"
-    cmd = [sys.executable, "-m", "hpsearch.cli", "run", "--trials", str(trials), "--seed",
-           str(seed), "--storage", url, "--quiet", "--study-name", "bench"]
-    seconds, _ = timed(cmd + (["--config", config] if config else []))
-    study = optuna.load_study(study_name="bench", storage=url)
-    states: dict = {}
-    for t in study.trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    epochs = sum(len(t.intermediate_values) for t in study.trials)
-    db.unlink(missing_ok=True)
-    return {"wall_seconds": seconds, "best_value": study.best_value, "states": states,
-            "epochs_run": epochs}
+def median_of(runs: list, key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
-def bench_study(trials: int = 50, repeats: int = 1, workdir: Path = Path("studies/bench")) -> dict:
-    """Alternate the recipe and hpsearch `repeats` times (seeds 0, 1, ...); medians and ratio."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for seed in range(repeats):
-        runs.append({"seed": seed, "recipe": run_recipe(trials, seed),
-                     "hpsearch": run_hpsearch(trials, seed, workdir)})
-    median = {side: {key: statistics.median(r[side][key] for r in runs)
-                     for key in ("wall_seconds", "best_value")}
-              for side in ("recipe", "hpsearch")}
-    ratio = median["recipe"]["wall_seconds"] / median["hpsearch"]["wall_seconds"]
-    return {"trials": trials, "repeats": repeats, "runs": runs, "median": median,
-            "speedup": ratio, "machine": machine()}
+# --- throughput -------------------------------------------------------------------------
 
 
-def time_fixed_trial(epochs: int = 10) -> dict:
+def time_fixed_trial(epochs: int = 10, precision: str = "fp32", number: int = 0) -> dict:
     """hpsearch's objective for the fixed configuration, as `hpsearch run` sets it up: data
     loaded once per process, threads configured, then one trial timed."""
     import torch
@@ -78,33 +68,212 @@ def time_fixed_trial(epochs: int = 10) -> dict:
     from hpsearch.train import configure_threads
 
     configure_threads()
-    cfg = load_config(None, [f"train.epochs={epochs}"])
+    cfg = load_config(None, [f"train.epochs={epochs}", f"train.precision='{precision}'"])
     data = load_dataset(cfg.data, cfg.study.seed)
     objective = make_objective(cfg, data, torch.device("cpu"))
-    trial = optuna.trial.FixedTrial(FIXED, number=0)
+    trial = optuna.trial.FixedTrial(FIXED, number=number)
     start = time.perf_counter()
-    objective(trial)
-    return {"seconds": time.perf_counter() - start, "images": len(data.y_train) * epochs}
+    accuracy = objective(trial)
+    return {"seconds": time.perf_counter() - start, "images": len(data.y_train) * epochs,
+            "val_acc": accuracy}
 
 
 def bench_throughput(repeats: int = 3, epochs: int = 10) -> dict:
-    """Images per second of one fixed trial, the recipe's and hpsearch's alternating, each in
-    a fresh process; medians and their ratio."""
+    """Images per second and final validation accuracy of one fixed trial: the recipe,
+    hpsearch in float32 and hpsearch in bfloat16, alternating, each run in a fresh process
+    with the trial number (the model's seed) of the repeat."""
+    hpsearch_side = [sys.executable, "-m", "hpsearch.bench", "--fixed-trial", "--epochs",
+                     str(epochs)]
     sides = {
         "recipe": [sys.executable, "-m", "hpsearch.recipe", "--fixed-trial", "--epochs",
                    str(epochs)],
-        "hpsearch": [sys.executable, "-m", "hpsearch.bench", "--fixed-trial", "--epochs",
-                     str(epochs)],
+        "hpsearch": hpsearch_side + ["--precision", "fp32"],
+        "hpsearch bf16": hpsearch_side + ["--precision", "bf16"],
     }
-    rates: dict = {side: [] for side in sides}
-    for _ in range(repeats):
+    runs: dict = {side: [] for side in sides}
+    for number in range(repeats):
         for side, cmd in sides.items():
-            _, stdout = timed(cmd)
-            r = json.loads(stdout.strip().splitlines()[-1])
-            rates[side].append(r["images"] / r["seconds"])
-    median = {side: statistics.median(v) for side, v in rates.items()}
-    return {"epochs": epochs, "repeats": repeats, "images_per_second": rates,
-            "median": median, "speedup": median["hpsearch"] / median["recipe"]}
+            _, stdout = timed(cmd + ["--number", str(number)])
+            r = last_json(stdout)
+            runs[side].append({"images_per_second": r["images"] / r["seconds"],
+                               "val_acc": r["val_acc"]})
+    median = {side: {key: median_of(v, key) for key in ("images_per_second", "val_acc")}
+              for side, v in runs.items()}
+    rate = {side: m["images_per_second"] for side, m in median.items()}
+    return {"epochs": epochs, "repeats": repeats, "runs": runs, "median": median,
+            "speedup": rate["hpsearch"] / rate["recipe"],
+            "bf16_speed": rate["hpsearch bf16"] / rate["hpsearch"]}
+
+
+# --- compute ----------------------------------------------------------------------------
+
+
+def bench_compute(epochs: int = 10) -> dict:
+    _, stdout = timed([sys.executable, "-m", "hpsearch.flops", "--epochs", str(epochs)])
+    return last_json(stdout)
+
+
+# --- studies ----------------------------------------------------------------------------
+
+
+def run_recipe(trials: int, seed: int) -> dict:
+    seconds, stdout = timed([sys.executable, "-m", "hpsearch.recipe", "--trials", str(trials),
+                             "--seed", str(seed)])
+    result = last_json(stdout)
+    return {"wall_seconds": seconds, "best_value": result["best_value"],
+            "states": result["states"], "epochs_run": result["epochs_run"]}
+
+
+def run_hpsearch(trials: int, seed: int, workdir: Path, sets: tuple = (),
+                 workers: int = 1) -> dict:
+    """One `hpsearch run` of the default study (with `--set` overrides) on a new store."""
+    db = workdir / f"bench-{seed}-{time.time_ns()}.db"
+    url = f"sqlite:///{db}"
+    cmd = [sys.executable, "-m", "hpsearch.cli", "run", "--trials", str(trials), "--seed",
+           str(seed), "--storage", url, "--quiet", "--study-name", "bench",
+           "--workers", str(workers)]
+    for item in sets:
+        cmd += ["--set", item]
+    seconds, _ = timed(cmd)
+    study = optuna.load_study(study_name="bench", storage=url)
+    states: dict = {}
+    durations = []
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+        if t.datetime_complete is not None and t.datetime_start is not None:
+            durations.append((t.datetime_complete - t.datetime_start).total_seconds())
+    epochs = sum(len(t.intermediate_values) for t in study.trials)
+    finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
+    for path in workdir.glob(f"{db.name}*"):
+        path.unlink()
+    return {"wall_seconds": seconds, "best_value": study.best_value, "states": states,
+            "epochs_run": epochs, "trial_seconds_mean": statistics.mean(durations),
+            "trials_per_minute": 60 * finished / seconds}
+
+
+def bench_study(trials: int = 50, repeats: int = 1, workdir: Path = Path("studies/bench")) -> dict:
+    """Alternate the recipe and hpsearch `repeats` times (seeds 0, 1, ...); medians and ratio."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in range(repeats):
+        runs.append({"seed": seed, "recipe": run_recipe(trials, seed),
+                     "hpsearch": run_hpsearch(trials, seed, workdir)})
+    median = {side: {key: statistics.median(r[side][key] for r in runs)
+                     for key in ("wall_seconds", "best_value", "epochs_run")}
+              for side in ("recipe", "hpsearch")}
+    ratio = median["recipe"]["wall_seconds"] / median["hpsearch"]["wall_seconds"]
+    return {"trials": trials, "repeats": repeats, "runs": runs, "median": median,
+            "speedup": ratio}
+
+
+def bench_pruning(trials: int, repeats: int, workdir: Path,
+                  default_runs: Optional[list] = None) -> dict:
+    """The default study under every pruner, seeds alternating; the default pruner's runs
+    are taken from the study benchmark when it ran in the same invocation."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs: dict = {p: [] for p in PRUNERS}
+    if default_runs:
+        runs[DEFAULT_PRUNER] = list(default_runs)
+    for seed in range(repeats):
+        for pruner in PRUNERS:
+            if len(runs[pruner]) > seed:
+                continue
+            runs[pruner].append(run_hpsearch(trials, seed, workdir,
+                                             sets=(f"study.pruner='{pruner}'",)))
+    from hpsearch.config import load_config
+
+    budget = trials * load_config(None).train.epochs
+    table = {p: {"epochs_run": median_of(r, "epochs_run"), "budget": budget,
+                 "best_value": median_of(r, "best_value"),
+                 "wall_seconds": median_of(r, "wall_seconds"), "runs": r}
+             for p, r in runs.items()}
+    return {"trials": trials, "repeats": repeats, "pruners": table}
+
+
+def bench_workers(trials: int, repeats: int, workdir: Path,
+                  one_worker_runs: Optional[list] = None) -> dict:
+    """Trials per minute of the default study with 1 and 2 worker processes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs: dict = {1: list(one_worker_runs or []), 2: []}
+    for seed in range(repeats):
+        for workers in (1, 2):
+            if len(runs[workers]) <= seed:
+                runs[workers].append(run_hpsearch(trials, seed, workdir, workers=workers))
+    table = {str(w): {key: median_of(r, key) for key in
+                      ("trials_per_minute", "wall_seconds", "epochs_run", "best_value")}
+             for w, r in runs.items()}
+    return {"trials": trials, "repeats": repeats, "workers": table,
+            "ratio": table["2"]["trials_per_minute"] / table["1"]["trials_per_minute"]}
+
+
+# --- overhead ---------------------------------------------------------------------------
+
+
+def postgres_answers(url: str) -> bool:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
+                                          connect_args={"connect_timeout": 3})
+        with engine.connect():
+            return True
+    except Exception:
+        return False
+
+
+def bench_overhead(at: tuple = (50, 1000), postgres_url: str = POSTGRES_URL) -> dict:
+    """hpsearch.overhead on SQLite, a journal file and PostgreSQL (when one answers)."""
+    stores = {"sqlite": "sqlite:///{tmp}/overhead.db", "journal": "journal:{tmp}/overhead.log"}
+    if postgres_answers(postgres_url):
+        stores["postgresql"] = postgres_url
+    result = {}
+    for kind, url in stores.items():
+        _, stdout = timed([sys.executable, "-m", "hpsearch.overhead", "--storage", url,
+                           "--at", ",".join(map(str, at))])
+        result[kind] = last_json(stdout)
+    return {"at": list(at), "storages": result,
+            "skipped": [] if "postgresql" in stores else ["postgresql (no server answers)"]}
+
+
+# --- the whole run ----------------------------------------------------------------------
+
+
+def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
+            overhead_at: tuple = (50, 1000), say=print) -> dict:
+    result: dict = {"commit": commit(), "machine": machine()}
+    if "throughput" in parts:
+        say(f"Throughput: one fixed trial, recipe / hpsearch fp32 / bf16, {repeats}x each.")
+        result["throughput"] = bench_throughput(repeats, epochs)
+    if "compute" in parts:
+        say("Compute: FLOPs of the fixed trial against the matrix-product peak.")
+        result["compute"] = bench_compute(epochs)
+    default_runs = None
+    if "study" in parts:
+        say(f"Study: the recipe and hpsearch {repeats}x each, {trials} trials per study.")
+        result["study"] = bench_study(trials, repeats, workdir)
+        default_runs = [r["hpsearch"] for r in result["study"]["runs"]]
+    if "pruning" in parts:
+        say(f"Pruning: the default study under {', '.join(PRUNERS)}, {repeats}x each.")
+        result["pruning"] = bench_pruning(trials, repeats, workdir, default_runs)
+    if "workers" in parts:
+        say(f"Workers: the default study with 1 and 2 worker processes, {repeats}x each.")
+        result["workers"] = bench_workers(trials, repeats, workdir, default_runs)
+    if "overhead" in parts:
+        say(f"Overhead: {max(overhead_at)} trials without training per storage.")
+        result["overhead"] = bench_overhead(overhead_at)
+    return result
+
+
+def commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return head + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def machine() -> dict:
@@ -112,37 +281,135 @@ def machine() -> dict:
 
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "optuna": optuna.__version__}
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "optuna": optuna.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+# --- tables -----------------------------------------------------------------------------
 
 
 def markdown(result: dict) -> str:
-    rows = ["| run | seed | wall s | best val acc | trials by state |", "|---|---|---|---|---|"]
-    for r in result["runs"]:
-        for side in ("recipe", "hpsearch"):
-            s = r[side]
-            states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s["states"].items()))
-            rows.append(f"| {side} | {r['seed']} | {s['wall_seconds']:.1f} | "
-                        f"{s['best_value']:.4f} | {states} |")
-    m = result["median"]
-    rows.append("")
-    rows.append(f"Median wall time: recipe {m['recipe']['wall_seconds']:.1f} s, hpsearch "
-                f"{m['hpsearch']['wall_seconds']:.1f} s: **{result['speedup']:.2f}x** faster; "
-                f"best validation accuracy {m['recipe']['best_value']:.4f} vs "
-                f"{m['hpsearch']['best_value']:.4f}.")
     mc = result["machine"]
-    rows.append(f"Machine: {mc['cores']} cores ({mc['cpu']}), Python {mc['python']}, "
-                f"torch {mc['torch']}, optuna {mc['optuna']}.")
+    parts = [f"Measured at commit {result['commit']} on {mc['cores']} cores ({mc['cpu']}, "
+             f"{mc['cpu_capability']}), Python {mc['python']}, torch {mc['torch']}, optuna "
+             f"{mc['optuna']}."]
+    for name in PARTS:
+        if name in result:
+            parts.append(TABLES[name](result[name]))
+    share = overhead_share(result)
+    if share:
+        parts.append(share)
+    return "\n\n".join(parts)
+
+
+def _throughput(r: dict) -> str:
+    m = r["median"]
+    rows = [f"**Training throughput**, fixed configuration (depth 3, width 32, batch 64, "
+            f"{r['epochs']} epochs, 16-pixel digits), median of {r['repeats']}:", "",
+            "| trainer | images/s | final val acc |", "|---|---|---|"]
+    for side, v in m.items():
+        rows.append(f"| {side} | {v['images_per_second']:.0f} | {v['val_acc']:.4f} |")
+    rows.append("")
+    rows.append(f"hpsearch / recipe: **{r['speedup']:.2f}x**; bf16 autocast runs at "
+                f"{r['bf16_speed']:.2f}x hpsearch's float32 speed on this CPU.")
     return "\n".join(rows)
 
 
-def throughput_markdown(result: dict) -> str:
-    m = result["median"]
-    return (f"Training throughput, fixed configuration (depth 3, width 32, batch 64, "
-            f"{result['epochs']} epochs, 16-pixel digits), median of {result['repeats']}: "
-            f"recipe {m['recipe']:.0f} images/s, hpsearch {m['hpsearch']:.0f} images/s: "
-            f"**{result['speedup']:.2f}x**.")
+def _compute(r: dict) -> str:
+    g = 1e9
+    share = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"]["share"].items())
+    conv = r["convolution_flops_while_convolving"]
+    return (f"**Achieved compute** of that trial: {r['achieved_flops'] / g:.1f} GFLOP/s "
+            f"(convolutions and matrix products, forward and backward) against a "
+            f"{r['peak_fp32_flops'] / g:.1f} GFLOP/s float32 matrix-product peak: "
+            f"**{r['share_of_fp32_peak']:.0%}**; bfloat16 peak "
+            f"{r['peak_bf16_flops'] / g:.1f} GFLOP/s. While convolving, the convolutions run "
+            f"at {conv / g:.1f} GFLOP/s ({conv / r['peak_fp32_flops']:.0%} of the peak). "
+            f"Profiler, share of the trainer's time: {share}.")
+
+
+def _study(r: dict) -> str:
+    rows = [f"**Whole study**: the default {r['trials']}-trial study and the recipe on the "
+            f"same search space:", "",
+            "| run | seed | wall s | epochs run | best val acc | trials by state |",
+            "|---|---|---|---|---|---|"]
+    for run in r["runs"]:
+        for side in ("recipe", "hpsearch"):
+            s = run[side]
+            states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s["states"].items()))
+            rows.append(f"| {side} | {run['seed']} | {s['wall_seconds']:.1f} | "
+                        f"{s['epochs_run']} | {s['best_value']:.4f} | {states} |")
+    m = r["median"]
+    rows += ["", f"Median wall time: recipe {m['recipe']['wall_seconds']:.1f} s, hpsearch "
+                 f"{m['hpsearch']['wall_seconds']:.1f} s: **{r['speedup']:.2f}x**; median "
+                 f"best validation accuracy recipe {m['recipe']['best_value']:.4f}, hpsearch "
+                 f"{m['hpsearch']['best_value']:.4f}."]
+    return "\n".join(rows)
+
+
+def _pruning(r: dict) -> str:
+    rows = [f"**Pruning**, the default study under each pruner (median of {r['repeats']}):",
+            "", "| pruner | epochs run | of trials x epochs | best val acc | wall s |",
+            "|---|---|---|---|---|"]
+    for name, p in r["pruners"].items():
+        rows.append(f"| {name} | {p['epochs_run']:.0f} | {p['budget']} "
+                    f"({p['epochs_run'] / p['budget']:.0%}) | {p['best_value']:.4f} | "
+                    f"{p['wall_seconds']:.1f} |")
+    return "\n".join(rows)
+
+
+def _workers(r: dict) -> str:
+    rows = [f"**Workers**, the default study (median of {r['repeats']}):", "",
+            "| workers | trials/min | wall s | epochs run | best val acc |",
+            "|---|---|---|---|---|"]
+    for w, v in r["workers"].items():
+        rows.append(f"| {w} | {v['trials_per_minute']:.1f} | {v['wall_seconds']:.1f} | "
+                    f"{v['epochs_run']:.0f} | {v['best_value']:.4f} |")
+    rows += ["", f"2 workers / 1: **{r['ratio']:.2f}x** trials per minute."]
+    return "\n".join(rows)
+
+
+def _overhead(r: dict) -> str:
+    from hpsearch.overhead import PARTS as STEPS
+
+    rows = ["**Framework overhead**, ms per trial outside training (mean over the 50 trials "
+            "up to each count):", "",
+            "| storage | trials | " + " | ".join(STEPS) + " | total | of which checkpoints |",
+            "|---|---|" + "---|" * (len(STEPS) + 2)]
+    for kind, s in r["storages"].items():
+        for count, ms in s["ms_per_trial"].items():
+            rows.append(f"| {kind} | {count} | " + " | ".join(f"{ms[p]:.1f}" for p in STEPS)
+                        + f" | {ms['total']:.1f} | {ms['of which checkpoints']:.1f} |")
+    if r["skipped"]:
+        rows += ["", "Not measured: " + ", ".join(r["skipped"]) + "."]
+    return "\n".join(rows)
+
+
+TABLES = {"throughput": _throughput, "compute": _compute, "study": _study,
+          "pruning": _pruning, "workers": _workers, "overhead": _overhead}
+
+
+def overhead_share(result: dict) -> Optional[str]:
+    """SQLite overhead at 50 trials as a share of the default study's mean trial time."""
+    if "overhead" not in result or "study" not in result:
+        return None
+    sqlite = result["overhead"]["storages"].get("sqlite")
+    if not sqlite:
+        return None
+    first = sqlite["ms_per_trial"][str(min(result["overhead"]["at"]))]["total"]
+    trial_ms = 1000 * statistics.median(r["hpsearch"]["trial_seconds_mean"]
+                                        for r in result["study"]["runs"])
+    return (f"At {min(result['overhead']['at'])} trials on SQLite, overhead is "
+            f"{first:.1f} ms of a {trial_ms:.0f} ms mean trial: **{first / trial_ms:.1%}**.")
 
 
 def main() -> None:
@@ -153,9 +420,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fixed-trial", action="store_true", required=True)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--number", type=int, default=0)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(json.dumps(time_fixed_trial(args.epochs)))
+    print(json.dumps(time_fixed_trial(args.epochs, args.precision, args.number)))
 
 
 if __name__ == "__main__":

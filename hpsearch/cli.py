@@ -43,6 +43,15 @@ def whole_number(minimum: int):
 positive_int = whole_number(1)
 
 
+def counts(text: str) -> tuple:
+    """An argparse type: whole numbers of at least 1, separated by commas."""
+    return tuple(positive_int(part.strip()) for part in text.split(","))
+
+
+# The parts of `hpsearch bench` (hpsearch.bench.PARTS, named here so --help needs no torch).
+BENCH_PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead")
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -95,16 +104,21 @@ def build_parser() -> Parser:
     add_result_commands(sub)
 
     bench = sub.add_parser("bench", allow_abbrev=False,
-                           help="time the default study against the canonical recipe",
-                           description="Run the default study and the canonical Optuna + "
-                                       "PyTorch recipe side by side, as separate processes.")
-    bench.add_argument("--trials", type=positive_int, default=50, metavar="N")
-    bench.add_argument("--repeats", type=positive_int, default=1, metavar="N",
-                       help="runs of each side, alternating; medians are reported")
-    bench.add_argument("--what", choices=("all", "study", "throughput"), default="all",
-                       help="the whole-study comparison, the fixed-trial throughput, or both")
+                           help="measure hpsearch against the canonical recipe and the machine",
+                           description="Training throughput, achieved compute, the whole "
+                                       "study against the canonical Optuna + PyTorch recipe, "
+                                       "pruners, workers and framework overhead, each run as "
+                                       "its own process (about 30 minutes on 2 cores).")
+    bench.add_argument("--trials", type=positive_int, default=50, metavar="N",
+                       help="trials per study (default 50)")
+    bench.add_argument("--repeats", type=positive_int, default=3, metavar="N",
+                       help="runs of each side, alternating; medians are reported (default 3)")
+    bench.add_argument("--what", nargs="+", choices=("all",) + BENCH_PARTS, default=["all"],
+                       metavar="PART", help="all (default) or some of: " + ", ".join(BENCH_PARTS))
     bench.add_argument("--epochs", type=positive_int, default=10, metavar="N",
-                       help="epochs of the throughput benchmark's fixed trial (default 10)")
+                       help="epochs of the fixed trial of throughput and compute (default 10)")
+    bench.add_argument("--overhead-at", type=counts, default=(50, 1000), metavar="N,N",
+                       help="study sizes at which overhead is measured (default 50,1000)")
     bench.add_argument("--out", default="studies/bench", metavar="DIR",
                        help="where bench.json and bench.md are written (default: studies/bench)")
     bench.set_defaults(func=cmd_bench)
@@ -519,22 +533,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from hpsearch.bench import bench_study, bench_throughput, markdown, throughput_markdown
+    from hpsearch.bench import PARTS, markdown, run_all
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    result, parts = {}, []
-    if args.what in ("all", "throughput"):
-        print(f"Timing one fixed trial, the recipe and hpsearch {args.repeats}x each.",
-              flush=True)
-        result["throughput"] = bench_throughput(args.repeats, args.epochs)
-        parts.append(throughput_markdown(result["throughput"]))
-    if args.what in ("all", "study"):
-        print(f"Running the recipe and hpsearch {args.repeats}x each, {args.trials} trials "
-              f"per study; this takes a few minutes per run.", flush=True)
-        result["study"] = bench_study(args.trials, args.repeats, out)
-        parts.append(markdown(result["study"]))
-    table = "\n\n".join(parts)
+    parts = PARTS if "all" in args.what else tuple(p for p in PARTS if p in args.what)
+    result = run_all(parts, args.trials, args.repeats, args.epochs, out, args.overhead_at,
+                     say=lambda line: print(line, flush=True))
+    table = markdown(result)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "bench.md").write_text(table + "\n")
     print(table)

@@ -63,8 +63,12 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             if backup is not None:
                 backup.sync(ckpt.path)
 
+        # The per-epoch history is stored once, when the trial ends however it ends: a write
+        # per epoch cost more than the pruner's reads. The checkpoint holds it meanwhile.
+        latest = {"history": resume["history"] if resume else None}
+
         def report(epoch: int, history) -> None:
-            trial.set_user_attr("history", history.as_dict())
+            latest["history"] = history.as_dict()
             trial.report(history.val_acc[-1], step=epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -93,6 +97,8 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
         finally:
+            if latest["history"] is not None:
+                trial.set_user_attr("history", latest["history"])
             if ckpt is not None:  # finished one way or another; a killed process never gets here
                 ckpt.delete()
                 if backup is not None:
@@ -137,7 +143,6 @@ def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optiona
     if state is None:
         return None
     trial.set_user_attr("resumed_from_epoch", state["epoch"])
-    trial.set_user_attr("history", state["history"])
     for epoch, value in enumerate(state["history"]["val_acc"], start=1):
         trial.report(value, step=epoch)
     return state

@@ -7,13 +7,23 @@ import json
 from conftest import hpsearch
 
 
-def test_bench_runs_both_parts_and_writes_its_table(tmp_path):
-    out = hpsearch("bench", "--trials", 1, "--repeats", 1, "--epochs", 1, "--out", tmp_path,
-                   timeout=600)
+def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
+    out = hpsearch("bench", "--trials", 2, "--repeats", 1, "--epochs", 1, "--overhead-at", "2,4",
+                   "--out", tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert set(result) == {"throughput", "study"}
-    assert all(v > 0 for v in result["throughput"]["median"].values())
+    assert {"throughput", "compute", "study", "pruning", "workers", "overhead"} <= set(result)
+    assert all(v["images_per_second"] > 0 for v in result["throughput"]["median"].values())
+    assert 0 < result["compute"]["share_of_fp32_peak"] < 1
     assert result["study"]["runs"][0]["hpsearch"]["states"]
+    assert set(result["pruning"]["pruners"]) == {"none", "median", "hyperband", "sha"}
+    # Without a pruner every trial runs every epoch.
+    assert result["pruning"]["pruners"]["none"]["epochs_run"] == 2
+    assert result["workers"]["workers"]["2"]["trials_per_minute"] > 0
+    sqlite = result["overhead"]["storages"]["sqlite"]["ms_per_trial"]
+    assert set(sqlite) == {"2", "4"} and all(v["total"] > 0 for v in sqlite.values())
+    assert "journal" in result["overhead"]["storages"]
     table = (tmp_path / "bench.md").read_text()
-    assert "Training throughput" in table and "Median wall time" in table
+    for heading in ("Training throughput", "Achieved compute", "Whole study", "Pruning",
+                    "Workers", "Framework overhead"):
+        assert heading in table

@@ -1,0 +1,138 @@
+"""Achieved compute of the benchmark's fixed trial against this machine's matmul peak.
+
+`python -m hpsearch.flops --epochs 10` prints, as JSON: the FLOPs one epoch of the fixed
+configuration costs (counted by `torch.utils.flop_counter`: convolutions and matrix products,
+forward and backward), the time hpsearch's trainer takes for them, the peak FLOP/s of a large
+float32 (and bfloat16) matrix product on the same threads, and where the trainer's time goes
+according to torch's profiler, by operator.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+PEAK_SIZE = 2048  # the side of the square matrices whose product measures the peak
+
+# Profiler operator names -> the part of the network they belong to.
+KINDS = (("convolution", ("conv",)), ("batch norm", ("batch_norm",)),
+         ("max pool", ("max_pool",)), ("ReLU", ("relu", "threshold_backward", "clamp_min")),
+         ("linear", ("addmm", "aten::mm", "linear")), ("optimizer", ("adam", "sgd")))
+
+
+def matmul_peak(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `repeats` size x size matrix products (after one warm-up)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def fixed_setup(epochs: int):
+    from hpsearch.config import load_config
+    from hpsearch.data import load_dataset
+    from hpsearch.model import build_cnn
+    from hpsearch.recipe import FIXED
+    from hpsearch.train import FitSettings
+
+    cfg = load_config(None, [f"train.epochs={epochs}"])
+    data = load_dataset(cfg.data, cfg.study.seed)
+
+    def model():
+        torch.manual_seed(0)
+        return build_cnn(in_channels=data.channels, num_classes=len(data.classes),
+                         image_size=data.image_size, depth=FIXED["depth"],
+                         width=FIXED["width"], dropout=FIXED["dropout"])
+
+    settings = FitSettings(epochs=epochs, batch_size=cfg.train.batch_size, lr=FIXED["lr"],
+                           optimizer=FIXED["optimizer"], precision="fp32")
+    return data, model, settings
+
+
+def epoch_flops(data, model_fn, batch_size: int) -> dict:
+    """FLOPs of one training epoch (forward and backward of every full or partial batch) and
+    of one evaluation of the validation split."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model_fn().to(memory_format=torch.channels_last)
+    xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    per_train_image = counter.get_total_flops() / batch_size
+    model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(data.x_val[:batch_size])
+    per_val_image = counter.get_total_flops() / batch_size
+    return {"train": per_train_image * len(data.y_train), "eval": per_val_image * len(data.y_val)}
+
+
+def profile_epoch(data, model_fn, settings) -> dict:
+    """Self CPU time of one training epoch by kind of operator, in ms and shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hpsearch.train import fit
+
+    fit(model_fn(), data, settings.__class__(**{**vars(settings), "epochs": 1}),
+        torch.device("cpu"))  # warm-up: first-call allocations and kernel choices
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fit(model_fn(), data, settings.__class__(**{**vars(settings), "epochs": 1}),
+            torch.device("cpu"))
+    by_kind: dict = {}
+    total = 0.0
+    for event in prof.key_averages():
+        ms = event.self_cpu_time_total / 1000
+        total += ms
+        kind = next((k for k, keys in KINDS if any(s in event.key.lower() for s in keys)),
+                    "other (indexing, loss, bookkeeping)")
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
+    return {"total_ms": total,
+            "ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+            "share": {k: v / total for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}}
+
+
+def measure(epochs: int) -> dict:
+    from hpsearch.train import configure_threads, cpu_has_bf16, fit
+
+    threads = configure_threads()
+    data, model_fn, settings = fixed_setup(epochs)
+    flops = epoch_flops(data, model_fn, settings.batch_size)
+    fit(model_fn(), data, settings.__class__(**{**vars(settings), "epochs": 1}),
+        torch.device("cpu"))  # warm-up
+    start = time.perf_counter()
+    fit(model_fn(), data, settings, torch.device("cpu"))
+    seconds = time.perf_counter() - start
+    achieved = epochs * (flops["train"] + flops["eval"]) / seconds
+    peak32 = matmul_peak(torch.float32)
+    # Without native bf16 the product is emulated ~100x slower: a smaller one says as much.
+    peak16 = matmul_peak(torch.bfloat16, size=PEAK_SIZE if cpu_has_bf16() else 512, repeats=2)
+    profile = profile_epoch(data, model_fn, settings)
+    conv_flops = flops["train"]  # nearly all counted FLOPs are convolutions; see `linear`
+    conv_seconds = profile["ms"].get("convolution", 0.0) / 1000
+    return {
+        "threads": threads, "epochs": epochs, "seconds": seconds,
+        "flops_per_epoch": flops, "achieved_flops": achieved,
+        "peak_fp32_flops": peak32, "peak_bf16_flops": peak16,
+        "share_of_fp32_peak": achieved / peak32,
+        "convolution_flops_while_convolving": conv_flops / conv_seconds if conv_seconds else None,
+        "profile": profile,
+    }
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.epochs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Framework overhead per trial: the time a trial spends outside its training.
+
+The default study runs on a real store with its real sampler, pruner, objective, checkpoints
+and callbacks; only `fit` is replaced by one that trains nothing and reports a plausible curve,
+so every second measured is bookkeeping. Optuna's and hpsearch's calls are wrapped with
+timers, and each trial's time is split into:
+
+- ask: `study.ask()` (a new trial row, relative sampling);
+- suggest: the sampler drawing the trial's parameters (TPE reads every finished trial here);
+- report+prune: `trial.report` and `trial.should_prune` after every epoch (the pruner reads
+  the finished trials' curves here);
+- hpsearch: the objective's own writes (owner, seed, history per epoch, weights) and
+  checkpoints;
+- tell: `study.tell`, which stores the outcome;
+- callbacks: from the end of tell to the next ask (Optuna fetching the finished trial and
+  checking for stale trials, and
+  hpsearch's callbacks: the trial target, failure streak and progress).
+
+`python -m hpsearch.overhead --storage URL --at 50,1000` prints the mean milliseconds per
+trial of each part over the 50 trials up to each count, as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+
+PARTS = ("ask", "suggest", "report+prune", "hpsearch", "tell", "callbacks")
+WINDOW = 50  # trials averaged at each count
+
+
+class Timers:
+    """Seconds per (trial number, part)."""
+
+    def __init__(self):
+        self.seconds = defaultdict(lambda: defaultdict(float))
+        self.current = None  # the trial being run
+        self.told_at = None  # when the last tell ended
+
+    def add(self, part: str, seconds: float, number=None) -> None:
+        self.seconds[self.current if number is None else number][part] += seconds
+
+    def wrap(self, owner, name: str, part: str, after=None):
+        """Replace owner.name by a timed version; `after(result)` sees the result first."""
+        original = getattr(owner, name)
+        timers = self
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            if after is not None:
+                after(result)
+            timers.add(part, time.perf_counter() - start)
+            return result
+
+        setattr(owner, name, timed)
+        return original
+
+
+def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_state=None):
+    """Stands in for `train.fit`: no training, the same hooks per epoch (checkpoint, report)
+    and a learning curve that depends on the learning rate, so the pruner and TPE have
+    something to tell apart."""
+    import torch
+
+    from hpsearch.checkpoint import rng_state
+    from hpsearch.train import History
+
+    rng = random.Random(s.seed)
+    quality = max(0.0, 1.0 - abs(math.log10(s.lr) + 2.5) / 2.5)
+    gen = torch.Generator().manual_seed(s.seed)
+    history = History()
+    for epoch in range(1, s.epochs + 1):
+        acc = min(1.0, 0.2 + 0.79 * quality * (1 - math.exp(-epoch / 3)) + rng.gauss(0, 0.01))
+        for key, value in (("train_loss", 1 - acc), ("train_acc", acc), ("val_loss", 1 - acc),
+                           ("val_acc", acc)):
+            getattr(history, key).append(round(value, 6))
+        history.epoch_seconds.append(0.0)
+        if save_state is not None:
+            save_state(epoch, {"model": model.state_dict(), "optimizer": {}, "scaler": {},
+                               "rng": rng_state(gen), "history": history.as_dict()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+    return history
+
+
+@contextmanager
+def instrumented(timers: Timers):
+    """Optuna's and hpsearch's entry points wrapped with timers for the duration."""
+    from optuna.study import _optimize
+    from optuna.trial import Trial
+
+    from hpsearch import checkpoint, objective
+
+    def asked(trial):
+        # The ask's time is only known to belong to this trial once it returns.
+        timers.current = trial.number
+        if timers.told_at is not None:
+            timers.add("callbacks", start_of_ask[0] - timers.told_at, number=previous[0])
+        previous[0] = trial.number
+
+    start_of_ask, previous = [0.0], [None]
+    original_ask = optuna.Study.ask
+
+    def ask(study, *args, **kwargs):
+        start_of_ask[0] = time.perf_counter()
+        trial = original_ask(study, *args, **kwargs)
+        asked(trial)
+        timers.add("ask", time.perf_counter() - start_of_ask[0])
+        return trial
+
+    def told(_):
+        timers.told_at = time.perf_counter()
+
+    saved = [(optuna.Study, "ask", original_ask)]
+    optuna.Study.ask = ask
+    for owner, name, part, after in (
+            (_optimize, "_tell_with_warning", "tell", told),
+            (objective, "suggest_params", "suggest", None),
+            (Trial, "report", "report+prune", None),
+            (Trial, "should_prune", "report+prune", None),
+            (checkpoint.TrialCheckpoint, "save", "checkpoint", None)):
+        saved.append((owner, name, timers.wrap(owner, name, part, after)))
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
+
+
+def measure(storage_url: str, at: tuple, workdir: Path) -> dict:
+    """Run max(at) trials of the default study with synthetic training on `storage_url`;
+    mean milliseconds per trial of each part over the WINDOW trials up to each count."""
+    import torch
+
+    from hpsearch import objective as objective_module
+    from hpsearch.config import load_config
+    from hpsearch.data import load_dataset
+    from hpsearch.objective import make_objective
+    from hpsearch.storage import open_artifacts, open_storage, parse_storage, use_wal
+    from hpsearch.study import open_study, run, settings_record
+
+    n = max(at)
+    name = f"overhead-{time.time_ns()}"
+    cfg = load_config(None, [f"study.name='{name}'"])
+    data = load_dataset(cfg.data, cfg.study.seed)
+    spec = parse_storage(storage_url)
+    if spec.kind == "sqlite":
+        spec.path.parent.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
+                           grace_period=cfg.study.grace_period)
+    study = open_study(storage, cfg, settings_record(cfg, data))
+    use_wal(spec)  # as `hpsearch run` sets it
+    objective = make_objective(cfg, data, torch.device("cpu"),
+                               open_artifacts(workdir / "artifacts"), workdir / "checkpoints")
+    timers = Timers()
+    real_fit, objective_module.fit = objective_module.fit, synthetic_fit
+    try:
+        with instrumented(timers):
+            start = time.perf_counter()
+
+            def timed_objective(trial):
+                begin = time.perf_counter()
+                try:
+                    return objective(trial)
+                finally:
+                    timers.add("objective", time.perf_counter() - begin)
+
+            run(study, timed_objective, n)
+            end = time.perf_counter()
+            timers.add("callbacks", end - timers.told_at)
+    finally:
+        objective_module.fit = real_fit
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except Exception:
+            pass
+    per_trial = {}
+    for number, parts in timers.seconds.items():
+        own = parts["objective"] - parts["suggest"] - parts["report+prune"]
+        row = {part: parts[part] for part in PARTS if part != "hpsearch"}
+        row["hpsearch"] = own
+        per_trial[number] = row
+    windows = {}
+    for count in at:
+        numbers = [k for k in per_trial if count - min(WINDOW, count) <= k < count]
+        windows[str(count)] = {part: 1000 * sum(per_trial[k][part] for k in numbers)
+                               / len(numbers) for part in PARTS}
+        windows[str(count)]["total"] = sum(windows[str(count)].values())
+        windows[str(count)]["of which checkpoints"] = 1000 * sum(
+            timers.seconds[k]["checkpoint"] for k in numbers) / len(numbers)
+    return {"storage": spec.kind, "trials": n, "seconds": end - start, "ms_per_trial": windows}
+
+
+def main() -> None:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", required=True)
+    parser.add_argument("--at", default="50,1000")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    at = tuple(int(v) for v in args.at.split(","))
+    with tempfile.TemporaryDirectory(prefix="hpsearch-overhead-") as tmp:
+        url = args.storage.replace("{tmp}", tmp)
+        print(json.dumps(measure(url, at, Path(tmp))))
+
+
+if __name__ == "__main__":
+    main()
