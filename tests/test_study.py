@@ -110,3 +110,34 @@ def test_a_study_of_another_tool_is_not_resumed(tmp_path):
         assert "was not made by hpsearch" in str(err)
     else:
         raise AssertionError("a foreign study was resumed")
+
+
+def test_the_median_pruner_reads_completed_trials_once_per_trial_with_the_same_decisions():
+    from hpsearch.study import CompletedOncePerTrial
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        for step in range(1, 6):
+            trial.report(x * step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x
+
+    outcomes, reads = [], []
+    for pruner in (optuna.pruners.MedianPruner(n_startup_trials=3),
+                   CompletedOncePerTrial(optuna.pruners.MedianPruner(n_startup_trials=3))):
+        study = optuna.create_study(direction="maximize", pruner=pruner,
+                                    sampler=optuna.samplers.RandomSampler(seed=1))
+        real, count = study.get_trials, [0]
+
+        def counted(*args, states=None, **kwargs):
+            count[0] += states is not None and tuple(states) == (TrialState.COMPLETE,)
+            return real(*args, states=states, **kwargs)
+
+        study.get_trials = counted
+        study.optimize(objective, n_trials=20)
+        outcomes.append([(t.state, t.last_step) for t in study.trials])
+        reads.append(count[0])
+    assert outcomes[0] == outcomes[1]
+    assert any(state == TrialState.PRUNED for state, _ in outcomes[0])
+    assert reads[1] <= 20 < reads[0]
