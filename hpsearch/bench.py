@@ -32,7 +32,6 @@ import optuna
 
 PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead")
 PRUNERS = ("none", "median", "hyperband", "sha")
-DEFAULT_PRUNER = "median"
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -170,18 +169,18 @@ def bench_pruning(trials: int, repeats: int, workdir: Path,
                   default_runs: Optional[list] = None) -> dict:
     """The default study under every pruner, seeds alternating; the default pruner's runs
     are taken from the study benchmark when it ran in the same invocation."""
+    from hpsearch.config import load_config
+
     workdir.mkdir(parents=True, exist_ok=True)
     runs: dict = {p: [] for p in PRUNERS}
     if default_runs:
-        runs[DEFAULT_PRUNER] = list(default_runs)
+        runs[load_config(None).study.pruner] = list(default_runs)
     for seed in range(repeats):
         for pruner in PRUNERS:
             if len(runs[pruner]) > seed:
                 continue
             runs[pruner].append(run_hpsearch(trials, seed, workdir,
                                              sets=(f"study.pruner='{pruner}'",)))
-    from hpsearch.config import load_config
-
     budget = trials * load_config(None).train.epochs
     table = {p: {"epochs_run": median_of(r, "epochs_run"), "budget": budget,
                  "best_value": median_of(r, "best_value"),
@@ -239,28 +238,36 @@ def bench_overhead(at: tuple = (50, 1000), postgres_url: str = POSTGRES_URL) -> 
 
 
 def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
-            overhead_at: tuple = (50, 1000), say=print) -> dict:
+            overhead_at: tuple = (50, 1000), say=print, done=lambda result: None) -> dict:
+    """The parts in order; `done(result)` after each, so a long run keeps what it measured."""
     result: dict = {"commit": commit(), "machine": machine()}
+
+    def start(line: str) -> None:  # announces a part, after saving the parts before it
+        if len(result) > 2:
+            done(result)
+        say(line)
+
     if "throughput" in parts:
-        say(f"Throughput: one fixed trial, recipe / hpsearch fp32 / bf16, {repeats}x each.")
+        start(f"Throughput: one fixed trial, recipe / hpsearch fp32 / bf16, {repeats}x each.")
         result["throughput"] = bench_throughput(repeats, epochs)
     if "compute" in parts:
-        say("Compute: FLOPs of the fixed trial against the matrix-product peak.")
+        start("Compute: FLOPs of the fixed trial against the matrix-product peak.")
         result["compute"] = bench_compute(epochs)
     default_runs = None
     if "study" in parts:
-        say(f"Study: the recipe and hpsearch {repeats}x each, {trials} trials per study.")
+        start(f"Study: the recipe and hpsearch {repeats}x each, {trials} trials per study.")
         result["study"] = bench_study(trials, repeats, workdir)
         default_runs = [r["hpsearch"] for r in result["study"]["runs"]]
     if "pruning" in parts:
-        say(f"Pruning: the default study under {', '.join(PRUNERS)}, {repeats}x each.")
+        start(f"Pruning: the default study under {', '.join(PRUNERS)}, {repeats}x each.")
         result["pruning"] = bench_pruning(trials, repeats, workdir, default_runs)
     if "workers" in parts:
-        say(f"Workers: the default study with 1 and 2 worker processes, {repeats}x each.")
+        start(f"Workers: the default study with 1 and 2 worker processes, {repeats}x each.")
         result["workers"] = bench_workers(trials, repeats, workdir, default_runs)
     if "overhead" in parts:
-        say(f"Overhead: {max(overhead_at)} trials without training per storage.")
+        start(f"Overhead: {max(overhead_at)} trials without training per storage.")
         result["overhead"] = bench_overhead(overhead_at)
+    done(result)
     return result
 
 
@@ -338,8 +345,8 @@ def _compute(r: dict) -> str:
 
 
 def _study(r: dict) -> str:
-    rows = [f"**Whole study**: the default {r['trials']}-trial study and the recipe on the "
-            f"same search space:", "",
+    rows = [f"**Whole study**: the default {r['trials']}-trial study against the recipe "
+            f"(Optuna's PyTorch example: 10 epochs, MedianPruner) on the same search space:", "",
             "| run | seed | wall s | epochs run | best val acc | trials by state |",
             "|---|---|---|---|---|---|"]
     for run in r["runs"]:

@@ -78,7 +78,7 @@ class StudyConfig:
     name: str = "digits-cnn"
     trials: int = 50  # the study's total of finished (complete or pruned) trials
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "sha"
     seed: int = 0
     heartbeat_interval: int = 30  # seconds between heartbeats of a running trial
     grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
@@ -97,7 +97,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 9
     batch_size: int = 64  # used unless [space] names batch_size
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see train.choose_precision)
 

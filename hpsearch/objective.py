@@ -70,7 +70,8 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         def report(epoch: int, history) -> None:
             latest["history"] = history.as_dict()
             trial.report(history.val_acc[-1], step=epoch)
-            if trial.should_prune():
+            # After the last epoch there is nothing left to save: the trial completes.
+            if epoch < settings.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:

@@ -56,6 +56,10 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
                                               reduction_factor=3)
     if name == "sha":
+        # The default. Rungs at epochs 1, 3 and 9 (hence 9 epochs). On the default study, seeds
+        # 0-2 (`hpsearch bench --what pruning`): 170 epochs run (median) and a best validation
+        # accuracy of 0.9963, against 202 epochs and 0.9926 for the median pruner at 10 epochs
+        # and 199 epochs and 0.9963 for it at 8 epochs.
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
