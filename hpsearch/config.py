@@ -78,7 +78,7 @@ class StudyConfig:
     name: str = "digits-cnn"
     trials: int = 50  # the study's total of finished (complete or pruned) trials
     sampler: str = "tpe"
-    pruner: str = "sha"
+    pruner: str = "median"
     seed: int = 0
     heartbeat_interval: int = 30  # seconds between heartbeats of a running trial
     grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
