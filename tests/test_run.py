@@ -131,7 +131,8 @@ def _running_trial_with_an_epoch(db: Path):
 def _start_and_wait_for_an_epoch(study_file, db: Path) -> tuple:
     """A run with trials long enough that a signal lands mid-trial, after a reported epoch:
     (its arguments, the process, the running trial's number)."""
-    args = ("--config", study_file, "--storage", f"sqlite:///{db}", "--trials", 3,
+    # Five trials: a signal sent during the last epoch of the third still finds trials to stop.
+    args = ("--config", study_file, "--storage", f"sqlite:///{db}", "--trials", 5,
             "--epochs", 40)
     proc = start_cli(*args)
     deadline = time.monotonic() + 240
@@ -164,7 +165,7 @@ def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
     steps = sorted(retries[0].intermediate_values)
     assert steps == list(range(1, len(steps) + 1))
     assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
     assert list((tmp_path / "checkpoints").rglob("*.pt")) == []  # finished trials keep none
 
 
