@@ -538,14 +538,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parts = PARTS if "all" in args.what else tuple(p for p in PARTS if p in args.what)
+
     def save(result: dict) -> None:
         (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "bench.md").write_text(markdown(result) + "\n")
 
-    result = run_all(parts, args.trials, args.repeats, args.epochs, out, args.overhead_at,
-                     say=lambda line: print(line, flush=True), done=save)
-    table = markdown(result)
-    print(table)
+    run_all(parts, args.trials, args.repeats, args.epochs, out, args.overhead_at,
+            say=lambda line: print(line, flush=True), done=save)
+    print((out / "bench.md").read_text(), end="")
     print(f"Written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0
 

@@ -67,7 +67,8 @@ class CompletedOncePerTrial(optuna.pruners.BasePruner):
 
     In one process no trial completes while another runs, so the decisions are the same as
     the wrapped pruner's; with several workers the list is at most `max_age` seconds old.
-    At 1,000 stored trials the per-epoch read was most of a trial's bookkeeping.
+    Measured on the default study with synthetic training (hpsearch.overhead, SQLite, 60
+    trials): report+prune fell from 12.9 to 8.9 ms per trial.
     """
 
     def __init__(self, pruner: optuna.pruners.BasePruner, max_age: float = 10.0):
