@@ -221,16 +221,18 @@ def postgres_answers(url: str) -> bool:
 
 
 def bench_overhead(at: tuple = (50, 1000), postgres_url: str = POSTGRES_URL) -> dict:
-    """hpsearch.overhead on SQLite, a journal file and PostgreSQL (when one answers)."""
+    """hpsearch.overhead on SQLite, a journal file and PostgreSQL (when one answers), each
+    also with the bare objective under Optuna's own loop: Optuna's floor on that store."""
     stores = {"sqlite": "sqlite:///{tmp}/overhead.db", "journal": "journal:{tmp}/overhead.log"}
     if postgres_answers(postgres_url):
         stores["postgresql"] = postgres_url
-    result = {}
+    result, floor = {}, {}
     for kind, url in stores.items():
-        _, stdout = timed([sys.executable, "-m", "hpsearch.overhead", "--storage", url,
-                           "--at", ",".join(map(str, at))])
-        result[kind] = last_json(stdout)
-    return {"at": list(at), "storages": result,
+        for found, extra in ((result, []), (floor, ["--bare"])):
+            _, stdout = timed([sys.executable, "-m", "hpsearch.overhead", "--storage", url,
+                               "--at", ",".join(map(str, at)), *extra])
+            found[kind] = last_json(stdout)
+    return {"at": list(at), "storages": result, "optuna_alone": floor,
             "skipped": [] if "postgresql" in stores else ["postgresql (no server answers)"]}
 
 
@@ -389,13 +391,18 @@ def _overhead(r: dict) -> str:
     from hpsearch.overhead import PARTS as STEPS
 
     rows = ["**Framework overhead**, ms per trial outside training (mean over the 50 trials "
-            "up to each count):", "",
-            "| storage | trials | " + " | ".join(STEPS) + " | total | of which checkpoints |",
-            "|---|---|" + "---|" * (len(STEPS) + 2)]
+            "up to each count); *Optuna alone* is the same study on the same store with a "
+            "bare objective (parameters, reports, pruner) under Optuna's own loop:", "",
+            "| storage | run | trials | " + " | ".join(STEPS)
+            + " | total | of which checkpoints |",
+            "|---|---|---|" + "---|" * (len(STEPS) + 2)]
     for kind, s in r["storages"].items():
-        for count, ms in s["ms_per_trial"].items():
-            rows.append(f"| {kind} | {count} | " + " | ".join(f"{ms[p]:.1f}" for p in STEPS)
-                        + f" | {ms['total']:.1f} | {ms['of which checkpoints']:.1f} |")
+        runs = [("hpsearch", s), ("Optuna alone", r.get("optuna_alone", {}).get(kind))]
+        for name, found in runs:
+            for count, ms in (found or {}).get("ms_per_trial", {}).items():
+                rows.append(f"| {kind} | {name} | {count} | "
+                            + " | ".join(f"{ms[p]:.1f}" for p in STEPS)
+                            + f" | {ms['total']:.1f} | {ms['of which checkpoints']:.1f} |")
     if r["skipped"]:
         rows += ["", "Not measured: " + ", ".join(r["skipped"]) + "."]
     return "\n".join(rows)
@@ -406,17 +413,25 @@ TABLES = {"throughput": _throughput, "compute": _compute, "study": _study,
 
 
 def overhead_share(result: dict) -> Optional[str]:
-    """SQLite overhead at 50 trials as a share of the default study's mean trial time."""
+    """Overhead at the smallest count as a share of the default study's mean trial time, per
+    storage, hpsearch's and Optuna's alone."""
     if "overhead" not in result or "study" not in result:
         return None
-    sqlite = result["overhead"]["storages"].get("sqlite")
-    if not sqlite:
-        return None
-    first = sqlite["ms_per_trial"][str(min(result["overhead"]["at"]))]["total"]
+    over = result["overhead"]
+    first = str(min(over["at"]))
     trial_ms = 1000 * statistics.median(r["hpsearch"]["trial_seconds_mean"]
                                         for r in result["study"]["runs"])
-    return (f"At {min(result['overhead']['at'])} trials on SQLite, overhead is "
-            f"{first:.1f} ms of a {trial_ms:.0f} ms mean trial: **{first / trial_ms:.1%}**.")
+    parts = []
+    for kind, s in over["storages"].items():
+        ms = s["ms_per_trial"][first]["total"]
+        text = f"{kind} {ms:.1f} ms = **{ms / trial_ms:.1%}**"
+        alone = over.get("optuna_alone", {}).get(kind)
+        if alone:
+            floor = alone["ms_per_trial"][first]["total"]
+            text += f" (Optuna alone {floor:.1f} ms = {floor / trial_ms:.1%})"
+        parts.append(text)
+    return (f"Share of the default study's {trial_ms:.0f} ms mean trial at {first} trials: "
+            + "; ".join(parts) + ".")
 
 
 def main() -> None:

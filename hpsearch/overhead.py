@@ -9,15 +9,18 @@ timers, and each trial's time is split into:
 - suggest: the sampler drawing the trial's parameters (TPE reads every finished trial here);
 - report+prune: `trial.report` and `trial.should_prune` after every epoch (the pruner reads
   the finished trials' curves here);
-- hpsearch: the objective's own writes (owner, seed, history per epoch, weights) and
-  checkpoints;
+- hpsearch: the objective's own writes (owner, origin, seed, model size, device, the
+  history when the trial ends, weights) and checkpoints;
 - tell: `study.tell`, which stores the outcome;
-- callbacks: from the end of tell to the next ask (Optuna fetching the finished trial and
-  checking for stale trials, and
-  hpsearch's callbacks: the trial target, failure streak and progress).
+- callbacks: from the end of tell to the next ask (Optuna fetching the finished trial,
+  checking for stale trials and starting the heartbeat, and hpsearch's callbacks: the trial
+  target, failure streak and progress).
 
 `python -m hpsearch.overhead --storage URL --at 50,1000` prints the mean milliseconds per
-trial of each part over the 50 trials up to each count, as JSON.
+trial of each part over the 50 trials up to each count, as JSON. With `--bare`, the same
+study on the same store runs a bare objective under Optuna's own loop: the parameters drawn,
+the curve reported, the pruner asked, nothing else. That is the floor of what any objective
+costs on that store; the difference is hpsearch's.
 """
 
 from __future__ import annotations
@@ -64,21 +67,26 @@ class Timers:
         return original
 
 
+def synthetic_curve(lr: float, seed: int, epochs: int):
+    """Validation accuracy per epoch that depends on the learning rate, so the pruner and TPE
+    have something to tell apart."""
+    rng = random.Random(seed)
+    quality = max(0.0, 1.0 - abs(math.log10(lr) + 2.5) / 2.5)
+    for epoch in range(1, epochs + 1):
+        yield min(1.0, 0.2 + 0.79 * quality * (1 - math.exp(-epoch / 3)) + rng.gauss(0, 0.01))
+
+
 def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_state=None):
     """Stands in for `train.fit`: no training, the same hooks per epoch (checkpoint, report)
-    and a learning curve that depends on the learning rate, so the pruner and TPE have
-    something to tell apart."""
+    and the synthetic curve."""
     import torch
 
     from hpsearch.checkpoint import rng_state
     from hpsearch.train import History
 
-    rng = random.Random(s.seed)
-    quality = max(0.0, 1.0 - abs(math.log10(s.lr) + 2.5) / 2.5)
     gen = torch.Generator().manual_seed(s.seed)
     history = History()
-    for epoch in range(1, s.epochs + 1):
-        acc = min(1.0, 0.2 + 0.79 * quality * (1 - math.exp(-epoch / 3)) + rng.gauss(0, 0.01))
+    for epoch, acc in enumerate(synthetic_curve(s.lr, s.seed, s.epochs), start=1):
         for key, value in (("train_loss", 1 - acc), ("train_acc", acc), ("val_loss", 1 - acc),
                            ("val_acc", acc)):
             getattr(history, key).append(round(value, 6))
@@ -89,6 +97,25 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
     return history
+
+
+def bare_objective(cfg):
+    """What Optuna itself needs of a trial: its parameters drawn, the same curve reported and
+    the pruner asked after each epoch. No attributes, checkpoints or weights: the floor that
+    hpsearch's bookkeeping adds to."""
+    from hpsearch import objective as objective_module
+
+    def objective(trial: optuna.Trial) -> float:
+        params = objective_module.suggest_params(trial, cfg)  # looked up late: it is timed
+        seed = cfg.study.seed * 100_003 + trial.number
+        for epoch, acc in enumerate(synthetic_curve(params["lr"], seed, cfg.train.epochs),
+                                    start=1):
+            trial.report(acc, step=epoch)
+            if epoch < cfg.train.epochs and trial.should_prune():
+                raise optuna.TrialPruned()
+        return acc
+
+    return objective
 
 
 @contextmanager
@@ -135,9 +162,10 @@ def instrumented(timers: Timers):
             setattr(owner, name, original)
 
 
-def measure(storage_url: str, at: tuple, workdir: Path) -> dict:
+def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> dict:
     """Run max(at) trials of the default study with synthetic training on `storage_url`;
-    mean milliseconds per trial of each part over the WINDOW trials up to each count."""
+    mean milliseconds per trial of each part over the WINDOW trials up to each count. With
+    `bare`, the trials run `bare_objective` under Optuna's own loop instead of hpsearch's."""
     import torch
 
     from hpsearch import objective as objective_module
@@ -158,8 +186,12 @@ def measure(storage_url: str, at: tuple, workdir: Path) -> dict:
                            grace_period=cfg.study.grace_period)
     study = open_study(storage, cfg, settings_record(cfg, data))
     use_wal(spec)  # as `hpsearch run` sets it
-    objective = make_objective(cfg, data, torch.device("cpu"),
-                               open_artifacts(workdir / "artifacts"), workdir / "checkpoints")
+    if bare:
+        objective = bare_objective(cfg)
+    else:
+        objective = make_objective(cfg, data, torch.device("cpu"),
+                                   open_artifacts(workdir / "artifacts"),
+                                   workdir / "checkpoints")
     timers = Timers()
     real_fit, objective_module.fit = objective_module.fit, synthetic_fit
     try:
@@ -173,7 +205,10 @@ def measure(storage_url: str, at: tuple, workdir: Path) -> dict:
                 finally:
                     timers.add("objective", time.perf_counter() - begin)
 
-            run(study, timed_objective, n)
+            if bare:
+                study.optimize(timed_objective, n_trials=n)
+            else:
+                run(study, timed_objective, n)
             end = time.perf_counter()
             timers.add("callbacks", end - timers.told_at)
     finally:
@@ -182,21 +217,28 @@ def measure(storage_url: str, at: tuple, workdir: Path) -> dict:
             optuna.delete_study(study_name=name, storage=storage)
         except Exception:
             pass
+    return {"storage": spec.kind, "bare": bare, "trials": n, "seconds": end - start,
+            "ms_per_trial": summarize(timers, at)}
+
+
+def summarize(timers: Timers, at: tuple) -> dict:
+    """Mean milliseconds of each part over the WINDOW trials up to each count in `at`; the
+    objective's time less the sampler's and the pruner's is hpsearch's own."""
     per_trial = {}
     for number, parts in timers.seconds.items():
-        own = parts["objective"] - parts["suggest"] - parts["report+prune"]
         row = {part: parts[part] for part in PARTS if part != "hpsearch"}
-        row["hpsearch"] = own
+        row["hpsearch"] = parts["objective"] - parts["suggest"] - parts["report+prune"]
         per_trial[number] = row
     windows = {}
     for count in at:
         numbers = [k for k in per_trial if count - min(WINDOW, count) <= k < count]
-        windows[str(count)] = {part: 1000 * sum(per_trial[k][part] for k in numbers)
-                               / len(numbers) for part in PARTS}
-        windows[str(count)]["total"] = sum(windows[str(count)].values())
-        windows[str(count)]["of which checkpoints"] = 1000 * sum(
+        ms = {part: 1000 * sum(per_trial[k][part] for k in numbers) / len(numbers)
+              for part in PARTS}
+        ms["total"] = sum(ms.values())
+        ms["of which checkpoints"] = 1000 * sum(
             timers.seconds[k]["checkpoint"] for k in numbers) / len(numbers)
-    return {"storage": spec.kind, "trials": n, "seconds": end - start, "ms_per_trial": windows}
+        windows[str(count)] = ms
+    return windows
 
 
 def main() -> None:
@@ -206,12 +248,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", required=True)
     parser.add_argument("--at", default="50,1000")
+    parser.add_argument("--bare", action="store_true",
+                        help="Optuna's loop and a bare objective: the floor without hpsearch")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     at = tuple(int(v) for v in args.at.split(","))
     with tempfile.TemporaryDirectory(prefix="hpsearch-overhead-") as tmp:
         url = args.storage.replace("{tmp}", tmp)
-        print(json.dumps(measure(url, at, Path(tmp))))
+        print(json.dumps(measure(url, at, Path(tmp), bare=args.bare)))
 
 
 if __name__ == "__main__":

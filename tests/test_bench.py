@@ -24,7 +24,11 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
     sqlite = result["overhead"]["storages"]["sqlite"]["ms_per_trial"]
     assert set(sqlite) == {"2", "4"} and all(v["total"] > 0 for v in sqlite.values())
     assert "journal" in result["overhead"]["storages"]
+    # Optuna's floor: the bare objective writes nothing of hpsearch's.
+    alone = result["overhead"]["optuna_alone"]["sqlite"]["ms_per_trial"]["4"]
+    assert alone["total"] > 0 and alone["of which checkpoints"] == 0
     table = (tmp_path / "bench.md").read_text()
     for heading in ("Training throughput", "Achieved compute", "Whole study", "Pruning",
                     "Workers", "Framework overhead"):
         assert heading in table
+    assert "Optuna alone" in table and "mean trial at 2 trials" in table
