@@ -182,10 +182,11 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
         save_state: Optional[StateHook] = None) -> History:
     """Train for `s.epochs` epochs on data.x_train, scoring data.x_val after each.
 
-    `save_state(epoch, state)` receives everything needed to go on after that epoch (model,
-    optimizer, scaler, random streams, history); `resume` is such a state, and training
-    continues from the epoch after it with the same random draws as an uninterrupted run.
     `on_epoch_end(epoch, history)` runs after every epoch (1-based) and may raise to stop early.
+    Then, unless it was the last epoch, `save_state(epoch, state)` receives everything needed
+    to go on after that epoch (model, optimizer, scaler, random streams, history); `resume` is
+    such a state, and training continues from the epoch after it with the same random draws as
+    an uninterrupted run.
     Raises Diverged when the training loss does.
     """
     # channels-last lets oneDNN and cuDNN pick their fast convolution kernels (30% per epoch
@@ -217,12 +218,14 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
                            ("val_acc", val_acc)):
             getattr(history, key).append(round(value, 6))
         history.epoch_seconds.append(round(time.perf_counter() - start, 4))
-        if save_state is not None:
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+        # Saved after the hook, so that an epoch that ends the trial (the last, or one the
+        # hook stops at) writes no checkpoint that would only be deleted.
+        if save_state is not None and epoch < s.epochs:
             save_state(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scaler": scaler.state_dict(), "rng": rng_state(gen),
                                "history": history.as_dict()})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, history)
     return history
 
 

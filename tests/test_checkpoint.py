@@ -26,14 +26,14 @@ def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path):
     ckpt = TrialCheckpoint.under(tmp_path, "s", 3, {"lr": 0.01})
     saved = []
 
-    def stop_after_two(epoch, history):
+    def die_in_epoch_three(epoch, history):
         saved.append(epoch)
-        if epoch == 2:
+        if epoch == 3:
             raise KeyboardInterrupt  # the process dies here; the checkpoint of epoch 2 stays
 
     try:
-        fit(new_model(data), data, SETTINGS, torch.device("cpu"), on_epoch_end=stop_after_two,
-            save_state=ckpt.save)
+        fit(new_model(data), data, SETTINGS, torch.device("cpu"),
+            on_epoch_end=die_in_epoch_three, save_state=ckpt.save)
     except KeyboardInterrupt:
         pass
     state, why = ckpt.load()
@@ -41,6 +41,26 @@ def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path):
     resumed = fit(new_model(data), data, SETTINGS, torch.device("cpu"), resume=state)
     assert resumed.val_acc == whole.val_acc
     assert resumed.train_loss == whole.train_loss
+
+
+def test_an_epoch_that_ends_the_trial_writes_no_checkpoint():
+    data = load_dataset(DataConfig(image_size=8), 0)
+    saved = []
+    fit(new_model(data), data, SETTINGS, torch.device("cpu"),
+        save_state=lambda epoch, state: saved.append(epoch))
+    assert saved == [1, 2, 3, 4]  # the fifth and last completes the trial
+
+    def pruned_in_epoch_two(epoch, history):
+        if epoch == 2:
+            raise StopIteration
+
+    saved.clear()
+    try:
+        fit(new_model(data), data, SETTINGS, torch.device("cpu"),
+            on_epoch_end=pruned_in_epoch_two, save_state=lambda epoch, state: saved.append(epoch))
+    except StopIteration:
+        pass
+    assert saved == [1]
 
 
 def test_a_checkpoint_of_another_trial_or_a_damaged_one_is_not_used(tmp_path):
