@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from importlib import metadata
 from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
 from typing import Optional
 
 import numpy as np
@@ -62,13 +63,17 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
 
 
 class CompletedOncePerTrial(optuna.pruners.BasePruner):
-    """A pruner that judges by completed trials (median, percentile), reading them once per
-    trial instead of after every epoch.
+    """A pruner that judges by completed trials (median, percentile) without reading them
+    from the store after every epoch: it takes the list the sampler read when the trial
+    started (Optuna's per-trial cache, which its own samplers use) and reads again only
+    once that list is `max_age` seconds old.
 
     In one process no trial completes while another runs, so the decisions are the same as
     the wrapped pruner's; with several workers the list is at most `max_age` seconds old.
-    Measured on the default study with synthetic training (hpsearch.overhead, SQLite, 60
-    trials): report+prune fell from 12.9 to 8.9 ms per trial.
+    Measured on the default study with synthetic training (hpsearch.overhead, SQLite): one
+    read per trial instead of one per epoch took report+prune from 12.9 to 8.9 ms per trial
+    (60 trials, EPYC); taking the sampler's list instead, from about 10 to 4.2 ms (50 trials,
+    Xeon, where the store writes without an fsync per commit).
     """
 
     def __init__(self, pruner: optuna.pruners.BasePruner, max_age: float = 10.0):
@@ -77,9 +82,17 @@ class CompletedOncePerTrial(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         key, now = (study._study_id, trial.number), time.monotonic()
-        if key != self._key or now - self._read_at > self.max_age:
+        if key != self._key:
+            # Study._get_trials(use_cache=True): filled by the sampler after ask (or now),
+            # dropped at tell. Its age is the trial's.
+            started = trial.datetime_start or datetime.now()
+            self._read_at = now - (datetime.now() - started).total_seconds()
+            self._completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,),
+                                                use_cache=True)
+            self._key = key
+        if now - self._read_at > self.max_age:
             self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            self._key, self._read_at = key, now
+            self._read_at = now
         return self.pruner.prune(_WithCompleted(study, self._completed), trial)
 
 
