@@ -253,7 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                            grace_period=cfg.study.grace_period)
     study = open_study(storage, cfg, settings_record(cfg, data))
-    use_wal(spec)
+    use_wal(spec, storage)
     done = count_finished(study)
     print_header(cfg, data, spec.display, device, threads, done, args.workers)
     if done >= cfg.study.trials or grid_is_exhausted(study):
@@ -275,7 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_trials(args, cfg, flags, spec, study, data, device, folders, backup, done: int):
     """The trials themselves: in this process, or in --workers spawned ones."""
     from hpsearch.objective import make_objective
-    from hpsearch.storage import open_artifacts
+    from hpsearch.storage import open_artifacts, sync_finished_trials
 
     with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
         if args.workers == 1:
@@ -284,7 +284,7 @@ def run_trials(args, cfg, flags, spec, study, data, device, folders, backup, don
             objective = make_objective(cfg, data, device, open_artifacts(folders["artifacts"]),
                                        folders["checkpoints"], backup)
             return run(study, objective, cfg.study.trials, timeout=args.timeout,
-                       callbacks=(bar,))
+                       callbacks=(sync_finished_trials(spec), bar))
         from hpsearch.workers import Plan, run_workers
 
         plan = Plan(args.config, tuple(args.set), flags, spec.url, args.device,

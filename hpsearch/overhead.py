@@ -31,6 +31,7 @@ import random
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -76,26 +77,38 @@ def synthetic_curve(lr: float, seed: int, epochs: int):
         yield min(1.0, 0.2 + 0.79 * quality * (1 - math.exp(-epoch / 3)) + rng.gauss(0, 0.01))
 
 
-def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_state=None):
-    """Stands in for `train.fit`: no training, the same hooks per epoch (checkpoint, report)
-    and the synthetic curve."""
+def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_state=None,
+                  timers=None):
+    """Stands in for `train.fit`: no training, the same hooks in the same order (report, then
+    the checkpoint of every epoch but the last) and the synthetic curve. The checkpoints hold
+    what fit's do: the model, and the optimizer with its state after one step (timed as
+    "training", which is not overhead)."""
     import torch
 
     from hpsearch.checkpoint import rng_state
-    from hpsearch.train import History
+    from hpsearch.train import History, make_optimizer
 
+    begin = time.perf_counter()
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, s, fused=device.type in ("cpu", "cuda"))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # the moments a real epoch leaves behind, for an honest checkpoint size
     gen = torch.Generator().manual_seed(s.seed)
+    if timers is not None:
+        timers.add("training", time.perf_counter() - begin)
     history = History()
     for epoch, acc in enumerate(synthetic_curve(s.lr, s.seed, s.epochs), start=1):
         for key, value in (("train_loss", 1 - acc), ("train_acc", acc), ("val_loss", 1 - acc),
                            ("val_acc", acc)):
             getattr(history, key).append(round(value, 6))
         history.epoch_seconds.append(0.0)
-        if save_state is not None:
-            save_state(epoch, {"model": model.state_dict(), "optimizer": {}, "scaler": {},
-                               "rng": rng_state(gen), "history": history.as_dict()})
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
+        if save_state is not None and epoch < s.epochs:
+            save_state(epoch, {"model": model.state_dict(),
+                               "optimizer": optimizer.state_dict(), "scaler": {},
+                               "rng": rng_state(gen), "history": history.as_dict()})
     return history
 
 
@@ -172,7 +185,8 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
-    from hpsearch.storage import open_artifacts, open_storage, parse_storage, use_wal
+    from hpsearch.storage import (open_artifacts, open_storage, parse_storage,
+                                  sync_finished_trials, use_wal)
     from hpsearch.study import open_study, run, settings_record
 
     n = max(at)
@@ -185,7 +199,7 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
     storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                            grace_period=cfg.study.grace_period)
     study = open_study(storage, cfg, settings_record(cfg, data))
-    use_wal(spec)  # as `hpsearch run` sets it
+    use_wal(spec, storage)  # as `hpsearch run` sets it
     if bare:
         objective = bare_objective(cfg)
     else:
@@ -193,7 +207,7 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
                                    open_artifacts(workdir / "artifacts"),
                                    workdir / "checkpoints")
     timers = Timers()
-    real_fit, objective_module.fit = objective_module.fit, synthetic_fit
+    real_fit, objective_module.fit = objective_module.fit, partial(synthetic_fit, timers=timers)
     try:
         with instrumented(timers):
             start = time.perf_counter()
@@ -206,9 +220,10 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
                     timers.add("objective", time.perf_counter() - begin)
 
             if bare:
-                study.optimize(timed_objective, n_trials=n)
+                study.optimize(timed_objective, n_trials=n,
+                               callbacks=[sync_finished_trials(spec)])
             else:
-                run(study, timed_objective, n)
+                run(study, timed_objective, n, callbacks=(sync_finished_trials(spec),))
             end = time.perf_counter()
             timers.add("callbacks", end - timers.told_at)
     finally:
@@ -223,11 +238,13 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
 
 def summarize(timers: Timers, at: tuple) -> dict:
     """Mean milliseconds of each part over the WINDOW trials up to each count in `at`; the
-    objective's time less the sampler's and the pruner's is hpsearch's own."""
+    objective's time less the sampler's, the pruner's and the stand-in training's is
+    hpsearch's own."""
     per_trial = {}
     for number, parts in timers.seconds.items():
         row = {part: parts[part] for part in PARTS if part != "hpsearch"}
-        row["hpsearch"] = parts["objective"] - parts["suggest"] - parts["report+prune"]
+        row["hpsearch"] = (parts["objective"] - parts["suggest"] - parts["report+prune"]
+                           - parts["training"])
         per_trial[number] = row
     windows = {}
     for count in at:

@@ -195,6 +195,17 @@ class _RetryingCursor(sqlite3.Cursor):
 
 
 class _RetryingConnection(sqlite3.Connection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # In WAL mode, synchronous=NORMAL commits without an fsync (a process that is killed
+        # still loses nothing; only a power cut or an OS crash can drop the last commits) and
+        # never corrupts the file. `sync_finished_trials` syncs the log once a trial is told,
+        # so a finished trial is as durable as under FULL, with one sync a trial instead of
+        # one per commit (about 20): hpsearch.overhead on SQLite, 4 runs side by side, median
+        # 69 -> 56 ms per trial. Rollback-journal mode keeps FULL: NORMAL can corrupt there.
+        if self.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            self.execute("PRAGMA synchronous=NORMAL")
+
     def cursor(self, factory=_RetryingCursor):
         return super().cursor(factory)
 
@@ -202,20 +213,44 @@ class _RetryingConnection(sqlite3.Connection):
         return _with_lock_retries(super().commit)
 
 
-def use_wal(spec: StorageSpec) -> None:
+def use_wal(spec: StorageSpec, storage=None) -> None:
     """Write-ahead logging lets readers (the dashboard, reports) work while a trial writes.
     The mode is stored in the file, so setting it once is enough; it is set only after the
-    study's settings were accepted, so a refused resume leaves the file as it was."""
+    study's settings were accepted, so a refused resume leaves the file as it was. The
+    connections `storage` opened before are closed, so that the next ones write as WAL allows
+    (see _RetryingConnection)."""
     if spec.kind != "sqlite":
         return
     try:
         con = sqlite3.connect(spec.path, timeout=60)
         try:
+            switched = con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal"
             con.execute("PRAGMA journal_mode=WAL")
         finally:
             con.close()
     except sqlite3.Error as err:
         raise StorageError(f"store {spec.path} cannot be opened as SQLite ({err})") from None
+    if switched and isinstance(storage, optuna.storages.RDBStorage):
+        storage.engine.dispose()
+
+
+def sync_finished_trials(spec: StorageSpec):
+    """A study callback that makes every finished trial durable: an fsync of a WAL store's
+    log once the trial is told (its writes commit without one, see _RetryingConnection).
+    Other stores sync each commit themselves: nothing to do."""
+
+    def sync(study, trial) -> None:
+        wal = spec.path.with_name(spec.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no log: every commit is in the database file, synced by SQLite
+        try:
+            getattr(os, "fdatasync", os.fsync)(fd)  # as SQLite syncs it; macOS has fsync only
+        finally:
+            os.close(fd)
+
+    return sync if spec.kind == "sqlite" else (lambda study, trial: None)
 
 
 def _first_line(err: Exception) -> str:

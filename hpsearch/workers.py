@@ -62,7 +62,8 @@ def worker_main(plan: Plan, index: int, results) -> None:
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
-    from hpsearch.storage import Backup, open_artifacts, open_storage, parse_storage
+    from hpsearch.storage import (Backup, open_artifacts, open_storage, parse_storage,
+                                  sync_finished_trials)
     from hpsearch.study import hide_ctrl_c_tracebacks, open_study, run, settings_record
     from hpsearch.train import configure_threads
 
@@ -85,7 +86,8 @@ def worker_main(plan: Plan, index: int, results) -> None:
         backup = Backup.of(cfg.study, spec, artifacts, checkpoints)
         objective = make_objective(cfg, data, device, open_artifacts(artifacts), checkpoints,
                                    backup)
-        result = run(study, objective, cfg.study.trials, timeout=plan.timeout)
+        result = run(study, objective, cfg.study.trials, timeout=plan.timeout,
+                     callbacks=(sync_finished_trials(spec),))
     except KeyboardInterrupt:
         results.put((index, None))
         return

@@ -141,3 +141,35 @@ def test_the_median_pruner_reads_completed_trials_once_per_trial_with_the_same_d
     assert outcomes[0] == outcomes[1]
     assert any(state == TrialState.PRUNED for state, _ in outcomes[0])
     assert reads[1] <= 20 < reads[0]
+
+
+def test_a_wal_store_commits_without_fsync_and_syncs_the_log_once_a_trial_is_told(
+        tmp_path, monkeypatch):
+    import os
+    import sqlite3
+
+    from hpsearch.storage import sync_finished_trials, use_wal
+
+    spec = parse_storage(f"sqlite:///{tmp_path / 'store.db'}")
+    storage = open_storage(spec)
+    study = optuna.create_study(study_name="s", storage=storage)
+    with storage.engine.connect() as con:  # a new file starts in rollback-journal mode
+        assert con.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    use_wal(spec, storage)
+    with storage.engine.connect() as con:  # the pool was renewed: NORMAL under WAL
+        assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert con.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    synced, name = [], "fdatasync" if hasattr(os, "fdatasync") else "fsync"
+    real = getattr(os, name)
+
+    def counted(fd):
+        synced.append(os.fstat(fd).st_ino)
+        return real(fd)
+
+    monkeypatch.setattr(os, name, counted)
+    run(study, lambda trial: trial.suggest_float("x", 0, 1), target=3,
+        callbacks=(sync_finished_trials(spec),))
+    assert synced == [os.stat(f"{spec.path}-wal").st_ino] * 3
+    con = sqlite3.connect(spec.path)  # and what was told is in the file
+    assert con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] == 3
+    con.close()
