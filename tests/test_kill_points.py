@@ -6,9 +6,12 @@ sleeping for a guessed time.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sqlite3
+import sys
+import termios
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import torch
 from conftest import load, run_cli, start_cli, states
 
 TARGET = 3
+PIPE_BUFFER = 4096  # one page, the smallest pipe Linux makes
 
 
 def query(db: Path, sql: str) -> list:
@@ -68,9 +72,11 @@ MARKERS = {"during the first epoch": in_first_epoch, "between epochs": after_epo
            "while a checkpoint is written": first_checkpoint, "between trials": between_trials}
 
 
-def block_the_next_checkpoint_write(folder: Path, pid: int) -> None:
-    """Put a named pipe where the run writes its next checkpoint's temporary file: torch.save
-    then stalls inside the write until the test has read part of it. Returns once it has."""
+def block_the_next_checkpoint_write(folder: Path, pid: int) -> int:
+    """Put a named pipe where the run writes its next checkpoint's temporary file, with a
+    one-page buffer that nothing drains: torch.save fills it and stalls inside the write, and
+    cannot finish and rename the pipe into place (a tiny checkpoint fits a default 64 KiB pipe
+    whole). Returns the pipe, open, once the write has begun; close it after the kill."""
     fifo = folder / "tiny" / f".trial-0.pt.{pid}.tmp"
     while True:
         try:
@@ -78,9 +84,21 @@ def block_the_next_checkpoint_write(folder: Path, pid: int) -> None:
             break
         except FileExistsError:
             time.sleep(0.001)  # this epoch's file is being renamed into place; try again
-    reader = os.open(fifo, os.O_RDONLY)  # waits until torch.save opens the pipe to write
-    assert os.read(reader, 64)  # the write has begun and cannot finish
-    os.close(reader)
+    # Read-write, so the open waits for no writer and the buffer is sized before one comes.
+    pipe = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
+    assert (folder / "tiny" / "trial-0.pt").stat().st_size > PIPE_BUFFER  # it cannot fit
+    deadline = time.monotonic() + 60
+    while buffered(pipe) == 0:  # the write has begun, and cannot end while nothing reads
+        assert time.monotonic() < deadline, "the checkpoint write never came"
+        time.sleep(0.001)
+    return pipe
+
+
+def buffered(pipe: int) -> int:
+    count = bytearray(4)
+    fcntl.ioctl(pipe, termios.FIONREAD, count)
+    return int.from_bytes(count, sys.byteorder)
 
 
 def finished_trials(store: str) -> dict:
@@ -99,10 +117,13 @@ def test_sigkill_at_any_point_loses_nothing(study_file, tmp_path, point):
     while not MARKERS[point](db, folder):
         assert proc.poll() is None and time.monotonic() < deadline, "the marker never came"
         time.sleep(0.01)
+    pipe = None
     if point == "while a checkpoint is written":
-        block_the_next_checkpoint_write(folder, proc.pid)
+        pipe = block_the_next_checkpoint_write(folder, proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    if pipe is not None:
+        os.close(pipe)
     before = finished_trials(store)
     running = [t.number for t in load(store).trials if not t.state.is_finished()]
 
