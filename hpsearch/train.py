@@ -151,10 +151,12 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
     and `fp16` force a choice.
 
     The CPU stays in float32 even where it computes bf16 natively: `hpsearch bench` measured
-    bf16 autocast slower for hpsearch's small CNNs on both CPUs it ran on (0.15x float32's
-    images per second on an AVX2 EPYC that emulates bf16; 0.80x, and a default study 1.5x
-    longer, on an AVX512-BF16 Xeon), where casting every small tensor costs more than the
-    narrower arithmetic saves."""
+    bf16 autocast no faster per epoch of the default study on the three CPUs it ran on. The
+    fixed trial's images per second against float32: 0.15x on an AVX2 EPYC that emulates bf16,
+    0.83x on an AVX512-BF16 Xeon (a default study 1.5x longer), 1.18x on a Xeon with AMX,
+    where the default study was still no faster per epoch run (median wall time per epoch,
+    seeds 0-2: 0.162 s against 0.151 s) and seed 0 found a worse best trial (0.9889 against
+    0.9963)."""
     kind = device.type
     if wanted == "auto":
         if kind == "cuda":
