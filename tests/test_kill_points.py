@@ -74,7 +74,7 @@ MARKERS = {"during the first epoch": in_first_epoch, "between epochs": after_epo
 
 def block_the_next_checkpoint_write(folder: Path, pid: int) -> int:
     """Put a named pipe where the run writes its next checkpoint's temporary file, with a
-    one-page buffer that nothing drains: torch.save fills it and stalls inside the write, and
+    one-page buffer that nothing drains: torch.save stalls inside the write once it is full, and
     cannot finish and rename the pipe into place (a tiny checkpoint fits a default 64 KiB pipe
     whole). Returns the pipe, open, once the write has begun; close it after the kill."""
     fifo = folder / "tiny" / f".trial-0.pt.{pid}.tmp"
