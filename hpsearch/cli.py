@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import warnings
 from typing import Optional
@@ -226,8 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.data import load_dataset
     from hpsearch.storage import (Backup, beside_store, check_store_file, open_storage,
                                   parse_storage, refuse_network_sqlite, use_wal)
-    from hpsearch.study import (count_finished, grid_is_exhausted, open_study,
-                                recover_dead_trials, settings_record)
+    from hpsearch.study import (count_finished, grid_is_exhausted, handle_interrupts,
+                                open_study, recover_dead_trials, settings_record)
     from hpsearch.train import choose_precision, configure_threads, resolve_device
 
     flags = {"study.trials": args.trials, "study.name": args.study_name,
@@ -263,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for number, queued in recover_dead_trials(study, restored=from_backup):
         then = "queued again" if queued else "not retried again (it died before)"
         print(f"Trial {number} was left running by a process that died: failed, {then}.")
-    signal.signal(signal.SIGTERM, _interrupt)  # a stopped VM or notebook: as Ctrl-C
+    handle_interrupts()  # Ctrl-C, and SIGTERM from a stopped VM or notebook
     try:
         result = run_trials(args, cfg, flags, spec, study, data, device, folders, backup, done)
     finally:
@@ -548,10 +547,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print((out / "bench.md").read_text(), end="")
     print(f"Written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def artifact_dir(args: argparse.Namespace, spec):

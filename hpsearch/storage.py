@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,42 @@ def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Opt
         grace_period=grace_period,
         heartbeat_stale_trial_callback=retry,
     )
+
+
+_store_calls = 0  # calls to a guarded store under way in the main thread
+
+
+def guard_store_calls(storage) -> None:
+    """Count the main thread's calls to every method of this storage object (a study's, with
+    Optuna's cache around the database), so that an interrupt can wait for them to return
+    (see study.py's handle_interrupts)."""
+    main = threading.main_thread().ident
+
+    def counted(method):
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            global _store_calls
+            if threading.get_ident() != main:
+                return method(*args, **kwargs)
+            _store_calls += 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _store_calls -= 1
+        return call
+
+    if getattr(storage, "_hpsearch_guarded", False):
+        return
+    for name in dir(type(storage)):
+        if not name.startswith("__") and callable(getattr(type(storage), name, None)):
+            setattr(storage, name, counted(getattr(storage, name)))
+    storage._hpsearch_guarded = True
+
+
+def in_store_call() -> bool:
+    """Whether the main thread is inside a call to a guarded store: an exception raised there
+    can leave a write transaction open, or Optuna's cache half updated."""
+    return _store_calls > 0
 
 
 LOCK_WAIT = 1.0  # seconds SQLite itself waits for a lock before reporting it

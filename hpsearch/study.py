@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -187,6 +188,11 @@ def open_study(storage, cfg: Config, record: dict, worker: int = 0) -> optuna.St
     n_stored = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(cfg, sampler_seed(cfg.study.seed, n_stored, worker))
     study.pruner = make_pruner(cfg)
+    from hpsearch.storage import guard_store_calls
+
+    guard_store_calls(study._storage)  # Optuna's cache, and the database storage inside it
+    if getattr(study._storage, "_backend", None) is not None:
+        guard_store_calls(study._storage._backend)
     return study
 
 
@@ -311,6 +317,40 @@ def settings_record(cfg, data) -> dict:
             versions[package] = None
     return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
             "versions": versions}
+
+
+class _InterruptOutsideStoreCalls:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, but never inside a call to the store.
+
+    Raised there, the exception can leave the call's write transaction open on its pooled
+    connection; the failed trial and its retry are written next, by this very process, and
+    wait on that lock (SQLite: hpsearch's 120 s of lock retries, then an error). A signal
+    that comes during a store call is delivered again every 10 ms until the call has
+    returned, for at most PATIENCE seconds."""
+
+    PATIENCE = 5.0
+
+    def __init__(self):
+        self.since: Optional[float] = None
+
+    def __call__(self, signum, frame) -> None:
+        from hpsearch.storage import in_store_call
+
+        now = time.monotonic()
+        if in_store_call() and (self.since is None or now - self.since < self.PATIENCE):
+            self.since = now if self.since is None else self.since
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
+        self.since = None
+        raise KeyboardInterrupt
+
+
+def handle_interrupts() -> None:
+    """Ctrl-C, SIGTERM (a stopped VM or notebook) and the deferral's timer, for the trials."""
+    handler = _InterruptOutsideStoreCalls()
+    for name in ("SIGINT", "SIGTERM", "SIGALRM"):
+        if hasattr(signal, name) and (name != "SIGALRM" or hasattr(signal, "setitimer")):
+            signal.signal(getattr(signal, name), handler)
 
 
 def hide_ctrl_c_tracebacks() -> None:

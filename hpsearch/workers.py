@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
-import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -39,10 +38,6 @@ class Plan:
     workers: int
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def worker_device(name: str, index: int):
     """`cuda` without an index puts worker i on GPU i modulo the visible count."""
     import torch
@@ -64,10 +59,11 @@ def worker_main(plan: Plan, index: int, results) -> None:
     from hpsearch.objective import make_objective
     from hpsearch.storage import (Backup, open_artifacts, open_storage, parse_storage,
                                   sync_finished_trials)
-    from hpsearch.study import hide_ctrl_c_tracebacks, open_study, run, settings_record
+    from hpsearch.study import (handle_interrupts, hide_ctrl_c_tracebacks, open_study, run,
+                                settings_record)
     from hpsearch.train import configure_threads
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    handle_interrupts()  # the parent's SIGTERM and a terminal's Ctrl-C
     logging.basicConfig(format=f"[worker {index}] %(message)s", level=logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     hide_ctrl_c_tracebacks()

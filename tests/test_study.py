@@ -173,3 +173,31 @@ def test_a_wal_store_commits_without_fsync_and_syncs_the_log_once_a_trial_is_tol
     con = sqlite3.connect(spec.path)  # and what was told is in the file
     assert con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] == 3
     con.close()
+
+
+def test_an_interrupt_waits_until_the_store_call_under_way_returns(tmp_path, monkeypatch):
+    import signal
+
+    import pytest
+
+    from hpsearch import storage as storage_module
+    from hpsearch.storage import guard_store_calls, in_store_call
+    from hpsearch.study import _InterruptOutsideStoreCalls
+
+    class Store:  # a storage whose write looks at the guard from inside the call
+        def write(self):
+            return in_store_call()
+
+    store = Store()
+    guard_store_calls(store)
+    assert store.write() is True and in_store_call() is False
+
+    armed = []
+    monkeypatch.setattr(signal, "setitimer", lambda which, seconds: armed.append(seconds))
+    handler = _InterruptOutsideStoreCalls()
+    monkeypatch.setattr(storage_module, "_store_calls", 1)
+    handler(signal.SIGTERM, None)  # inside a store call: delivered again in 10 ms
+    assert armed == [0.01]
+    monkeypatch.setattr(storage_module, "_store_calls", 0)
+    with pytest.raises(KeyboardInterrupt):  # the call has returned
+        handler(signal.SIGALRM, None)
