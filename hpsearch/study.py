@@ -337,7 +337,8 @@ class _InterruptOutsideStoreCalls:
         from hpsearch.storage import in_store_call
 
         now = time.monotonic()
-        if in_store_call() and (self.since is None or now - self.since < self.PATIENCE):
+        waits = hasattr(signal, "setitimer")  # not on Windows: raised at once, as before
+        if waits and in_store_call() and (self.since is None or now - self.since < self.PATIENCE):
             self.since = now if self.since is None else self.since
             signal.setitimer(signal.ITIMER_REAL, 0.01)
             return
