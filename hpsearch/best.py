@@ -14,7 +14,7 @@ import torch
 
 from hpsearch.data import Dataset
 from hpsearch.model import build_cnn, cpu_state_dict
-from hpsearch.objective import WEIGHTS_ATTR
+from hpsearch.objective import WEIGHTS_FILE
 from hpsearch.train import FitSettings, fit
 
 
@@ -42,14 +42,16 @@ def fit_settings(params: dict, epochs: int, seed: int, precision: str = "auto") 
                        seed=seed, precision=precision)
 
 
-def trial_weights(trial, artifacts) -> tuple:
+def trial_weights(trial, artifacts, storage) -> tuple:
     """(state dict, None) for a trial whose weights were uploaded, else (None, why not)."""
-    from optuna.artifacts import download_artifact
+    from optuna.artifacts import download_artifact, get_all_artifact_meta
 
-    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
-    if not artifact_id:
+    uploaded = [m.artifact_id for m in get_all_artifact_meta(trial, storage=storage)
+                if m.filename == WEIGHTS_FILE]
+    if not uploaded:
         return None, (f"trial {trial.number} has no saved weights (it ran before hpsearch "
                       f"saved weights, or without an artifact store)")
+    artifact_id = uploaded[-1]
     if artifacts is None:
         return None, "no artifact folder was given"
     with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:

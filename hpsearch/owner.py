@@ -29,10 +29,11 @@ def process_start(pid: int) -> Optional[float]:
         return None
 
 
-def owner_record(trial_number: int) -> dict:
+def owner_record(trial_number: int, device: Optional[str] = None) -> dict:
+    """The process running a trial, and the device it trains on."""
     pid = os.getpid()
     return {"host": socket.gethostname(), "boot_id": boot_id(), "pid_ns": pid_namespace(),
-            "pid": pid, "started": process_start(pid), "trial": trial_number}
+            "pid": pid, "started": process_start(pid), "trial": trial_number, "device": device}
 
 
 @lru_cache(maxsize=1)

@@ -48,6 +48,7 @@ def test_report_writes_every_file(real):
     for chart in CHARTS:
         assert f"]({chart})" in md
     assert "## Top configurations" in md and "epochs saved by pruning" in md
+    assert "| device | cpu |" in md  # from the trials' owner records
 
 
 def test_html_is_self_contained(real):
@@ -65,12 +66,32 @@ def test_best_config_matches_the_store(real):
     assert best["trial"] == study.best_trial.number
     assert best["validation_accuracy"] == study.best_value
     assert {**best["params"], **study.best_params} == best["params"]
-    assert best["seed"] == study.best_trial.user_attrs["seed"]
     assert best["normalization"] == study.user_attrs[SETTINGS_ATTR]["data"]["normalization"]
     # The confusion matrix counts every test image once.
     test_size = study.user_attrs[SETTINGS_ATTR]["data"]["sizes"]["test"]
     assert np.asarray(best["confusion_matrix"]).sum() == best["test_size"] == test_size
     assert 0.0 <= best["test_accuracy"] <= 1.0
+
+
+def test_the_best_config_seed_retrains_the_best_trial(real):
+    """The seed is not stored with a trial: the report derives it, and retraining with it
+    gives back the trial's own weights."""
+    from hpsearch.best import retrain, trial_weights
+    from hpsearch.data import load_dataset
+    from hpsearch.storage import open_artifacts
+
+    folder, config, store, out, _ = real
+    best = json.loads((out / "best_config.json").read_text())
+    study = load(store)
+    assert "seed" not in study.best_trial.user_attrs
+    cfg = load_config(config, [])
+    data = load_dataset(cfg.data, cfg.study.seed)
+    model = retrain(best["params"], best["epochs"], best["seed"], data, torch.device("cpu"))
+    stored, why = trial_weights(study.best_trial, open_artifacts(folder / "artifacts"),
+                                study._storage)
+    assert why is None
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(tensor.cpu().float(), stored[name].float(), atol=1e-5), name
 
 
 def test_history_best_equals_the_study_best(real):
@@ -111,10 +132,10 @@ def test_completed_trials_keep_weights_and_pruned_ones_none(tmp_path, study_file
     for t in study.trials:
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
         if t.state == TrialState.COMPLETE:
-            assert [m.artifact_id for m in metas] == [t.user_attrs["weights"]]
-            assert t.user_attrs["weights"] in files
+            assert [m.filename for m in metas] == ["weights.pt"]
+            assert metas[0].artifact_id in files
         else:
-            assert metas == [] and not t.user_attrs.get("weights")
+            assert metas == []
 
 
 def test_missing_weights_are_explained_and_only_retrain_rebuilds_them(real, tmp_path):
@@ -265,3 +286,10 @@ def test_a_thousand_trials_report(thousand):
     assert best["validation_accuracy"] == study.best_value
     assert len(collect.finished_rows(study.trials)) == 1000
     assert plt.get_fignums() == [] and result.files
+
+
+def test_the_device_comes_from_the_owner_record_or_an_older_attribute():
+    now = create_trial(value=0.5, user_attrs={"owner": {"pid": 1, "device": "cuda:0"}})
+    before = create_trial(value=0.5, user_attrs={"device": "cpu"})
+    assert [collect.device_of(t) for t in (now, before, create_trial(value=0.5))] == [
+        "cuda:0", "cpu", None]

@@ -201,3 +201,60 @@ def test_an_interrupt_waits_until_the_store_call_under_way_returns(tmp_path, mon
     monkeypatch.setattr(storage_module, "_store_calls", 0)
     with pytest.raises(KeyboardInterrupt):  # the call has returned
         handler(signal.SIGALRM, None)
+
+
+def test_a_retry_shares_its_origins_seed_and_checkpoint_through_a_chain(tmp_path):
+    from hpsearch.objective import origin_of, trial_seed
+    from hpsearch.study import queue_retry
+
+    cfg, study = tiny_study(tmp_path)
+    seeds = []
+    for _ in range(3):  # the original, its retry, the retry's retry
+        trial = study.ask()
+        seeds.append((trial.number, origin_of(trial), trial_seed(cfg.study.seed, trial)))
+        study.tell(trial, state=TrialState.FAIL)
+        queue_retry(study, study.trials[trial.number], max_retry=None)
+    first = seeds[0][0]
+    assert [n for n, _, _ in seeds] == [first, first + 1, first + 2]
+    assert {(origin, seed) for _, origin, seed in seeds} == {
+        (first, cfg.study.seed * 100_003 + first)}
+    # A finished trial read back from the store gives the same as the running one did.
+    assert origin_of(study.trials[first + 2]) == first
+
+
+def test_a_trial_stored_with_its_seed_keeps_it(tmp_path):
+    """Stores written before the seed was derived hold it as a user attribute, which retries
+    inherit: that seed is the one the trial trained with."""
+    from hpsearch.objective import trial_seed
+
+    cfg, study = tiny_study(tmp_path)
+    study.enqueue_trial({}, user_attrs={"seed": 12345})
+    assert trial_seed(cfg.study.seed, study.ask()) == 12345
+
+
+def test_the_progress_bar_keeps_the_best_value_without_reading_it_each_trial(tmp_path,
+                                                                             monkeypatch):
+    from hpsearch.cli import progress_bar
+
+    cfg, study = tiny_study(tmp_path)
+    values = [0.5, 0.7, None, 0.6, 0.9, 0.8]  # None: pruned
+
+    def objective(trial):
+        value = values[trial.number]
+        if value is None:
+            raise optuna.TrialPruned()
+        return value
+
+    # As `hpsearch run` sets it: without --verbose, Optuna logs no best trial (a read).
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        run(study, objective, target=3)
+        with progress_bar(study, len(values), 3, quiet=True) as bar:
+            assert bar.best == 0.7  # read from the store
+            reads = []
+            monkeypatch.setattr(study._storage, "get_best_trial", lambda *a: reads.append(a))
+            run(study, objective, target=len(values), callbacks=(bar,))
+            assert bar.best == 0.9 and reads == []
+    finally:
+        optuna.logging.set_verbosity(verbosity)

@@ -14,6 +14,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import PARAM_DEFAULTS, build_config
+from hpsearch.objective import trial_seed
+from hpsearch.owner import OWNER_ATTR
 from hpsearch.study import SETTINGS_ATTR
 
 
@@ -105,7 +107,7 @@ def summarize(study, trials: list, settings: dict) -> Summary:
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    devices = {t.user_attrs.get("device") for t in finished} - {None}
+    devices = {device_of(t) for t in finished} - {None}
     cfg = settings["config"]
     epochs = int(cfg["train"]["epochs"])
     return Summary(
@@ -114,6 +116,13 @@ def summarize(study, trials: list, settings: dict) -> Summary:
         pruner=cfg["study"]["pruner"], epochs=epochs,
         epochs_run=sum(len(t.intermediate_values) for t in finished),
         epochs_possible=len(finished) * epochs)
+
+
+def device_of(trial: FrozenTrial) -> Optional[str]:
+    """Where the trial trained: its owner record says (older stores kept a `device` attribute)."""
+    owner = trial.user_attrs.get(OWNER_ATTR)
+    found = owner.get("device") if isinstance(owner, dict) else None
+    return found or trial.user_attrs.get("device")
 
 
 def best_trial(trials: list) -> Optional[FrozenTrial]:
@@ -139,7 +148,7 @@ def best_config(study, trial: FrozenTrial, settings: dict, cfg) -> dict:
         "trial": trial.number,
         "validation_accuracy": trial.value,
         "params": all_params(trial, cfg),
-        "seed": trial.user_attrs.get("seed"),
+        "seed": trial_seed(cfg.study.seed, trial),
         "dataset": cfg.data.dataset,
         "image_size": cfg.data.image_size,
         "epochs": cfg.train.epochs,
