@@ -32,3 +32,15 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
                     "Workers", "Framework overhead"):
         assert heading in table
     assert "Optuna alone" in table and "mean trial at 2 trials" in table
+    assert "Totals at 2 trials, study by study" in table
+
+
+def test_overhead_keeps_the_median_study_at_the_smallest_count():
+    from hpsearch.bench import with_median_first
+
+    first = {"50": {"total": 30.0, "ask": 1.0}, "1000": {"total": 99.0, "ask": 9.0}}
+    runs = [{"ms_per_trial": first}] + [{"ms_per_trial": {"50": {"total": t, "ask": t / 10}}}
+                                        for t in (50.0, 40.0)]
+    chosen = with_median_first(runs, "50")
+    assert chosen["ms_per_trial"] == {"50": {"total": 40.0, "ask": 4.0}, "1000": first["1000"]}
+    assert chosen["totals_at_first"] == [30.0, 50.0, 40.0]
