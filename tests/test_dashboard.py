@@ -26,10 +26,11 @@ def get(port: int, path: str):
 def test_the_dashboard_watches_a_running_study(study_file, tmp_path):
     db = tmp_path / "store.db"
     store = f"sqlite:///{db}"
-    # Trials of several seconds, so that the dashboard (which rereads trials every 2 s) sees
-    # one running at two different epochs.
-    epochs = 40
-    run = start_cli("--config", study_file, "--storage", store, "--trials", 3, "--epochs",
+    # Trials of several seconds (about 5 on a 2-core Xeon), so that the dashboard, which rereads
+    # the trials at most every 2 s, sees one running at two different epochs: with 40 epochs a
+    # trial took under 3 s and was seen running only once.
+    trials, epochs = 2, 150
+    run = start_cli("--config", study_file, "--storage", store, "--trials", trials, "--epochs",
                     epochs, "--set", "study.pruner='none'", "--set", "data.image_size=16")
     deadline = time.monotonic() + 120
     while not db.exists() and time.monotonic() < deadline:
@@ -71,10 +72,10 @@ def test_the_dashboard_watches_a_running_study(study_file, tmp_path):
         assert run.wait(timeout=240) == 0, run.stderr.read()
         for _ in range(50):  # the dashboard's copy of the trials is up to 2 s old
             detail = get(port, f"/api/studies/{study_id}")
-            if [t["state"] for t in detail["trials"]] == ["Complete"] * 3:
+            if [t["state"] for t in detail["trials"]] == ["Complete"] * trials:
                 break
             time.sleep(0.2)
-        assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3
+        assert [t["state"] for t in detail["trials"]] == ["Complete"] * trials
         assert all(len(t["intermediate_values"]) == epochs for t in detail["trials"])
     finally:
         dash.terminate()
