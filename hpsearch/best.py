@@ -8,13 +8,14 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from hpsearch.data import Dataset
 from hpsearch.model import build_cnn, cpu_state_dict
-from hpsearch.objective import WEIGHTS_FILE
+from hpsearch.objective import LEGACY_WEIGHTS_ATTR, WEIGHTS_FILE
 from hpsearch.train import FitSettings, fit
 
 
@@ -42,16 +43,34 @@ def fit_settings(params: dict, epochs: int, seed: int, precision: str = "auto") 
                        seed=seed, precision=precision)
 
 
-def trial_weights(trial, artifacts, storage) -> tuple:
-    """(state dict, None) for a trial whose weights were uploaded, else (None, why not)."""
-    from optuna.artifacts import download_artifact, get_all_artifact_meta
+def weights_artifact(trial, study) -> Optional[str]:
+    """The id of the trial's own weights artifact, if it uploaded one. Older stores name it in
+    an attribute; otherwise it is the trial's `weights.pt` record that the trial it retried
+    does not also hold (retries queued by earlier versions inherited their original's)."""
+    from optuna.artifacts import get_all_artifact_meta
 
-    uploaded = [m.artifact_id for m in get_all_artifact_meta(trial, storage=storage)
-                if m.filename == WEIGHTS_FILE]
-    if not uploaded:
+    named = trial.user_attrs.get(LEGACY_WEIGHTS_ATTR)
+    if isinstance(named, str) and named:
+        return named
+    storage = study._storage
+    own = {m.artifact_id for m in get_all_artifact_meta(trial, storage=storage)
+           if m.filename == WEIGHTS_FILE}
+    chain = trial.system_attrs.get("retry_history")
+    if own and chain:
+        retried = storage.get_trial(
+            storage.get_trial_id_from_study_id_trial_number(study._study_id, chain[-1]))
+        own -= {m.artifact_id for m in get_all_artifact_meta(retried, storage=storage)}
+    return min(own) if own else None
+
+
+def trial_weights(trial, artifacts, study) -> tuple:
+    """(state dict, None) for a trial whose weights were uploaded, else (None, why not)."""
+    from optuna.artifacts import download_artifact
+
+    artifact_id = weights_artifact(trial, study)
+    if artifact_id is None:
         return None, (f"trial {trial.number} has no saved weights (it ran before hpsearch "
                       f"saved weights, or without an artifact store)")
-    artifact_id = uploaded[-1]
     if artifacts is None:
         return None, "no artifact folder was given"
     with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:

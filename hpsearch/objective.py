@@ -22,7 +22,11 @@ from hpsearch.train import Diverged, FitSettings, fit
 log = logging.getLogger("hpsearch")
 
 WEIGHTS_FILE = "weights.pt"  # a completed trial's artifact: its state dict
-OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", "resumed_from_epoch")
+# Stores written before the weights were found by file name name them in this attribute. A
+# retry inherits it with the other outcome attributes, so it is cleared when a retry starts.
+LEGACY_WEIGHTS_ATTR = "weights"
+OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", "resumed_from_epoch",
+                 LEGACY_WEIGHTS_ATTR)
 
 
 def origin_of(trial) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -138,6 +139,24 @@ def _journal(path: Path):
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
+ARTIFACT_KEY_PREFIX = "artifacts:"  # Optuna keeps a trial's artifact records as system attributes
+
+
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial (same parameters and attributes, the chain of numbers
+    in `retry_history`), without the failed trial's artifact records: the retry uploads its
+    own weights, and an inherited record (of a dead trial's file, or of one never written when
+    the upload was cut short) would be taken for them."""
+
+    def __call__(self, study: optuna.Study, trial) -> None:
+        kept = {key: list(value) if key == "retry_history" else value
+                for key, value in trial.system_attrs.items()
+                if not key.startswith(ARTIFACT_KEY_PREFIX)}
+        trial = copy.copy(trial)
+        trial.system_attrs = kept
+        super().__call__(study, trial)
+
+
 def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Optional[int]):
     if spec.kind == "sqlite":
         # SQLite waits up to LOCK_WAIT seconds for another writer, then hpsearch retries and
@@ -147,7 +166,7 @@ def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Opt
         engine_kwargs = {"pool_pre_ping": True}
     retry = None
     if heartbeat_interval is not None:
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+        retry = RetryStaleTrial(max_retry=1)
     return optuna.storages.RDBStorage(
         spec.url,
         engine_kwargs=engine_kwargs,

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import Config, Fixed, grid_values
 from hpsearch.owner import OWNER_ATTR, is_mine, is_provably_dead
+from hpsearch.storage import RetryStaleTrial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR = "hpsearch"  # the study user attribute that holds the run's settings
@@ -218,13 +219,14 @@ def recover_dead_trials(study: optuna.Study, restored: bool = False) -> list:
 
 
 def queue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: Optional[int]) -> bool:
-    """Queue a failed trial again with its parameters and attributes (its seed among them),
-    unless it was already retried `max_retry` times: a trial that kills its process every
-    time must not keep a study from finishing."""
+    """Queue a failed trial again with its parameters and attributes (its retry chain, which
+    gives the retry its origin's seed and checkpoint), unless it was already retried
+    `max_retry` times: a trial that kills its process every time must not keep a study from
+    finishing."""
     history = trial.system_attrs.get("retry_history", [])
     if max_retry is not None and len(history) >= max_retry:
         return False
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)
+    RetryStaleTrial(max_retry=max_retry)(study, trial)
     return True
 
 

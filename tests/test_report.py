@@ -87,8 +87,7 @@ def test_the_best_config_seed_retrains_the_best_trial(real):
     cfg = load_config(config, [])
     data = load_dataset(cfg.data, cfg.study.seed)
     model = retrain(best["params"], best["epochs"], best["seed"], data, torch.device("cpu"))
-    stored, why = trial_weights(study.best_trial, open_artifacts(folder / "artifacts"),
-                                study._storage)
+    stored, why = trial_weights(study.best_trial, open_artifacts(folder / "artifacts"), study)
     assert why is None
     for name, tensor in model.state_dict().items():
         assert torch.allclose(tensor.cpu().float(), stored[name].float(), atol=1e-5), name

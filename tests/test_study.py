@@ -258,3 +258,48 @@ def test_the_progress_bar_keeps_the_best_value_without_reading_it_each_trial(tmp
             assert bar.best == 0.9 and reads == []
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+def upload_weights(trial, tmp_path, store) -> str:
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"weights of trial %d" % trial.number)
+    return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path),
+                                            study_or_trial=trial)
+
+
+def test_a_retry_finds_its_own_weights_not_those_of_the_trial_it_replaces(tmp_path):
+    """A trial that uploaded its weights and then died: its retry starts without the record,
+    and a retry queued as earlier versions queued it (record inherited) still finds its own."""
+    from hpsearch.best import weights_artifact
+    from hpsearch.storage import ARTIFACT_KEY_PREFIX
+    from hpsearch.study import queue_retry
+
+    cfg, study = tiny_study(tmp_path)
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    earlier = optuna.storages.RetryHeartbeatStaleTrialCallback()  # as earlier versions queued
+    inherited = []
+    for queue in (lambda t: queue_retry(study, t, max_retry=None), lambda t: earlier(study, t)):
+        dead = study.ask()
+        upload_weights(dead, tmp_path, store)
+        study.tell(dead, state=TrialState.FAIL)
+        queue(study.trials[dead.number])
+        retry = study.ask()
+        inherited.append(sum(k.startswith(ARTIFACT_KEY_PREFIX)
+                             for k in retry._cached_frozen_trial.system_attrs))
+        own = upload_weights(retry, tmp_path, store)
+        study.tell(retry, 0.5)
+        assert weights_artifact(study.trials[retry.number], study) == own
+        assert weights_artifact(study.trials[dead.number], study) not in (own, None)
+    assert inherited == [0, 1]
+
+
+def test_weights_named_by_an_older_store_are_found_and_not_inherited(tmp_path):
+    from hpsearch.best import weights_artifact
+    from hpsearch.objective import start_trial
+
+    cfg, study = tiny_study(tmp_path)
+    study.enqueue_trial({}, user_attrs={"weights": "abc"})
+    trial = study.ask()
+    assert weights_artifact(trial, study) == "abc"
+    start_trial(trial, cfg, "cpu")  # as a retry of such a trial starts
+    assert "weights" not in {k for k, v in trial.user_attrs.items() if v is not None}

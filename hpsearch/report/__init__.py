@@ -51,7 +51,7 @@ def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] 
                                        "configuration, model or test accuracy."))
     else:
         result.best = collect.best_config(study, best, settings, cfg)
-    sections.append(_model_section(result, best, cfg, artifacts, study._storage, load_data,
+    sections.append(_model_section(result, best, cfg, artifacts, study, load_data,
                                    retrain_device))
     if result.best is not None:
         sections.insert(1, _best_section(result.best))
@@ -185,14 +185,14 @@ def _optuna_section(result: ReportResult, study, trials: list) -> Section:
     return Section("The search", blocks or [Text("Nothing to draw yet.")])
 
 
-def _model_section(result: ReportResult, best, cfg, artifacts, storage, load_data,
+def _model_section(result: ReportResult, best, cfg, artifacts, study, load_data,
                    retrain_device) -> Section:
     from hpsearch import best as best_model
 
     title = "The best model on the test split"
     if best is None:
         return Section(title, [Text("No completed trial, so no model.")])
-    state, why = best_model.trial_weights(best, artifacts, storage)
+    state, why = best_model.trial_weights(best, artifacts, study)
     data = load_data(cfg) if load_data is not None else None
     if data is None:
         result.notes.append("model charts: the dataset was not loaded.")
