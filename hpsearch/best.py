@@ -16,6 +16,7 @@ import torch
 from hpsearch.data import Dataset
 from hpsearch.model import build_cnn, cpu_state_dict
 from hpsearch.objective import LEGACY_WEIGHTS_ATTR, WEIGHTS_FILE
+from hpsearch.storage import retry_chain
 from hpsearch.train import FitSettings, fit
 
 
@@ -55,7 +56,7 @@ def weights_artifact(trial, study) -> Optional[str]:
     storage = study._storage
     own = {m.artifact_id for m in get_all_artifact_meta(trial, storage=storage)
            if m.filename == WEIGHTS_FILE}
-    chain = trial.system_attrs.get("retry_history")
+    chain = retry_chain(trial)
     if own and chain:
         retried = storage.get_trial(
             storage.get_trial_id_from_study_id_trial_number(study._study_id, chain[-1]))

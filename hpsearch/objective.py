@@ -17,6 +17,7 @@ from hpsearch.data import Dataset
 from hpsearch.model import build_cnn, count_params, cpu_state_dict
 from hpsearch.owner import OWNER_ATTR, owner_record
 from hpsearch.space import suggest_params
+from hpsearch.storage import retry_chain
 from hpsearch.train import Diverged, FitSettings, fit
 
 log = logging.getLogger("hpsearch")
@@ -32,9 +33,8 @@ OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", "resumed_from_epoch",
 def origin_of(trial) -> int:
     """The number of the first trial of a retry chain, which every retry shares its checkpoint
     and seed with. Optuna's retry callback, through which every retry is queued, records the
-    chain in the retry's system attributes; a running Trial keeps them in its cached copy."""
-    frozen = getattr(trial, "_cached_frozen_trial", trial)
-    chain = getattr(frozen, "system_attrs", {}).get("retry_history")
+    chain in the retry's system attributes."""
+    chain = retry_chain(trial)
     return chain[0] if chain else trial.number
 
 

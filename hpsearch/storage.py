@@ -140,6 +140,15 @@ def _journal(path: Path):
 
 
 ARTIFACT_KEY_PREFIX = "artifacts:"  # Optuna keeps a trial's artifact records as system attributes
+RETRY_HISTORY_KEY = "retry_history"  # and a retry's chain of trial numbers, the original first
+
+
+def retry_chain(trial) -> list:
+    """The numbers of the trials a retry replaces, its origin first and the trial it retried
+    last; empty for a trial that retries none. A running Trial keeps its system attributes in
+    its cached copy."""
+    frozen = getattr(trial, "_cached_frozen_trial", trial)
+    return getattr(frozen, "system_attrs", {}).get(RETRY_HISTORY_KEY) or []
 
 
 class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
@@ -149,7 +158,7 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
     the upload was cut short) would be taken for them."""
 
     def __call__(self, study: optuna.Study, trial) -> None:
-        kept = {key: list(value) if key == "retry_history" else value
+        kept = {key: list(value) if key == RETRY_HISTORY_KEY else value
                 for key, value in trial.system_attrs.items()
                 if not key.startswith(ARTIFACT_KEY_PREFIX)}
         trial = copy.copy(trial)

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import Config, Fixed, grid_values
 from hpsearch.owner import OWNER_ATTR, is_mine, is_provably_dead
-from hpsearch.storage import RetryStaleTrial
+from hpsearch.storage import RetryStaleTrial, retry_chain
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR = "hpsearch"  # the study user attribute that holds the run's settings
@@ -223,8 +223,7 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: Optional[int
     gives the retry its origin's seed and checkpoint), unless it was already retried
     `max_retry` times: a trial that kills its process every time must not keep a study from
     finishing."""
-    history = trial.system_attrs.get("retry_history", [])
-    if max_retry is not None and len(history) >= max_retry:
+    if max_retry is not None and len(retry_chain(trial)) >= max_retry:
         return False
     RetryStaleTrial(max_retry=max_retry)(study, trial)
     return True
