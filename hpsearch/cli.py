@@ -374,14 +374,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpsearch.report import make_report
-    from hpsearch.storage import open_artifacts
     from hpsearch.train import resolve_device
 
     device = resolve_device(args.device) if args.retrain else None
     spec, storage = open_store(args)
     study = load_named_study(args, storage)
-    folder = artifact_dir(args, spec)
-    artifacts = open_artifacts(folder) if folder.is_dir() else None
+    artifacts = existing_artifacts(args, spec)
     out = Path(args.out).resolve() if args.out else reports_dir(spec) / study.study_name
     settings = study.user_attrs.get("hpsearch") or {}
 
@@ -507,11 +505,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from hpsearch.storage import open_artifacts
-
     spec, storage = open_store(args)
     folder = artifact_dir(args, spec)
-    artifacts = open_artifacts(folder) if folder.is_dir() else None
+    artifacts = existing_artifacts(args, spec)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"optuna-dashboard on {spec.display}" + (f" with weights in {folder}" if artifacts
                                                     else ""))
@@ -556,6 +552,21 @@ def artifact_dir(args: argparse.Namespace, spec):
 
     return Path(args.artifacts).expanduser().resolve() if args.artifacts else \
         beside_store(spec, "artifacts")
+
+
+def existing_artifacts(args: argparse.Namespace, spec):
+    """The artifact store of the weights a study saved, for reading: None when the default
+    folder does not exist (a study run without weights); a folder named with --artifacts
+    that does not exist is a mistake, not a study without weights."""
+    from hpsearch.storage import StorageError, open_artifacts
+
+    folder = artifact_dir(args, spec)
+    if folder.is_dir():
+        return open_artifacts(folder)
+    if args.artifacts:
+        raise StorageError(f"--artifacts {args.artifacts}: no such folder; pass the folder the "
+                           f"study saved its weights in (default: artifacts/ beside the store)")
+    return None
 
 
 def print_header(cfg, data, store: str, device, threads, done: int, workers: int) -> None:

@@ -7,7 +7,7 @@ import hashlib
 import optuna
 import pytest
 
-from conftest import TINY_STUDY, load, run_cli
+from conftest import TINY_STUDY, hpsearch, load, run_cli
 
 
 def snapshot(store: str) -> list:
@@ -98,3 +98,17 @@ def test_a_refused_resume_leaves_the_store_file_as_it_was(tmp_path, study_file):
     assert out.returncode == 2 and "was not made by hpsearch" in out.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert not (tmp_path / "other.db-wal").exists()
+
+
+def test_a_weights_folder_that_does_not_exist_is_named_not_taken_for_none(stored, tmp_path):
+    """Without --artifacts a missing folder means a study without weights; a folder the user
+    names is a typo when it does not exist."""
+    _, _, store = stored
+    before = snapshot(store)
+    out = hpsearch("report", "--storage", store, "--study-name", "tiny", "--artifacts",
+                   tmp_path / "nope", "--out", tmp_path / "report")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--artifacts" in lines[0] and "no such folder" in lines[0], lines
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "report").exists()
+    assert snapshot(store) == before
