@@ -372,9 +372,12 @@ def _compute(r: dict) -> str:
     g = 1e9
     share = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"]["share"].items())
     conv = r["convolution_flops_while_convolving"]
+    by_library = r.get("peak_by_library", {}).get("fp32", {})
+    libs = (f" (the faster of MKL's {by_library['mkl'] / g:.1f} through torch.mm and oneDNN's "
+            f"{by_library['onednn'] / g:.1f} as a 1x1 convolution)" if by_library else "")
     return (f"**Achieved compute** of that trial: {r['achieved_flops'] / g:.1f} GFLOP/s "
             f"(convolutions and matrix products, forward and backward) against a "
-            f"{r['peak_fp32_flops'] / g:.1f} GFLOP/s float32 matrix-product peak: "
+            f"{r['peak_fp32_flops'] / g:.1f} GFLOP/s float32 matrix-product peak{libs}: "
             f"**{r['share_of_fp32_peak']:.0%}**; bfloat16 peak "
             f"{r['peak_bf16_flops'] / g:.1f} GFLOP/s. While convolving, the convolutions run "
             f"at {conv / g:.1f} GFLOP/s ({conv / r['peak_fp32_flops']:.0%} of the peak). "

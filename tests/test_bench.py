@@ -14,7 +14,9 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
     result = json.loads((tmp_path / "bench.json").read_text())
     assert {"throughput", "compute", "study", "pruning", "workers", "overhead"} <= set(result)
     assert all(v["images_per_second"] > 0 for v in result["throughput"]["median"].values())
-    assert 0 < result["compute"]["share_of_fp32_peak"] < 1
+    compute = result["compute"]
+    assert 0 < compute["share_of_fp32_peak"] < 1
+    assert compute["peak_fp32_flops"] == compute["peak_by_library"]["fp32"]["peak"]
     assert result["study"]["runs"][0]["hpsearch"]["states"]
     assert set(result["pruning"]["pruners"]) == {"none", "median", "hyperband", "sha"}
     # Without a pruner every trial runs every epoch.
@@ -44,3 +46,18 @@ def test_overhead_keeps_the_median_study_at_the_smallest_count():
     chosen = with_median_first(runs, "50")
     assert chosen["ms_per_trial"] == {"50": {"total": 40.0, "ask": 4.0}, "1000": first["1000"]}
     assert chosen["totals_at_first"] == [30.0, 50.0, 40.0]
+
+
+def test_the_peak_is_the_faster_library_and_onednn_computes_the_same_product():
+    import torch
+
+    from hpsearch.flops import matmul_peak, onednn_product
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(128, 48, generator=gen), torch.randn(48, 80, generator=gen)
+    with torch.inference_mode():
+        out = onednn_product(a, b)()
+    assert out.shape == (1, 80, 2, 64)
+    torch.testing.assert_close(out.reshape(80, 128).t(), a @ b, rtol=1e-4, atol=1e-4)
+    peak = matmul_peak(torch.float32, size=128, repeats=1)
+    assert peak["peak"] == max(peak["mkl"], peak["onednn"]) > 0
