@@ -373,8 +373,8 @@ def _compute(r: dict) -> str:
     share = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"]["share"].items())
     conv = r["convolution_flops_while_convolving"]
     by_library = r.get("peak_by_library", {}).get("fp32", {})
-    libs = (f" (the faster of MKL's {by_library['mkl'] / g:.1f} through torch.mm and oneDNN's "
-            f"{by_library['onednn'] / g:.1f} as a 1x1 convolution)" if by_library else "")
+    libs = (f" (the faster of torch.mm, MKL: {by_library['mm'] / g:.1f}, and a 1x1 convolution, "
+            f"oneDNN: {by_library['conv1x1'] / g:.1f})" if by_library else "")
     return (f"**Achieved compute** of that trial: {r['achieved_flops'] / g:.1f} GFLOP/s "
             f"(convolutions and matrix products, forward and backward) against a "
             f"{r['peak_fp32_flops'] / g:.1f} GFLOP/s float32 matrix-product peak{libs}: "

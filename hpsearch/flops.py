@@ -23,18 +23,18 @@ KINDS = (("convolution", ("conv",)), ("batch norm", ("batch_norm",)),
 
 
 def matmul_peak(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 5) -> dict:
-    """FLOP/s of a size x size matrix product through each of torch's two CPU libraries, the
-    fastest of `repeats` after one warm-up, and the faster of the two as the peak.
+    """FLOP/s of a size x size matrix product computed two ways, `torch.mm` and a 1x1
+    convolution (`onednn_product`), each the fastest of `repeats` after one warm-up, and the
+    faster of the two as the peak.
 
-    `torch.mm` runs MKL, which on AMD processors takes a slower generic path (measured on a
-    Zen 5 EPYC: 215 GFLOP/s, where oneDNN reached 442 for the same product and a
-    64-channel 3x3 convolution 535). The same product through oneDNN is a 1x1 convolution in
-    channels-last layout (`onednn_product`). Convolutions run on oneDNN, so a peak from MKL
-    alone would understate what the trainer's own library can reach.
+    In float32 `torch.mm` runs MKL, which on AMD processors takes a slower generic path
+    (measured on a Zen 5 EPYC: 215 GFLOP/s, where oneDNN reached 442 for the same product and
+    a 64-channel 3x3 convolution 535). Convolutions run on oneDNN, so a peak from MKL alone
+    would understate what the trainer's own library can reach.
     """
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    products = {"mkl": lambda: torch.mm(a, b), "onednn": onednn_product(a, b)}
+    products = {"mm": lambda: torch.mm(a, b), "conv1x1": onednn_product(a, b)}
     rates = {}
     with torch.inference_mode():
         for name, product in products.items():
