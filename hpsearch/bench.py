@@ -372,12 +372,12 @@ def _compute(r: dict) -> str:
     g = 1e9
     share = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"]["share"].items())
     conv = r["convolution_flops_while_convolving"]
-    by_library = r.get("peak_by_library", {}).get("fp32", {})
-    libs = (f" (the faster of torch.mm, MKL: {by_library['mm'] / g:.1f}, and a 1x1 convolution, "
-            f"oneDNN: {by_library['conv1x1'] / g:.1f})" if by_library else "")
+    fp32 = r["peak_by_library"]["fp32"]
     return (f"**Achieved compute** of that trial: {r['achieved_flops'] / g:.1f} GFLOP/s "
             f"(convolutions and matrix products, forward and backward) against a "
-            f"{r['peak_fp32_flops'] / g:.1f} GFLOP/s float32 matrix-product peak{libs}: "
+            f"{r['peak_fp32_flops'] / g:.1f} GFLOP/s float32 matrix-product peak (the faster "
+            f"of torch.mm, MKL: {fp32['mm'] / g:.1f}, and a 1x1 convolution, oneDNN: "
+            f"{fp32['conv1x1'] / g:.1f}): "
             f"**{r['share_of_fp32_peak']:.0%}**; bfloat16 peak "
             f"{r['peak_bf16_flops'] / g:.1f} GFLOP/s. While convolving, the convolutions run "
             f"at {conv / g:.1f} GFLOP/s ({conv / r['peak_fp32_flops']:.0%} of the peak). "
@@ -436,18 +436,17 @@ def _overhead(r: dict) -> str:
             "| storage | run | trials | " + " | ".join(STEPS)
             + " | total | of which checkpoints |",
             "|---|---|---|" + "---|" * (len(STEPS) + 2)]
-    for kind, s in r["storages"].items():
-        runs = [("hpsearch", s), ("Optuna alone", r.get("optuna_alone", {}).get(kind))]
-        for name, found in runs:
-            for count, ms in (found or {}).get("ms_per_trial", {}).items():
-                rows.append(f"| {kind} | {name} | {count} | "
-                            + " | ".join(f"{ms[p]:.1f}" for p in STEPS)
-                            + f" | {ms['total']:.1f} | {ms['of which checkpoints']:.1f} |")
+    sides = [(kind, name, found) for kind, s in r["storages"].items()
+             for name, found in (("hpsearch", s),
+                                 ("Optuna alone", r.get("optuna_alone", {}).get(kind)))
+             if found]
+    for kind, name, found in sides:
+        for count, ms in found.get("ms_per_trial", {}).items():
+            rows.append(f"| {kind} | {name} | {count} | "
+                        + " | ".join(f"{ms[p]:.1f}" for p in STEPS)
+                        + f" | {ms['total']:.1f} | {ms['of which checkpoints']:.1f} |")
     totals = [f"{kind} {name} " + "/".join(f"{t:.1f}" for t in found["totals_at_first"])
-              for kind, s in r["storages"].items()
-              for name, found in (("hpsearch", s), ("Optuna alone",
-                                                    r.get("optuna_alone", {}).get(kind)))
-              if found and "totals_at_first" in found]
+              for kind, name, found in sides if "totals_at_first" in found]
     if totals:
         rows += ["", f"Totals at {first} trials, study by study (ms): " + "; ".join(totals) + "."]
     if r["skipped"]:
