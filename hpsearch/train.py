@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hpsearch.checkpoint import rng_state, set_rng_state
+from hpsearch.optim import FusedOptimizer
 
 
 class DeviceError(ValueError):
@@ -107,10 +108,14 @@ def configure_threads(workers: int = 1) -> int:
     return threads
 
 
-def make_optimizer(model: nn.Module, s: FitSettings, fused: bool = False) -> torch.optim.Optimizer:
-    """`fused` runs the whole update as one kernel (CPU and CUDA): a quarter less time per
-    Adam step for hpsearch's small nets on the CPU, where per-parameter kernels dominate."""
-    kwargs = {"lr": s.lr, "weight_decay": s.weight_decay, **({"fused": True} if fused else {})}
+def make_optimizer(model: nn.Module, s: FitSettings, fused: bool = False):
+    """`fused` runs the whole update as one kernel (CPU and CUDA) through hpsearch's own
+    optimizer, which spares every process torch.optim's import of torch's compiler (see
+    hpsearch.optim); elsewhere (mps) torch.optim's optimizer runs."""
+    if fused:
+        return FusedOptimizer(model.parameters(), s.optimizer, lr=s.lr,
+                              weight_decay=s.weight_decay)
+    kwargs = {"lr": s.lr, "weight_decay": s.weight_decay}
     if s.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), momentum=0.9, nesterov=True, **kwargs)
     cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
@@ -238,7 +243,7 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
 
 
 def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
-               optimizer: torch.optim.Optimizer, precision: Precision) -> tuple:
+               optimizer, precision: Precision) -> tuple:
     """One optimisation step in the given precision, the same code on every device; returns
     the detached (loss, logits) without reading them back to the host."""
     with precision.autocast():
