@@ -8,6 +8,7 @@ training split alone. Trials batch these tensors by indexing; nothing here is re
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import os
 import pickle
@@ -97,13 +98,21 @@ def load_images(cfg: DataConfig) -> Images:
 
 
 def digits_images(image_size: int) -> Images:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 0..16 grey levels)."""
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 0..16 grey levels), cached
+    on local disk after the first load: importing scikit-learn's loaders takes longer than
+    two of the default study's trials."""
+    key = _versioned_key("digits", image_size)
+    cached = _read_cache(key, "datasets")
+    if cached is not None:
+        return cached
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     classes = tuple(str(c) for c in bunch.target_names)
-    return Images(resize(x, image_size), bunch.target.astype(np.int64), classes, digest(x))
+    images = Images(resize(x, image_size), bunch.target.astype(np.int64), classes, digest(x))
+    _write_cache(key, images, "datasets")
+    return images
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -271,10 +280,11 @@ def _to_8_bit(img):
     return Image.fromarray(np.clip(np.rint(a / scale), 0, 255).astype(np.uint8), mode="L")
 
 
-def cache_dir() -> Path:
+def cache_dir(kind: str = "folders") -> Path:
+    """Where decoded folders, the embedded dataset and splits are kept between runs."""
     base = os.environ.get("HPSEARCH_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpsearch")
-    return Path(base) / "folders"
+    return Path(base) / kind
 
 
 _CACHE_VERSION = 2  # bump when decoding changes: old cache files are then never read
@@ -288,24 +298,44 @@ def _folder_key(root: Path, files: list, image_size: int) -> str:
     return h.hexdigest()[:32]
 
 
-def _read_cache(key: str):
-    path = cache_dir() / f"{key}.npz"
+def _versioned_key(*parts) -> str:
+    """A cache file's name for what scikit-learn computed: its version is part of the key."""
+    text = " ".join(map(str, (f"v{_CACHE_VERSION}", importlib.metadata.version("scikit-learn"),
+                              *parts)))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _read_cache(key: str, kind: str = "folders"):
+    arrays = _load_arrays(key, kind, ("x", "y", "classes", "source", "skipped"))
+    if arrays is None:
+        return None
+    return Images(arrays["x"], arrays["y"], tuple(arrays["classes"].tolist()),
+                  str(arrays["source"]), tuple(arrays["skipped"].tolist()))
+
+
+def _write_cache(key: str, images: Images, kind: str = "folders") -> None:
+    _save_arrays(key, kind, x=images.x, y=images.y,
+                 classes=np.array(images.classes, dtype=str), source=np.array(images.source),
+                 skipped=np.array(images.skipped, dtype=str))
+
+
+def _load_arrays(key: str, kind: str, names: tuple):
+    """The named arrays cached under key, or None if the file is absent or damaged (then
+    they are computed again)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return Images(z["x"], z["y"], tuple(z["classes"].tolist()), str(z["source"]),
-                          tuple(z["skipped"].tolist()))
+        with np.load(cache_dir(kind) / f"{key}.npz", allow_pickle=False) as z:
+            return {name: z[name] for name in names}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None  # absent or damaged: decode again
+        return None
 
 
-def _write_cache(key: str, images: Images) -> None:
-    """Best effort: a full or read-only disk costs the next run a decode, nothing more."""
-    folder = cache_dir()
+def _save_arrays(key: str, kind: str, **arrays) -> None:
+    """Best effort: a full or read-only disk costs the next run the work, nothing more."""
+    folder = cache_dir(kind)
     tmp = folder / f".{key}.{os.getpid()}.npz"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, x=images.x, y=images.y, classes=np.array(images.classes, dtype=str),
-                 source=np.array(images.source), skipped=np.array(images.skipped, dtype=str))
+        np.savez(tmp, **arrays)
         os.replace(tmp, folder / f"{key}.npz")  # atomic: readers see the old file or the new
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -315,7 +345,18 @@ def _write_cache(key: str, images: Images) -> None:
 
 
 def split_indices(y: np.ndarray, cfg: DataConfig, seed: int) -> tuple:
-    """Stratified train/val/test indices, the same for the same labels and seed."""
+    """Stratified train/val/test indices, the same for the same labels and seed; cached on
+    local disk, since importing scikit-learn takes longer than the split."""
+    key = _versioned_key("split", digest(y), cfg.test_fraction, cfg.val_fraction, seed)
+    cached = _load_arrays(key, "splits", ("train", "val", "test"))
+    if cached is not None:
+        return cached["train"], cached["val"], cached["test"]
+    train, val, test = _stratified_split(y, cfg, seed)
+    _save_arrays(key, "splits", train=train, val=val, test=test)
+    return train, val, test
+
+
+def _stratified_split(y: np.ndarray, cfg: DataConfig, seed: int) -> tuple:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))

@@ -52,8 +52,16 @@ def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Datasets and splits are cached per user; the tests keep their own, so that a session
+    both computes them and reads them back, whatever the user's cache holds."""
+    os.environ["HPSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 def cli_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HPSEARCH_") or k == "HPSEARCH_CACHE_DIR"}
     env.update({"PYTHONUNBUFFERED": "1"}, **extra)
     return env
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load, run_cli, states
+from conftest import ROOT, cli_env, load, run_cli, states
 from hpsearch.config import DataConfig
 from hpsearch.data import DataError, cache_dir, folder_images, load_images, split_and_normalize
 
@@ -180,3 +182,26 @@ def test_a_study_runs_on_an_image_folder(study_file, store, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "skipped 1 unreadable image file(s)" in out.stderr
     assert states(load(store)) == {"COMPLETE": 1}
+
+
+def test_digits_and_their_split_load_from_the_cache_without_scikit_learn(tmp_path):
+    """The second process reads what the first computed and never imports scikit-learn; a
+    damaged cache is computed again."""
+    code = ("import hashlib, sys; from hpsearch.config import load_config; "
+            "from hpsearch.data import load_dataset; d = load_dataset(load_config(None).data, 3); "
+            "h = hashlib.sha256(); "
+            "[h.update(t.numpy().tobytes()) for t in (d.x_train, d.y_train, d.x_val, d.y_val, "
+            "d.x_test, d.y_test)]; print(h.hexdigest(), d.fingerprint, 'sklearn' in sys.modules)")
+
+    def load_in_a_process() -> list:
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, check=True, env=cli_env(HPSEARCH_CACHE_DIR=str(tmp_path)))
+        return out.stdout.split()
+
+    first, second = load_in_a_process(), load_in_a_process()
+    assert first[-1] == "True" and second == first[:-1] + ["False"]
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert [f.parent.name for f in files] == ["datasets", "splits"]
+    for f in files:
+        f.write_bytes(b"not a cache file")
+    assert load_in_a_process() == first
