@@ -99,8 +99,8 @@ def load_images(cfg: DataConfig) -> Images:
 
 def digits_images(image_size: int) -> Images:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 0..16 grey levels), cached
-    on local disk after the first load: importing scikit-learn's loaders takes longer than
-    two of the default study's trials."""
+    on local disk after the first load: importing scikit-learn's loaders takes as long as one
+    or two of the default study's trials."""
     key = _versioned_key("digits", image_size)
     cached = _read_cache(key, "datasets")
     if cached is not None:

@@ -17,7 +17,7 @@ import torch
 
 KINDS = ("adam", "adamw", "sgd")
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
-MOMENTUM = 0.9  # SGD's, with Nesterov's correction and no dampening
+MOMENTUM = 0.9  # hpsearch's SGD: Nesterov momentum without dampening
 
 
 class FusedOptimizer:
