@@ -7,6 +7,7 @@ training split alone. Trials batch these tensors by indexing; nothing here is re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import io
@@ -338,7 +339,8 @@ def _save_arrays(key: str, kind: str, **arrays) -> None:
         np.savez(tmp, **arrays)
         os.replace(tmp, folder / f"{key}.npz")  # atomic: readers see the old file or the new
     except OSError:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder may not exist, or be a file
+            tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ split and normalisation

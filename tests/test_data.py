@@ -14,7 +14,8 @@ from PIL import Image
 
 from conftest import ROOT, cli_env, load, run_cli, states
 from hpsearch.config import DataConfig
-from hpsearch.data import DataError, cache_dir, folder_images, load_images, split_and_normalize
+from hpsearch.data import (DataError, cache_dir, digits_images, folder_images, load_images,
+                           split_and_normalize, split_indices)
 
 RNG = np.random.default_rng(0)
 
@@ -205,3 +206,12 @@ def test_digits_and_their_split_load_from_the_cache_without_scikit_learn(tmp_pat
     for f in files:
         f.write_bytes(b"not a cache file")
     assert load_in_a_process() == first
+
+
+def test_a_cache_folder_that_is_a_file_costs_only_the_work(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(blocker))
+    images = digits_images(8)
+    assert images.x.shape == (1797, 1, 8, 8)
+    assert sum(map(len, split_indices(images.y, DataConfig(), 0))) == 1797
