@@ -90,7 +90,7 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
 
     begin = time.perf_counter()
     model.to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, s, fused=device.type in ("cpu", "cuda"))
+    optimizer = make_optimizer(model, s, device)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # the moments a real epoch leaves behind, for an honest checkpoint size

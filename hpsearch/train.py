@@ -108,11 +108,11 @@ def configure_threads(workers: int = 1) -> int:
     return threads
 
 
-def make_optimizer(model: nn.Module, s: FitSettings, fused: bool = False):
-    """`fused` runs the whole update as one kernel (CPU and CUDA) through hpsearch's own
-    optimizer, which spares every process torch.optim's import of torch's compiler (see
-    hpsearch.optim); elsewhere (mps) torch.optim's optimizer runs."""
-    if fused:
+def make_optimizer(model: nn.Module, s: FitSettings, device: Optional[torch.device] = None):
+    """On the CPU and CUDA, hpsearch's own optimizer runs the whole update as one kernel and
+    spares the process torch.optim's import of torch's compiler (see hpsearch.optim);
+    elsewhere (mps), or without a device (the recipe), torch.optim's optimizer runs."""
+    if device is not None and device.type in ("cpu", "cuda"):
         return FusedOptimizer(model.parameters(), s.optimizer, lr=s.lr,
                               weight_decay=s.weight_decay)
     kwargs = {"lr": s.lr, "weight_decay": s.weight_decay}
@@ -208,7 +208,7 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     if device.type == "cuda":
         # Every trial's shapes stay fixed, so cuDNN's one-off kernel search pays off.
         torch.backends.cudnn.benchmark = True
-    optimizer = make_optimizer(model, s, fused=device.type in ("cpu", "cuda"))
+    optimizer = make_optimizer(model, s, device)
     precision = choose_precision(device, s.precision)
     scaler = precision.scaler
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
