@@ -226,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.storage import (Backup, beside_store, check_store_file, open_storage,
                                   parse_storage, refuse_network_sqlite, use_wal)
     from hpsearch.study import (count_finished, grid_is_exhausted, handle_interrupts,
-                                open_study, recover_dead_trials, settings_record)
+                                open_study, recover_dead_trials, runs_alone, settings_record)
     from hpsearch.train import choose_precision, configure_threads, resolve_device
 
     flags = {"study.trials": args.trials, "study.name": args.study_name,
@@ -251,7 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     len(data.skipped), data.skipped[0])
     storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                            grace_period=cfg.study.grace_period)
-    study = open_study(storage, cfg, settings_record(cfg, data))
+    study = open_study(storage, cfg, settings_record(cfg, data),
+                       alone=runs_alone(spec, args.workers))
     use_wal(spec, storage)
     done = count_finished(study)
     print_header(cfg, data, spec.display, device, threads, done, args.workers)

@@ -188,7 +188,7 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
     from hpsearch.objective import make_objective
     from hpsearch.storage import (open_artifacts, open_storage, parse_storage,
                                   sync_finished_trials, use_wal)
-    from hpsearch.study import open_study, run, settings_record
+    from hpsearch.study import open_study, run, runs_alone, settings_record
 
     n = max(at)
     name = f"overhead-{time.time_ns()}"
@@ -199,7 +199,7 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
         spec.path.parent.mkdir(parents=True, exist_ok=True)
     storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                            grace_period=cfg.study.grace_period)
-    study = open_study(storage, cfg, settings_record(cfg, data))
+    study = open_study(storage, cfg, settings_record(cfg, data), alone=runs_alone(spec, 1))
     use_wal(spec, storage)  # as `hpsearch run` sets it
     if bare:
         objective = bare_objective(cfg)

@@ -15,7 +15,8 @@ from hpsearch.data import load_dataset
 from hpsearch.model import build_cnn, count_params
 from hpsearch.objective import make_objective
 from hpsearch.space import suggest_params
-from hpsearch.study import _same, make_sampler, sampler_seed
+from hpsearch.storage import parse_storage
+from hpsearch.study import _same, make_sampler, runs_alone, sampler_seed
 from hpsearch.train import (DeviceError, Diverged, FitSettings, choose_precision, fit,
                             make_optimizer, train_step)
 
@@ -70,6 +71,16 @@ def test_sampler_seed_depends_on_stored_trials_and_worker():
 def test_samplers_are_built(sampler):
     cfg = load_config(None, [f"study.sampler='{sampler}'"])
     assert make_sampler(cfg, 1) is not None
+
+
+def test_constant_liar_only_where_trials_can_run_side_by_side(tmp_path):
+    cfg = load_config(None)
+    sqlite = parse_storage(f"sqlite:///{tmp_path / 's.db'}")
+    assert runs_alone(sqlite, 1) and not runs_alone(sqlite, 2)
+    for url in (f"journal:{tmp_path / 's.log'}", "postgresql://u@localhost/db"):
+        assert not runs_alone(parse_storage(url), 1)
+    assert not make_sampler(cfg, 1, alone=True)._constant_liar
+    assert make_sampler(cfg, 1)._constant_liar
 
 
 def test_model_fits_any_depth_on_small_images():
