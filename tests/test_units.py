@@ -90,6 +90,29 @@ def test_model_fits_any_depth_on_small_images():
         assert count_params(model) > 0
 
 
+def test_pooling_before_relu_computes_the_usual_block():
+    """build_cnn pools before its ReLUs; the same modules in the usual order (conv, batch norm,
+    ReLU, pool) give the same outputs and gradients, and the weights keep their names."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=4, width=6)
+    layers = list(copy.deepcopy(model))
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, torch.nn.MaxPool2d):
+            layers[i], layers[i + 1] = layers[i + 1], layer
+    usual = torch.nn.Sequential(*layers)
+    assert [type(m) for m in usual[:4]] == [torch.nn.Conv2d, torch.nn.BatchNorm2d,
+                                            torch.nn.ReLU, torch.nn.MaxPool2d]
+    assert model.state_dict().keys() == usual.state_dict().keys()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for net in (model, usual):
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+    assert torch.equal(model(x), usual(x))
+    for a, b in zip(model.parameters(), usual.parameters()):
+        assert torch.equal(a.grad, b.grad)
+
+
 @pytest.fixture(scope="module")
 def digits8():
     cfg = load_config(None, ["data.image_size=8"])
