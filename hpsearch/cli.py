@@ -279,12 +279,12 @@ def run_trials(args, cfg, flags, spec, study, data, device, folders, backup, don
 
     with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
         if args.workers == 1:
-            from hpsearch.study import run
+            from hpsearch.study import run, runs_alone
 
             objective = make_objective(cfg, data, device, open_artifacts(folders["artifacts"]),
                                        folders["checkpoints"], backup)
             return run(study, objective, cfg.study.trials, timeout=args.timeout,
-                       callbacks=(sync_finished_trials(spec), bar))
+                       callbacks=(sync_finished_trials(spec), bar), alone=runs_alone(spec, 1))
         from hpsearch.workers import Plan, run_workers
 
         plan = Plan(args.config, tuple(args.set), flags, spec.url, args.device,

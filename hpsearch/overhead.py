@@ -225,7 +225,8 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
                                callbacks=[sync_finished_trials(spec)])
             else:
                 with progress_bar(study, n, 0, quiet=True) as bar:
-                    run(study, timed_objective, n, callbacks=(sync_finished_trials(spec), bar))
+                    run(study, timed_objective, n, callbacks=(sync_finished_trials(spec), bar),
+                        alone=runs_alone(spec, 1))
             end = time.perf_counter()
             timers.add("callbacks", end - timers.told_at)
     finally:

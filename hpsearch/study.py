@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import Config, Fixed, grid_values
@@ -279,6 +278,30 @@ class FailStreak:
             study.stop()
 
 
+class TrialTarget:
+    """Stops the study once it holds `target` finished trials, as Optuna's MaxTrialsCallback
+    does by reading every trial from the store after each one. A run alone on its store (see
+    runs_alone) counts the trials it finishes instead, and reads the store only when a trial
+    number shows that another process created trials in between (so it counts those one trial
+    late): the read after every trial was a tenth of the framework's time per trial."""
+
+    def __init__(self, study: optuna.Study, target: int, alone: bool):
+        self.target = target
+        self.alone = alone
+        trials = study.get_trials(deepcopy=False)
+        self.finished = sum(t.state in FINISHED for t in trials)
+        self.last_number = len(trials) - 1
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.alone and trial.number == self.last_number + 1:
+            self.finished += trial.state in FINISHED
+        else:
+            self.finished = count_finished(study)
+        self.last_number = max(self.last_number, trial.number)
+        if self.finished >= self.target:
+            study.stop()
+
+
 @dataclass
 class RunResult:
     ran: int  # trials this run finished (any state)
@@ -290,9 +313,10 @@ class RunResult:
 
 
 def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float] = None,
-        callbacks: tuple = ()) -> RunResult:
+        callbacks: tuple = (), alone: bool = False) -> RunResult:
     """Run trials until the study holds `target` finished ones, the timeout passes or trials
-    keep failing. Crashing trials are recorded as FAIL and the study goes on."""
+    keep failing. Crashing trials are recorded as FAIL and the study goes on. `alone`: this
+    process runs the study's only trials (see runs_alone)."""
     from hpsearch.train import release_device_memory
 
     streak = FailStreak()
@@ -304,7 +328,7 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
             timeout=timeout,
             catch=(Exception,),
             gc_after_trial=False,  # the trainer holds no reference cycles worth a collection
-            callbacks=[MaxTrialsCallback(target, states=FINISHED), streak,
+            callbacks=[TrialTarget(study, target, alone), streak,
                        lambda s, t: ran.append(t.number),
                        lambda s, t: release_device_memory(), *callbacks],
         )

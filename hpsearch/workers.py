@@ -3,8 +3,8 @@
 Workers are spawned, never forked: a fork after torch is imported can deadlock in its thread
 pools. Each worker rebuilds what it needs from a small picklable plan, takes an equal share of
 the CPU threads (or its own GPU) and its own sampler seed, and runs until the study holds its
-target; Optuna's MaxTrialsCallback stops every worker, so the study overshoots by at most the
-number of workers minus one.
+target; the trial target (study.TrialTarget) reads the store after every trial and stops every
+worker, so the study overshoots by at most the number of workers minus one.
 """
 
 from __future__ import annotations

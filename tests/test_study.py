@@ -232,6 +232,42 @@ def test_a_trial_stored_with_its_seed_keeps_it(tmp_path):
     assert trial_seed(cfg.study.seed, study.ask()) == 12345
 
 
+def test_a_run_alone_counts_its_own_trials_to_the_target(tmp_path):
+    cfg, study = tiny_study(tmp_path)
+    outcomes = [0.5, "prune", "fail", 0.6, "prune", 0.7, 0.8]
+
+    def objective(trial):
+        outcome = outcomes[trial.number]
+        if outcome == "prune":
+            raise optuna.TrialPruned()
+        if outcome == "fail":
+            raise RuntimeError("flaky")
+        return outcome
+
+    run(study, objective, target=2, alone=True)
+    run(study, objective, target=5, alone=True)  # resumed: counts from what is stored
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and states[2] == TrialState.FAIL
+
+
+def test_a_run_alone_still_counts_trials_another_process_added(tmp_path):
+    cfg, study = tiny_study(tmp_path)
+    # Another process on the same file: its own storage object, with its own cache.
+    other = optuna.load_study(study_name="s", storage=open_storage(
+        parse_storage(f"sqlite:///{tmp_path / 'store.db'}")))
+
+    def objective(trial):
+        if trial.number == 1:
+            for _ in range(2):
+                other.tell(other.ask(), 0.1)
+        return 0.5
+
+    run(study, objective, target=4, alone=True)
+    # Trial 4, numbered after the other's 2 and 3, shows them: the run stops there, where a
+    # read of the store after every trial would have stopped one trial sooner.
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+
+
 def test_the_progress_bar_keeps_the_best_value_without_reading_it_each_trial(tmp_path,
                                                                              monkeypatch):
     from hpsearch.cli import progress_bar
