@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from hpsearch.checkpoint import rng_state, set_rng_state
-from hpsearch.model import PaddedTwin
 from hpsearch.optim import FusedOptimizer
 
 
@@ -107,14 +106,6 @@ def configure_threads(workers: int = 1) -> int:
     except RuntimeError:
         pass  # already fixed by earlier parallel work in this process; harmless
     return threads
-
-
-def channel_multiple(device: torch.device) -> int:
-    """The multiple conv channel counts are padded to (see model.PaddedTwin): 16 where oneDNN
-    runs AVX-512 kernels, where it was measured; elsewhere nothing is padded."""
-    if device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        return 16
-    return 1
 
 
 def make_optimizer(model: nn.Module, s: FitSettings, device: Optional[torch.device] = None):
@@ -212,50 +203,42 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     Raises Diverged when the training loss does.
     """
     # channels-last lets oneDNN and cuDNN pick their fast convolution kernels (30% per epoch
-    # on a 2-core CPU for a depth-3 width-32 net on 16-pixel digits), and so do channel
-    # counts that fill the CPU's vectors: `net` is the model padded to them (see PaddedTwin).
+    # on a 2-core CPU for a depth-3 width-32 net on 16-pixel digits).
     model.to(device, memory_format=torch.channels_last)
-    twin = PaddedTwin(model, channel_multiple(device))
-    net = twin.net.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         # Every trial's shapes stay fixed, so cuDNN's one-off kernel search pays off.
         torch.backends.cudnn.benchmark = True
-    optimizer = make_optimizer(net, s, device)
+    optimizer = make_optimizer(model, s, device)
     precision = choose_precision(device, s.precision)
     scaler = precision.scaler
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
     history, first = History(), 1
     if resume is not None:
-        net.load_state_dict(twin.to_net(resume["model"]))
-        optimizer.load_state_dict(twin.optimizer_to_net(resume["optimizer"]))
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         set_rng_state(resume["rng"], gen)
         history, first = History(**resume["history"]), resume["epoch"] + 1
     chance = math.log(max(2, len(data.classes)))
-    try:
-        for epoch in range(first, s.epochs + 1):
-            start = time.perf_counter()
-            loss, acc = train_epoch(net, data.x_train, data.y_train, optimizer, precision,
-                                    s.batch_size, gen)
-            if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
-                raise Diverged(epoch, loss, chance)
-            val_loss, val_acc = evaluate(net, data.x_val, data.y_val, precision=precision)
-            for key, value in (("train_loss", loss), ("train_acc", acc), ("val_loss", val_loss),
-                               ("val_acc", val_acc)):
-                getattr(history, key).append(round(value, 6))
-            history.epoch_seconds.append(round(time.perf_counter() - start, 4))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, history)
-            # Saved after the hook, so that an epoch that ends the trial (the last, or one the
-            # hook stops at) writes no checkpoint that would only be deleted. Saved in the
-            # model's own shapes: the padding is this process's business.
-            if save_state is not None and epoch < s.epochs:
-                save_state(epoch, {"model": twin.from_net(net.state_dict()),
-                                   "optimizer": twin.optimizer_from_net(optimizer.state_dict()),
-                                   "scaler": scaler.state_dict(), "rng": rng_state(gen),
-                                   "history": history.as_dict()})
-    finally:
-        twin.copy_back()  # the caller's model holds what was trained, however it ended
+    for epoch in range(first, s.epochs + 1):
+        start = time.perf_counter()
+        loss, acc = train_epoch(model, data.x_train, data.y_train, optimizer, precision,
+                                s.batch_size, gen)
+        if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
+            raise Diverged(epoch, loss, chance)
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, precision=precision)
+        for key, value in (("train_loss", loss), ("train_acc", acc), ("val_loss", val_loss),
+                           ("val_acc", val_acc)):
+            getattr(history, key).append(round(value, 6))
+        history.epoch_seconds.append(round(time.perf_counter() - start, 4))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+        # Saved after the hook, so that an epoch that ends the trial (the last, or one the
+        # hook stops at) writes no checkpoint that would only be deleted.
+        if save_state is not None and epoch < s.epochs:
+            save_state(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scaler": scaler.state_dict(), "rng": rng_state(gen),
+                               "history": history.as_dict()})
     return history
 
 

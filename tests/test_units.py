@@ -12,7 +12,7 @@ from conftest import ROOT
 from hpsearch.config import (Choice, ConfigError, Fixed, Range, build_config,
                              default_config_path, grid_values, load_config)
 from hpsearch.data import load_dataset
-from hpsearch.model import PaddedTwin, build_cnn, count_params
+from hpsearch.model import build_cnn, count_params
 from hpsearch.objective import make_objective
 from hpsearch.space import suggest_params
 from hpsearch.storage import parse_storage
@@ -111,54 +111,6 @@ def test_pooling_before_relu_computes_the_usual_block():
     assert torch.equal(model(x), usual(x))
     for a, b in zip(model.parameters(), usual.parameters()):
         assert torch.equal(a.grad, b.grad)
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-def test_a_padded_twin_trains_as_its_model_and_its_padding_stays_zero(optimizer):
-    import copy
-
-    torch.manual_seed(0)
-    model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=3, width=6,
-                      dropout=0.0).to(memory_format=torch.channels_last)
-    plain = copy.deepcopy(model)
-    twin = PaddedTwin(model, 16)
-    assert twin.net is not model and twin.net[0].out_channels == 16
-    settings = FitSettings(epochs=1, batch_size=16, lr=0.01, optimizer=optimizer,
-                           weight_decay=1e-3, seed=0)
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    pairs = [(net, make_optimizer(net, settings, torch.device("cpu"))) for net in (plain, twin.net)]
-    for _ in range(10):
-        for net, opt in pairs:
-            torch.nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-            opt.zero_grad()
-    for net in (plain, twin.net):
-        net.eval()
-    assert torch.allclose(plain(x), twin.net(x), atol=1e-5)
-    trained = twin.from_net(twin.net.state_dict())
-    for key, value in plain.state_dict().items():
-        assert trained[key].shape == value.shape and torch.allclose(trained[key].float(),
-                                                                    value.float(), atol=1e-5)
-    # Everything outside the model's own region is still exactly zero, moments included.
-    moments = pairs[1][1].state_dict()["state"]
-    tensors = [(k, t) for k, t in twin.net.state_dict().items()] + [
-        (twin.names[i], t) for i, entry in moments.items() for t in entry.values() if t.dim()]
-    for key, t in tensors:
-        rest = t.detach().clone()
-        twin.region(key, rest).zero_()
-        assert not rest.any(), key
-    unpadded = twin.optimizer_from_net(pairs[1][1].state_dict())["state"]
-    assert all(entry[name].shape == p.shape for p, entry in zip(plain.parameters(),
-               unpadded.values()) for name in entry if entry[name].dim())
-    twin.copy_back()
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
-
-
-def test_only_narrow_unaligned_nets_are_padded():
-    for width, padded in ((6, 16), (16, 16), (17, 32), (31, 32), (32, 32), (33, 33), (40, 40)):
-        model = build_cnn(in_channels=3, num_classes=5, image_size=8, depth=2, width=width)
-        assert PaddedTwin(model, 16).net_width == padded
-        assert PaddedTwin(model, 1).net is model
 
 
 @pytest.fixture(scope="module")
