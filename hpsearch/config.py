@@ -97,7 +97,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 9
+    epochs: int = 6
     batch_size: int = 64  # used unless [space] names batch_size
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see train.choose_precision)
 

@@ -56,7 +56,7 @@ def test_settings_differences_are_named(tmp_path):
     else:
         raise AssertionError("a changed study was resumed")
     assert "config.space.depth was {'low': 1, 'high': 4, 'log': False}, now 2" in message
-    assert "config.train.epochs was 9, now 3" in message
+    assert "config.train.epochs was 6, now 3" in message
     assert "--study-name NEW" in message
 
 
