@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import hpsearch
+from hpsearch.config import load_config
 
 
 def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
@@ -19,9 +20,9 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
     assert compute["peak_fp32_flops"] == compute["peak_by_library"]["fp32"]["peak"]
     assert result["study"]["runs"][0]["hpsearch"]["states"]
     assert set(result["pruning"]["pruners"]) == {"none", "median", "hyperband", "sha"}
-    # Without a pruner every trial runs every epoch.
+    # Without a pruner every trial runs every epoch of the default study.
     none = result["pruning"]["pruners"]["none"]
-    assert none["epochs_run"] == none["budget"] == 1 * 9
+    assert none["epochs_run"] == none["budget"] == 1 * load_config(None).train.epochs
     assert result["workers"]["workers"]["2"]["trials_per_minute"] > 0
     sqlite = result["overhead"]["storages"]["sqlite"]["ms_per_trial"]
     assert set(sqlite) == {"2", "4"} and all(v["total"] > 0 for v in sqlite.values())
