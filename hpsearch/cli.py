@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import sys
+import threading
 import warnings
 from typing import Optional
 
@@ -194,6 +197,37 @@ def main(argv: Optional[list] = None) -> int:
     except user_errors() as err:
         print(f"hpsearch: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def program() -> None:
+    """The `hpsearch` command."""
+    exit_fast(main())
+
+
+def exit_fast(code: int) -> None:
+    """End the process as Python's exit would, without the interpreter's teardown.
+
+    The teardown frees every module, torch's libraries last, one by one: 0.4 s after a bare
+    `import torch` and 0.7 s after the default study on a 2-core Zen 5 EPYC, longer than
+    two of its trials, and nothing of it reaches the disk. What an exit must do is done
+    here: threads that are not daemons finish, the stores' connections close (SQLite folds
+    its write-ahead log back into the store file then), the exit handlers run (logging's
+    flush among them), and the output is flushed. The two private calls are the ones the
+    interpreter's own exit makes. Not done: a garbage collection (0.12 s here), which only
+    matters for files left open, and hpsearch closes every file it writes."""
+    from hpsearch.storage import close_stores
+
+    threading._shutdown()  # stops idle thread pools, then waits for every non-daemon thread
+    # Explicitly, not left to the collector: a study can outlive its command, held by a
+    # traceback that Optuna keeps of an optional import that failed (boto3's, for artifacts).
+    close_stores()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code if isinstance(code, int) else 0)
 
 
 def user_errors() -> tuple:
@@ -671,4 +705,4 @@ def run_study_main() -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    exit_fast(main())

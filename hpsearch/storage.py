@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -176,13 +177,27 @@ def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Opt
     retry = None
     if heartbeat_interval is not None:
         retry = RetryStaleTrial(max_retry=1)
-    return optuna.storages.RDBStorage(
+    storage = optuna.storages.RDBStorage(
         spec.url,
         engine_kwargs=engine_kwargs,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         heartbeat_stale_trial_callback=retry,
     )
+    _opened.add(storage)
+    return storage
+
+
+_opened: weakref.WeakSet = weakref.WeakSet()  # the database stores this process opened
+
+
+def close_stores() -> None:
+    """Close the connections of every database store this process opened. SQLite folds a
+    store's write-ahead log back into the store file when its last connection closes; a
+    process that ends without closing them leaves the log beside the file, where a copy of
+    the file alone would miss the latest trials."""
+    for storage in list(_opened):
+        storage.engine.dispose()
 
 
 _store_calls = 0  # calls to a guarded store under way in the main thread

@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from conftest import load, run_cli, start_cli, states
+from conftest import ROOT, load, run_cli, start_cli, states
 
 
 def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
     out = run_cli("--config", study_file, "--storage", store, "--trials", 3)
     assert out.returncode == 0, out.stderr
+    # The run closed the store before its fast exit: SQLite folded its log back into the file.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("store.db")] == ["store.db"]
     study = load(store)
     assert states(study) == {"COMPLETE": 3}
     assert "Best           validation accuracy" in out.stdout
@@ -207,3 +211,27 @@ def test_ctrl_c_queues_the_interrupted_trial_for_the_next_run(study_file, tmp_pa
     assert retry.user_attrs["fail_reason"] is None  # the retry's own outcome, not the copy's
     assert retry.user_attrs["resumed_from_epoch"] > 0
     assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0
+
+
+def test_a_fast_exit_waits_for_threads_runs_exit_handlers_and_flushes(tmp_path):
+    script = """
+import atexit, sys, threading, time
+from pathlib import Path
+from hpsearch.cli import exit_fast
+
+folder = Path(sys.argv[1])
+def slow_writer():
+    time.sleep(0.3)
+    (folder / "thread").write_text("finished")
+threading.Thread(target=slow_writer).start()
+atexit.register(lambda: (folder / "handler").write_text("ran"))
+print("the last line, still in the buffer", end="")
+exit_fast(3)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, env=env, cwd=ROOT)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == "the last line, still in the buffer"
+    assert (tmp_path / "thread").read_text() == "finished"
+    assert (tmp_path / "handler").read_text() == "ran"
