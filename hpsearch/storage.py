@@ -189,15 +189,22 @@ def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Opt
 
 
 _opened: weakref.WeakSet = weakref.WeakSet()  # the database stores this process opened
+_sqlite_connections: weakref.WeakSet = weakref.WeakSet()  # and their SQLite connections
 
 
 def close_stores() -> None:
     """Close the connections of every database store this process opened. SQLite folds a
     store's write-ahead log back into the store file when its last connection closes; a
     process that ends without closing them leaves the log beside the file, where a copy of
-    the file alone would miss the latest trials."""
+    the file alone would miss the latest trials. SQLite's are closed one by one as well: a
+    store refused at resume is gone by now, but its pool's connections are not."""
     for storage in list(_opened):
         storage.engine.dispose()
+    for connection in list(_sqlite_connections):
+        try:
+            connection.close()
+        except sqlite3.ProgrammingError:  # made in another thread, which still owns it
+            pass
 
 
 _store_calls = 0  # calls to a guarded store under way in the main thread
@@ -278,6 +285,7 @@ class _RetryingCursor(sqlite3.Cursor):
 class _RetryingConnection(sqlite3.Connection):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        _sqlite_connections.add(self)
         # In WAL mode, synchronous=NORMAL commits without an fsync (a process that is killed
         # still loses nothing; only a power cut or an OS crash can drop the last commits) and
         # never corrupts the file. `sync_finished_trials` syncs the log once a trial is told,

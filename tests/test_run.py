@@ -13,14 +13,12 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, load, run_cli, start_cli, states
+from conftest import ROOT, hpsearch, load, run_cli, start_cli, states
 
 
 def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
     out = run_cli("--config", study_file, "--storage", store, "--trials", 3)
     assert out.returncode == 0, out.stderr
-    # The run closed the store before its fast exit: SQLite folded its log back into the file.
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("store.db")] == ["store.db"]
     study = load(store)
     assert states(study) == {"COMPLETE": 3}
     assert "Best           validation accuracy" in out.stdout
@@ -35,6 +33,21 @@ def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
     assert settings["data"]["sizes"] == {"train": 1257, "val": 270, "test": 270}
     assert len(settings["data"]["normalization"]["mean"]) == 1
     assert "store.db" not in str(settings)  # no storage URL is saved
+
+
+def test_every_command_closes_its_store_before_the_fast_exit(study_file, store, tmp_path):
+    """SQLite folds its write-ahead log back into the store file once the last connection
+    closes; a copy of the file alone then holds every trial."""
+    def beside_the_store() -> list:
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("store.db"))
+
+    assert run_cli("--config", study_file, "--storage", store, "--trials", 2).returncode == 0
+    assert beside_the_store() == ["store.db"]
+    refused = run_cli("--config", study_file, "--storage", store, "--epochs", 3)
+    assert refused.returncode == 2 and "train.epochs was 2, now 3" in refused.stderr
+    assert beside_the_store() == ["store.db"]
+    assert hpsearch("status", "--storage", store).returncode == 0
+    assert beside_the_store() == ["store.db"]
 
 
 def test_trials_is_the_total_and_resume_never_repeats(study_file, store):
