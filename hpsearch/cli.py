@@ -222,12 +222,17 @@ def exit_fast(code: int) -> None:
     # traceback that Optuna keeps of an optional import that failed (boto3's, for artifacts).
     close_stores()
     atexit._run_exitfuncs()
+    code = code if isinstance(code, int) else 0
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the stream closed
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+        except BrokenPipeError:  # a reader that stopped reading (`| head`): nothing is lost
             pass
-    os._exit(code if isinstance(code, int) else 0)
+        except (OSError, ValueError):  # a full disk, say: the output is lost, so say so
+            code = code or 120  # as Python's own exit does when it cannot flush
+    os._exit(code)
 
 
 def user_errors() -> tuple:

@@ -248,3 +248,9 @@ exit_fast(3)
     assert out.stdout == "the last line, still in the buffer"
     assert (tmp_path / "thread").read_text() == "finished"
     assert (tmp_path / "handler").read_text() == "ran"
+    if os.path.exists("/dev/full"):  # output that cannot be written is an error, as in Python
+        with open("/dev/full", "w") as full:
+            lost = subprocess.run([sys.executable, "-c", script.replace("exit_fast(3)",
+                                                                        "exit_fast(0)"),
+                                   str(tmp_path)], stdout=full, env=env, cwd=ROOT, timeout=120)
+        assert lost.returncode == 120
