@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -46,3 +47,106 @@ def cpu_state_dict(model: nn.Module) -> dict:
     """The weights as plain contiguous CPU tensors: loadable anywhere, channels-last or not,
     with `torch.load(..., weights_only=True)`."""
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def padded_width(width: int, multiple: int) -> int:
+    """`width` rounded up to a multiple of `multiple`."""
+    return -(-width // multiple) * multiple
+
+
+class PaddedNet:
+    """A `build_cnn` net trained with its blocks' channels padded to `multiple`, computing
+    the same function as the net itself.
+
+    oneDNN's CPU convolutions are fastest when a channel count fills the processor's vectors.
+    The padded channels' weights, batch-norm scales and shifts start at zero; their outputs
+    are zero, and so are their gradients (the next layer's weights on them are zero) and every
+    optimizer's updates, weight decay included: they stay zero. What differs from the plain
+    net is the order of the float sums, and dropout's masks, drawn over the padded features.
+
+    `net` is what trains (the model itself when nothing is padded). `pad` and `unpad` turn a
+    state dict (weights, or an optimizer's) between the model's shapes and the net's, so that
+    checkpoints and saved weights never show the padding; `copy_back` writes the trained
+    weights into the model."""
+
+    def __init__(self, model: nn.Sequential, multiple: int):
+        self.model = model
+        self.shapes = {k: v.shape for k, v in model.state_dict().items()}
+        self.names = [name for name, _ in model.named_parameters()]  # the optimizer's order
+        convs = [m for m in model if isinstance(m, nn.Conv2d)]
+        self.width = convs[0].out_channels if convs else 0
+        self.net_width = self.width
+        if multiple > 1 and _is_plain_cnn(model, self.width):
+            self.net_width = padded_width(self.width, multiple)
+        self.net = model if self.net_width == self.width else self._widened()
+        self.net_shapes = {k: v.shape for k, v in self.net.state_dict().items()}
+        if self.net is not model:
+            self.net.load_state_dict(self.pad(model.state_dict()))
+
+    def _widened(self) -> nn.Sequential:
+        layers, width = [], self.net_width
+        for m in self.model:
+            if isinstance(m, nn.Conv2d):
+                inputs = width if layers else m.in_channels
+                m = nn.Conv2d(inputs, width, 3, padding=1, bias=False)
+            elif isinstance(m, nn.BatchNorm2d):
+                m = nn.BatchNorm2d(width)
+            elif isinstance(m, nn.Linear):
+                m = nn.Linear(m.in_features // self.width * width, m.out_features)
+            layers.append(m)
+        weight = next(self.model.parameters())
+        return nn.Sequential(*layers).to(weight.device).train(self.model.training)
+
+    def _region(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """The part of a net-shaped tensor that holds the model's values, in its layout (the
+        classifier's weight as classes x channels x pixels)."""
+        shape = self.shapes[key]
+        if t.dim() == 2:  # the classifier: flattened channels x pixels
+            return t.view(t.shape[0], self.net_width, -1)[:, :self.width]
+        return t[tuple(slice(0, n) for n in shape)]
+
+    def pad(self, state: dict) -> dict:
+        """A model-shaped state dict (weights, or an optimizer's) in the net's shapes, the
+        padding zero."""
+        def widen(key, t):
+            out = t.new_zeros(self.net_shapes[key])
+            region = self._region(key, out)
+            region.copy_(t.reshape(region.shape))
+            return out
+
+        return self._each(state, widen)
+
+    def unpad(self, state: dict) -> dict:
+        """A net-shaped state dict (weights, or an optimizer's) in the model's shapes."""
+        return self._each(state, lambda key, t: self._region(key, t).reshape(self.shapes[key])
+                          .clone())
+
+    def _each(self, state: dict, convert) -> dict:
+        if self.net is self.model:
+            return state
+        if "param_groups" in state:  # an optimizer's: moments by parameter index
+            moments = {i: {name: convert(self.names[i], t) if _is_array(t) else t
+                           for name, t in entry.items()}
+                       for i, entry in state["state"].items()}
+            return {**state, "state": moments}
+        return {key: convert(key, t) if _is_array(t) else t for key, t in state.items()}
+
+    def copy_back(self) -> None:
+        if self.net is not self.model:
+            self.model.load_state_dict(self.unpad(self.net.state_dict()))
+
+
+def _is_array(t) -> bool:
+    """A tensor with dimensions: a weight or a moment, not a step count or a batch count."""
+    return torch.is_tensor(t) and t.dim() > 0
+
+
+def _is_plain_cnn(model: nn.Module, width: int) -> bool:
+    """Whether `model` is a net as build_cnn makes them, the only kind PaddedNet widens."""
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU, nn.Flatten, nn.Dropout, nn.Linear)
+    return (isinstance(model, nn.Sequential) and len(model) > 1
+            and isinstance(model[0], nn.Conv2d) and isinstance(model[-1], nn.Linear)
+            and all(isinstance(m, kinds) for m in model)
+            and all(m.out_channels == width and m.kernel_size == (3, 3) and m.padding == (1, 1)
+                    and m.stride == (1, 1) and m.bias is None
+                    for m in model if isinstance(m, nn.Conv2d)))

@@ -82,33 +82,40 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
     """Stands in for `train.fit`: no training, the same hooks in the same order (report, then
     the checkpoint of every epoch but the last) and the synthetic curve. The checkpoints hold
     what fit's do: the model, and the optimizer with its state after one step (timed as
-    "training", which is not overhead)."""
+    "training", which is not overhead), in the model's shapes as fit saves them from the net
+    it pads."""
     import torch
 
     from hpsearch.checkpoint import rng_state
-    from hpsearch.train import History, make_optimizer
+    from hpsearch.model import PaddedNet
+    from hpsearch.train import History, channel_multiple, make_optimizer
 
     begin = time.perf_counter()
     model.to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, s, device)
-    for p in model.parameters():
+    padded = PaddedNet(model, channel_multiple(device))
+    net = padded.net.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(net, s, device)
+    for p in net.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # the moments a real epoch leaves behind, for an honest checkpoint size
     gen = torch.Generator().manual_seed(s.seed)
     if timers is not None:
         timers.add("training", time.perf_counter() - begin)
     history = History()
-    for epoch, acc in enumerate(synthetic_curve(s.lr, s.seed, s.epochs), start=1):
-        for key, value in (("train_loss", 1 - acc), ("train_acc", acc), ("val_loss", 1 - acc),
-                           ("val_acc", acc)):
-            getattr(history, key).append(round(value, 6))
-        history.epoch_seconds.append(0.0)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, history)
-        if save_state is not None and epoch < s.epochs:
-            save_state(epoch, {"model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "scaler": {},
-                               "rng": rng_state(gen), "history": history.as_dict()})
+    try:
+        for epoch, acc in enumerate(synthetic_curve(s.lr, s.seed, s.epochs), start=1):
+            for key, value in (("train_loss", 1 - acc), ("train_acc", acc), ("val_loss", 1 - acc),
+                               ("val_acc", acc)):
+                getattr(history, key).append(round(value, 6))
+            history.epoch_seconds.append(0.0)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, history)
+            if save_state is not None and epoch < s.epochs:
+                save_state(epoch, {"model": padded.unpad(net.state_dict()),
+                                   "optimizer": padded.unpad(optimizer.state_dict()), "scaler": {},
+                                   "rng": rng_state(gen), "history": history.as_dict()})
+    finally:
+        padded.copy_back()  # as fit does, however the trial ends
     return history
 
 

@@ -12,7 +12,7 @@ from conftest import ROOT
 from hpsearch.config import (Choice, ConfigError, Fixed, Range, build_config,
                              default_config_path, grid_values, load_config)
 from hpsearch.data import load_dataset
-from hpsearch.model import build_cnn, count_params
+from hpsearch.model import PaddedNet, build_cnn, count_params
 from hpsearch.objective import make_objective
 from hpsearch.space import suggest_params
 from hpsearch.storage import parse_storage
@@ -111,6 +111,46 @@ def test_pooling_before_relu_computes_the_usual_block():
     assert torch.equal(model(x), usual(x))
     for a, b in zip(model.parameters(), usual.parameters()):
         assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_a_padded_net_trains_as_the_plain_one_and_its_padding_stays_zero(kind):
+    """fit trains a net whose channels are padded to fill the CPU's vectors (PaddedNet): after
+    ten steps with weight decay, its weights, optimizer moments and outputs in the model's
+    shapes are the plain net's to float rounding, and every padded value is still zero."""
+    import copy
+
+    torch.manual_seed(0)
+    plain = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=3, width=6)
+    padded = PaddedNet(copy.deepcopy(plain), 16)
+    assert padded.net_width == 16 and padded.net[0].out_channels == 16
+    settings = FitSettings(epochs=1, batch_size=16, lr=0.01, optimizer=kind, weight_decay=0.1)
+    cpu, fp32 = torch.device("cpu"), choose_precision(torch.device("cpu"), "fp32")
+    optimizers = [make_optimizer(net, settings, cpu) for net in (plain, padded.net)]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        x, y = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        for net, optimizer in zip((plain, padded.net), optimizers):
+            train_step(net, x, y, optimizer, fp32)
+    weights = padded.net.state_dict()
+    assert all(torch.equal(padded.pad(padded.unpad(weights))[k], v) for k, v in weights.items())
+    padded.copy_back()
+    for a, b in zip(plain.state_dict().values(), padded.model.state_dict().values()):
+        assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5)
+    theirs = padded.unpad(optimizers[1].state_dict())["state"]
+    for i, moments in optimizers[0].state_dict()["state"].items():
+        assert all(torch.allclose(m, theirs[i][name], atol=1e-6) for name, m in moments.items())
+    plain.eval()
+    padded.model.eval()
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.allclose(plain(x), padded.model(x), atol=1e-5)
+
+
+def test_a_net_that_fills_the_vectors_already_trains_unpadded():
+    model = build_cnn(in_channels=3, num_classes=5, image_size=8, depth=2, width=16)
+    assert PaddedNet(model, 16).net is model and PaddedNet(model, 1).net is model
+    state = model.state_dict()
+    assert PaddedNet(model, 16).unpad(state) is state
 
 
 @pytest.fixture(scope="module")
