@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import torch
 
@@ -102,11 +103,10 @@ def profile_epoch(data, model_fn, settings) -> dict:
 
     from hpsearch.train import fit
 
-    fit(model_fn(), data, settings.__class__(**{**vars(settings), "epochs": 1}),
-        torch.device("cpu"))  # warm-up: first-call allocations and kernel choices
+    one = replace(settings, epochs=1)
+    fit(model_fn(), data, one, torch.device("cpu"))  # warm-up: allocations and kernel choices
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fit(model_fn(), data, settings.__class__(**{**vars(settings), "epochs": 1}),
-            torch.device("cpu"))
+        fit(model_fn(), data, one, torch.device("cpu"))
     by_kind: dict = {}
     total = 0.0
     for event in prof.key_averages():
@@ -120,21 +120,34 @@ def profile_epoch(data, model_fn, settings) -> dict:
             "share": {k: v / total for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}}
 
 
+def time_fit(data, model_fn, settings) -> float:
+    """Seconds of a fit of the fixed trial, after a one-epoch warm-up."""
+    from hpsearch.train import fit
+
+    fit(model_fn(), data, replace(settings, epochs=1), torch.device("cpu"))
+    start = time.perf_counter()
+    fit(model_fn(), data, settings, torch.device("cpu"))
+    return time.perf_counter() - start
+
+
 def measure(epochs: int) -> dict:
-    from hpsearch.train import configure_threads, cpu_has_bf16, fit
+    from hpsearch.train import configure_threads, cpu_has_bf16
 
     threads = configure_threads()
     data, model_fn, settings = fixed_setup(epochs)
     flops = epoch_flops(data, model_fn, settings.batch_size)
-    fit(model_fn(), data, settings.__class__(**{**vars(settings), "epochs": 1}),
-        torch.device("cpu"))  # warm-up
-    start = time.perf_counter()
-    fit(model_fn(), data, settings, torch.device("cpu"))
-    seconds = time.perf_counter() - start
+    seconds = time_fit(data, model_fn, settings)
     achieved = epochs * (flops["train"] + flops["eval"]) / seconds
     peak32 = matmul_peak(torch.float32)
     # Without native bf16 the product is emulated ~100x slower: a smaller one says as much.
     peak16 = matmul_peak(torch.bfloat16, size=PEAK_SIZE if cpu_has_bf16() else 512, repeats=2)
+    # The same trial in bf16 autocast, against the bf16 peak, where the CPU computes it.
+    bf16 = None
+    if cpu_has_bf16():
+        bf16_seconds = time_fit(data, model_fn, replace(settings, precision="bf16"))
+        bf16 = {"seconds": bf16_seconds,
+                "achieved_flops": epochs * (flops["train"] + flops["eval"]) / bf16_seconds}
+        bf16["share_of_bf16_peak"] = bf16["achieved_flops"] / peak16["peak"]
     profile = profile_epoch(data, model_fn, settings)
     conv_flops = flops["train"]  # nearly all counted FLOPs are convolutions; see `linear`
     conv_seconds = profile["ms"].get("convolution", 0.0) / 1000
@@ -145,7 +158,7 @@ def measure(epochs: int) -> dict:
         "peak_by_library": {"fp32": peak32, "bf16": peak16},
         "share_of_fp32_peak": achieved / peak32["peak"],
         "convolution_flops_while_convolving": conv_flops / conv_seconds if conv_seconds else None,
-        "profile": profile,
+        "profile": profile, "bf16": bf16,
     }
 
 

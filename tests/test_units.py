@@ -208,14 +208,19 @@ def test_the_mixed_precision_step_runs_on_the_cpu_in_bf16(digits8):
     assert history.val_acc[-1] > 0.5
 
 
-def test_precision_auto_is_full_float_on_any_cpu(monkeypatch):
+def test_precision_auto_is_bf16_only_on_cpus_where_it_was_measured_faster(monkeypatch):
     from hpsearch import train
 
     cpu = torch.device("cpu")
-    for native_bf16 in (False, True):  # measured slower for small CNNs either way
+    for native_bf16, vendor, expected in ((True, "AuthenticAMD", "bf16"),
+                                          (False, "AuthenticAMD", "fp32"),
+                                          (True, "GenuineIntel", "fp32"),
+                                          (False, "GenuineIntel", "fp32")):
         monkeypatch.setattr(train, "cpu_has_bf16", lambda: native_bf16)
-        assert choose_precision(cpu).name == "fp32"
+        monkeypatch.setattr(train, "cpu_vendor", lambda: vendor)
+        assert choose_precision(cpu).name == expected, (native_bf16, vendor)
     assert choose_precision(cpu, "bf16").name == "bf16"
+    assert choose_precision(cpu, "fp32").name == "fp32"
     with pytest.raises(DeviceError, match="fp16 needs a CUDA device"):
         choose_precision(cpu, "fp16")
 
