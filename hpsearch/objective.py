@@ -18,7 +18,7 @@ from hpsearch.model import build_cnn, count_params, cpu_state_dict
 from hpsearch.owner import OWNER_ATTR, owner_record
 from hpsearch.space import suggest_params
 from hpsearch.storage import retry_chain
-from hpsearch.train import Diverged, FitSettings, fit
+from hpsearch.train import Diverged, FitSettings, choose_precision, fit
 
 log = logging.getLogger("hpsearch")
 
@@ -125,7 +125,8 @@ def start_trial(trial: optuna.Trial, cfg: Config, device: torch.device) -> tuple
     """Record the owner and its device first (so a later start can prove this process dead),
     clear what a retry inherited of its original's outcome, and draw the parameters. Returns
     (params, seed); the seed is not stored: it follows from the study's seed and the origin."""
-    trial.set_user_attr(OWNER_ATTR, owner_record(trial.number, str(device)))
+    precision = choose_precision(device, cfg.train.precision).name
+    trial.set_user_attr(OWNER_ATTR, owner_record(trial.number, str(device), precision))
     for key in OUTCOME_ATTRS:
         if trial.user_attrs.get(key) is not None:
             trial.set_user_attr(key, None)

@@ -29,11 +29,14 @@ def process_start(pid: int) -> Optional[float]:
         return None
 
 
-def owner_record(trial_number: int, device: Optional[str] = None) -> dict:
-    """The process running a trial, and the device it trains on."""
+def owner_record(trial_number: int, device: Optional[str] = None,
+                 precision: Optional[str] = None) -> dict:
+    """The process running a trial, the device it trains on and in which precision (`auto`
+    differs by device and processor)."""
     pid = os.getpid()
     return {"host": socket.gethostname(), "boot_id": boot_id(), "pid_ns": pid_namespace(),
-            "pid": pid, "started": process_start(pid), "trial": trial_number, "device": device}
+            "pid": pid, "started": process_start(pid), "trial": trial_number, "device": device,
+            "precision": precision}
 
 
 @lru_cache(maxsize=1)

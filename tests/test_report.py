@@ -48,7 +48,7 @@ def test_report_writes_every_file(real):
     for chart in CHARTS:
         assert f"]({chart})" in md
     assert "## Top configurations" in md and "epochs saved by pruning" in md
-    assert "| device | cpu |" in md  # from the trials' owner records
+    assert "| device | cpu (" in md  # from the trials' owner records, with the precision
 
 
 def test_html_is_self_contained(real):
@@ -288,7 +288,9 @@ def test_a_thousand_trials_report(thousand):
 
 
 def test_the_device_comes_from_the_owner_record_or_an_older_attribute():
-    now = create_trial(value=0.5, user_attrs={"owner": {"pid": 1, "device": "cuda:0"}})
+    now = create_trial(value=0.5, user_attrs={"owner": {"pid": 1, "device": "cpu",
+                                                        "precision": "bf16"}})
+    earlier = create_trial(value=0.5, user_attrs={"owner": {"pid": 1, "device": "cuda:0"}})
     before = create_trial(value=0.5, user_attrs={"device": "cpu"})
-    assert [collect.device_of(t) for t in (now, before, create_trial(value=0.5))] == [
-        "cuda:0", "cpu", None]
+    assert [collect.device_of(t) for t in (now, earlier, before, create_trial(value=0.5))] == [
+        "cpu (bf16)", "cuda:0", "cpu", None]

@@ -28,6 +28,7 @@ def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
     assert len(history["val_acc"]) == 2 and len(history["epoch_seconds"]) == 2
     assert history["val_acc"][-1] == best.value
     assert best.user_attrs["owner"]["device"] == "cpu" and best.user_attrs["n_params"] > 0
+    assert best.user_attrs["owner"]["precision"] in ("fp32", "bf16")  # what auto took here
     assert [best.intermediate_values[s] for s in (1, 2)] == history["val_acc"]
     settings = study.user_attrs["hpsearch"]
     assert settings["data"]["sizes"] == {"train": 1257, "val": 270, "test": 270}

@@ -119,10 +119,13 @@ def summarize(study, trials: list, settings: dict) -> Summary:
 
 
 def device_of(trial: FrozenTrial) -> Optional[str]:
-    """Where the trial trained: its owner record says (older stores kept a `device` attribute)."""
+    """Where the trial trained, with the precision when recorded (`cpu (bf16)`): its owner
+    record says (older stores kept a `device` attribute)."""
     owner = trial.user_attrs.get(OWNER_ATTR)
-    found = owner.get("device") if isinstance(owner, dict) else None
-    return found or trial.user_attrs.get("device")
+    owner = owner if isinstance(owner, dict) else {}
+    found = owner.get("device") or trial.user_attrs.get("device")
+    precision = owner.get("precision")
+    return f"{found} ({precision})" if found and precision else found
 
 
 def best_trial(trials: list) -> Optional[FrozenTrial]:
