@@ -11,6 +11,8 @@ default study:
   hpsearch splits them (the example reads Fashion-MNIST and caps the examples per epoch);
 - the model is hpsearch's CNN (`build_cnn`) over the default study's search space (lr, depth,
   width, dropout, optimizer) instead of the example's MLP;
+- batches of 64 images, the default study's `train.batch_size`, instead of the example's 128,
+  so that both searches take the same optimizer steps;
 - cross-entropy on logits instead of NLL on log-softmax (the same loss);
 - the optimizers are built as hpsearch builds them (SGD with Nesterov momentum 0.9) so both
   searches sample the same space; the example's plain SGD learns far slower;
