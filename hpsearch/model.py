@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -69,14 +72,16 @@ class PaddedNet:
     checkpoints and saved weights never show the padding; `copy_back` writes the trained
     weights into the model."""
 
-    def __init__(self, model: nn.Sequential, multiple: int):
+    def __init__(self, model: nn.Sequential, multiple: int, below: Optional[int] = None):
+        """Pads to `multiple` channels, only widths under `below` when it is given."""
         self.model = model
         self.shapes = {k: v.shape for k, v in model.state_dict().items()}
         self.names = [name for name, _ in model.named_parameters()]  # the optimizer's order
         convs = [m for m in model if isinstance(m, nn.Conv2d)]
         self.width = convs[0].out_channels if convs else 0
         self.net_width = self.width
-        if multiple > 1 and _is_plain_cnn(model, self.width):
+        if multiple > 1 and (below is None or self.width < below) and \
+                _is_plain_cnn(model, self.width):
             self.net_width = padded_width(self.width, multiple)
         self.net = model if self.net_width == self.width else self._widened()
         self.net_shapes = {k: v.shape for k, v in self.net.state_dict().items()}
@@ -84,18 +89,23 @@ class PaddedNet:
             self.net.load_state_dict(self.pad(model.state_dict()))
 
     def _widened(self) -> nn.Sequential:
+        """The wider net, its own modules, every value still to be loaded: made on the meta
+        device, so that it draws nothing from the random streams the trial's seed fixed."""
         layers, width = [], self.net_width
         for m in self.model:
             if isinstance(m, nn.Conv2d):
                 inputs = width if layers else m.in_channels
-                m = nn.Conv2d(inputs, width, 3, padding=1, bias=False)
+                m = nn.Conv2d(inputs, width, 3, padding=1, bias=False, device="meta")
             elif isinstance(m, nn.BatchNorm2d):
-                m = nn.BatchNorm2d(width)
+                m = nn.BatchNorm2d(width, eps=m.eps, momentum=m.momentum, device="meta")
             elif isinstance(m, nn.Linear):
-                m = nn.Linear(m.in_features // self.width * width, m.out_features)
+                m = nn.Linear(m.in_features // self.width * width, m.out_features,
+                              bias=m.bias is not None, device="meta")
+            else:
+                m = copy.deepcopy(m)  # pooling, ReLU, dropout: no values, but a train flag
             layers.append(m)
         weight = next(self.model.parameters())
-        return nn.Sequential(*layers).to(weight.device).train(self.model.training)
+        return nn.Sequential(*layers).to_empty(device=weight.device).train(self.model.training)
 
     def _region(self, key: str, t: torch.Tensor) -> torch.Tensor:
         """The part of a net-shaped tensor that holds the model's values, in its layout (the
@@ -132,8 +142,10 @@ class PaddedNet:
         return {key: convert(key, t) if _is_array(t) else t for key, t in state.items()}
 
     def copy_back(self) -> None:
+        """The net's weights and train/eval mode into the model."""
         if self.net is not self.model:
             self.model.load_state_dict(self.unpad(self.net.state_dict()))
+            self.model.train(self.net.training)
 
 
 def _is_array(t) -> bool:
@@ -148,5 +160,9 @@ def _is_plain_cnn(model: nn.Module, width: int) -> bool:
             and isinstance(model[0], nn.Conv2d) and isinstance(model[-1], nn.Linear)
             and all(isinstance(m, kinds) for m in model)
             and all(m.out_channels == width and m.kernel_size == (3, 3) and m.padding == (1, 1)
-                    and m.stride == (1, 1) and m.bias is None
-                    for m in model if isinstance(m, nn.Conv2d)))
+                    and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
+                    and m.bias is None and m.padding_mode == "zeros"
+                    for m in model if isinstance(m, nn.Conv2d))
+            and all(m.affine and m.track_running_stats
+                    for m in model if isinstance(m, nn.BatchNorm2d))
+            and all(p.requires_grad for p in model.parameters()))

@@ -88,11 +88,11 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
 
     from hpsearch.checkpoint import rng_state
     from hpsearch.model import PaddedNet
-    from hpsearch.train import History, channel_multiple, make_optimizer
+    from hpsearch.train import History, channel_padding, make_optimizer
 
     begin = time.perf_counter()
     model.to(device, memory_format=torch.channels_last)
-    padded = PaddedNet(model, channel_multiple(device))
+    padded = PaddedNet(model, *channel_padding(device))
     net = padded.net.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(net, s, device)
     for p in net.parameters():

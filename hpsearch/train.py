@@ -111,17 +111,29 @@ def configure_threads(workers: int = 1) -> int:
     return threads
 
 
-def channel_multiple(device: torch.device) -> int:
-    """The multiple that fit pads conv channel counts to (see model.PaddedNet): the float32
-    lanes of the vectors oneDNN's CPU kernels use. Side by side on a 2-core Zen 4 EPYC with
-    AVX-512, epochs at depths 1-4 and widths 8-64 ran 1.28x to 1.36x faster in all padded to
-    16 (1.22x in bf16), and the trials of three default studies, replayed with the epochs they
-    ran, 1.14x to 1.35x; with oneDNN limited to AVX2, padding to 8 gave 1.11x and to 16
-    1.05x. GPUs and mps train the net as it is: not measured there."""
+def channel_padding(device: torch.device) -> tuple:
+    """(multiple, below): fit pads conv channel counts under `below` (all, if None) up to a
+    multiple of `multiple` (see model.PaddedNet), the float32 lanes of the vectors oneDNN's
+    CPU kernels use; (1, None) pads nothing.
+
+    Measured side by side, each where it applies:
+    - a 2-core Zen 4 EPYC (AVX-512): epochs at depths 1-4 and widths 8-64 ran 1.28x to 1.36x
+      faster in all padded to 16 (1.22x in bf16), widths from 33 up included (depth 3: 177 ms
+      at width 33, 136 ms at 48), and the trials of three default studies, replayed with the
+      epochs they ran, 1.14x to 1.35x;
+    - an AMX Xeon (AVX-512), widths under 32 padded: the sum of epoch times over depths 1-4
+      and widths 8-45 fell 1.28x (width 11: 108 -> 62 ms, 27: 168 -> 102 ms at depth 3), but
+      the next multiple of 16 from 32 up was no faster (190 ms at width 33, 202 ms at 48), so
+      on other vendors' CPUs blocks of 32 channels and more stay as they are;
+    - AVX2 kernels (oneDNN limited to them on the Zen 4): 1.11x padded to 8 in all, 1.05x
+      padded to 16.
+    GPUs and mps train the net as it is: not measured there."""
     if device.type != "cpu":
-        return 1
+        return 1, None
     capability = torch.backends.cpu.get_cpu_capability()
-    return 16 if capability.startswith("AVX512") else 8 if capability == "AVX2" else 1
+    if capability.startswith("AVX512"):
+        return 16, None if "AuthenticAMD" in cpu_vendor() else 32
+    return (8, None) if capability == "AVX2" else (1, None)
 
 
 def make_optimizer(model: nn.Module, s: FitSettings, device: Optional[torch.device] = None):
@@ -158,10 +170,11 @@ class Precision:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this processor computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere
-    oneDNN emulates it, slower than float32."""
+    """Whether this processor computes bfloat16 natively (AVX512-BF16 or AMX). oneDNN's own
+    check (torch.ops.mkldnn._is_mkldnn_bf16_supported) also says yes on any AVX-512 CPU,
+    where it emulates bf16, slower than float32."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -171,7 +184,7 @@ def cpu_bf16_is_fast() -> bool:
     (Zen 4 and Zen 5, with AVX512-BF16), the only CPUs where hpsearch measured it faster than
     float32 at the same accuracy. On Intel's it was slower (an AVX512-BF16 Xeon) or no faster
     per epoch of the default study (a Xeon with AMX)."""
-    return cpu_has_bf16() and "AMD" in cpu_vendor()
+    return cpu_has_bf16() and "AuthenticAMD" in cpu_vendor()
 
 
 @functools.lru_cache(maxsize=1)
@@ -237,14 +250,16 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     Then, unless it was the last epoch, `save_state(epoch, state)` receives everything needed
     to go on after that epoch (model, optimizer, scaler, random streams, history); `resume` is
     such a state, and training continues from the epoch after it with the same random draws as
-    an uninterrupted run.
+    an uninterrupted run (on the same kind of processor: the padding and the precision `auto`
+    takes depend on it). The model receives the trained weights when fit returns or raises;
+    during the epochs they live in the padded net, so a hook must not read them from `model`.
     Raises Diverged when the training loss does.
     """
     # channels-last lets oneDNN and cuDNN pick their fast convolution kernels (30% per epoch
     # on a 2-core CPU for a depth-3 width-32 net on 16-pixel digits), and so do channel counts
     # that fill the CPU's vectors: `net` is the model with its channels padded to them.
     model.to(device, memory_format=torch.channels_last)
-    padded = PaddedNet(model, channel_multiple(device))
+    padded = PaddedNet(model, *channel_padding(device))
     net = padded.net.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         # Every trial's shapes stay fixed, so cuDNN's one-off kernel search pays off.

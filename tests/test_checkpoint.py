@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hpsearch.checkpoint import TrialCheckpoint
@@ -19,7 +20,13 @@ def new_model(data):
                      dropout=0.3)
 
 
-def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path):
+@pytest.mark.parametrize("padding", [(1, None), (16, None)], ids=["plain", "padded"])
+def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path, monkeypatch, padding):
+    """With the conv channels trained as they are and padded (the checkpoint keeps the
+    model's own shapes either way)."""
+    from hpsearch import train
+
+    monkeypatch.setattr(train, "channel_padding", lambda device: padding)
     data = load_dataset(DataConfig(image_size=8), 0)
     whole = fit(new_model(data), data, SETTINGS, torch.device("cpu"))
 
@@ -38,6 +45,7 @@ def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path):
         pass
     state, why = ckpt.load()
     assert why is None and state["epoch"] == 2
+    assert state["model"]["0.weight"].shape == (6, 1, 3, 3)  # the model's width, never padded
     resumed = fit(new_model(data), data, SETTINGS, torch.device("cpu"), resume=state)
     assert resumed.val_acc == whole.val_acc
     assert resumed.train_loss == whole.train_loss

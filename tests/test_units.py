@@ -121,19 +121,30 @@ def test_a_padded_net_trains_as_the_plain_one_and_its_padding_stays_zero(kind):
     import copy
 
     torch.manual_seed(0)
-    plain = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=3, width=6)
+    # Depth 2 on 8 pixels leaves 2x2 maps: the classifier sees channels x pixels.
+    plain = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=2, width=6)
+    plain.to(memory_format=torch.channels_last)
+    state = torch.get_rng_state()
     padded = PaddedNet(copy.deepcopy(plain), 16)
+    assert torch.equal(torch.get_rng_state(), state)  # the twin draws nothing
     assert padded.net_width == 16 and padded.net[0].out_channels == 16
+    padded.net.to(memory_format=torch.channels_last)
     settings = FitSettings(epochs=1, batch_size=16, lr=0.01, optimizer=kind, weight_decay=0.1)
     cpu, fp32 = torch.device("cpu"), choose_precision(torch.device("cpu"), "fp32")
     optimizers = [make_optimizer(net, settings, cpu) for net in (plain, padded.net)]
     gen = torch.Generator().manual_seed(1)
     for _ in range(10):
         x, y = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        x = x.to(memory_format=torch.channels_last)
         for net, optimizer in zip((plain, padded.net), optimizers):
             train_step(net, x, y, optimizer, fp32)
-    weights = padded.net.state_dict()
-    assert all(torch.equal(padded.pad(padded.unpad(weights))[k], v) for k, v in weights.items())
+    for state in (padded.net.state_dict(), optimizers[1].state_dict()):  # padding still zero
+        again = padded.pad(padded.unpad(state))
+        if "state" in state:
+            state, again = state["state"], again["state"]
+            assert all(torch.equal(again[i][n], t) for i in state for n, t in state[i].items())
+        else:
+            assert all(torch.equal(again[k], t) for k, t in state.items())
     padded.copy_back()
     for a, b in zip(plain.state_dict().values(), padded.model.state_dict().values()):
         assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5)
@@ -141,9 +152,23 @@ def test_a_padded_net_trains_as_the_plain_one_and_its_padding_stays_zero(kind):
     for i, moments in optimizers[0].state_dict()["state"].items():
         assert all(torch.allclose(m, theirs[i][name], atol=1e-6) for name, m in moments.items())
     plain.eval()
-    padded.model.eval()
+    padded.net.eval()
+    padded.copy_back()
+    assert not padded.model.training and not padded.model[-2].training  # dropout too
     x = torch.randn(4, 1, 8, 8)
     assert torch.allclose(plain(x), padded.model(x), atol=1e-5)
+
+
+def test_padding_takes_torch_optims_state_and_stops_at_the_width_limit():
+    model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=2, width=6)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    padded = PaddedNet(model, 16)
+    assert padded.pad(sgd.state_dict()) == sgd.state_dict()  # no moments before a step
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    sgd.step()
+    moments = padded.pad(sgd.state_dict())["state"]
+    assert moments[0]["momentum_buffer"].shape == (16, 1, 3, 3)
+    assert PaddedNet(model, 16, below=6).net is model  # width 6 is not under 6
 
 
 def test_a_net_that_fills_the_vectors_already_trains_unpadded():
