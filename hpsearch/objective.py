@@ -125,7 +125,7 @@ def start_trial(trial: optuna.Trial, cfg: Config, device: torch.device) -> tuple
     """Record the owner and its device first (so a later start can prove this process dead),
     clear what a retry inherited of its original's outcome, and draw the parameters. Returns
     (params, seed); the seed is not stored: it follows from the study's seed and the origin."""
-    precision = choose_precision(device, cfg.train.precision).name
+    precision = choose_precision(torch.device(device), cfg.train.precision).name
     trial.set_user_attr(OWNER_ATTR, owner_record(trial.number, str(device), precision))
     for key in OUTCOME_ATTRS:
         if trial.user_attrs.get(key) is not None:
