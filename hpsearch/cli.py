@@ -610,10 +610,13 @@ def existing_artifacts(args: argparse.Namespace, spec):
 
 
 def print_header(cfg, data, store: str, device, threads, done: int, workers: int) -> None:
+    from hpsearch.train import choose_precision
+
     sizes = f"{len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test"
     where = f"{device} ({threads} threads)" if threads else str(device)
     if workers > 1:
         where = f"{workers} worker processes on {where.replace(' threads', ' threads each')}"
+    where += f" in {choose_precision(device, cfg.train.precision).name}"  # auto differs by device
     print(f"Store: {store}")
     print(f"Study {cfg.study.name!r}: {done} of {cfg.study.trials} trials finished; "
           f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {cfg.train.epochs} epochs")

@@ -31,7 +31,9 @@ def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
     assert history["val_acc"][-1] == best.value
     assert best.user_attrs["owner"]["device"] == "cpu" and best.user_attrs["n_params"] > 0
     # What auto takes on this machine's processor, recorded for the dashboard and the report.
-    assert best.user_attrs["owner"]["precision"] == choose_precision(torch.device("cpu")).name
+    precision = choose_precision(torch.device("cpu")).name
+    assert best.user_attrs["owner"]["precision"] == precision
+    assert f"threads) in {precision}" in out.stdout  # the header says it too
     assert [best.intermediate_values[s] for s in (1, 2)] == history["val_acc"]
     settings = study.user_attrs["hpsearch"]
     assert settings["data"]["sizes"] == {"train": 1257, "val": 270, "test": 270}
