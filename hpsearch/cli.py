@@ -16,6 +16,7 @@ from hpsearch.config import ConfigError
 EXIT_USAGE = 2  # bad input: a flag, a config value, a store, a device
 EXIT_FAILED = 1  # the study stopped because its trials kept crashing
 EXIT_INTERRUPTED = 130
+EXIT_UNWRITABLE = 120  # the output could not be written, as Python's own exit reports it
 
 log = logging.getLogger("hpsearch")
 
@@ -197,6 +198,35 @@ def main(argv: Optional[list] = None) -> int:
     except user_errors() as err:
         print(f"hpsearch: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `| head` stopped reading: what it wanted, it has
+        _silence_stdout()
+        return 0
+    except OSError as err:
+        if not _from_a_print_here(err):  # a file's, a socket's: not the output's
+            raise
+        _silence_stdout()
+        print(f"hpsearch: error: cannot write the output: {err.strerror}", file=sys.stderr)
+        return EXIT_UNWRITABLE
+
+
+def _from_a_print_here(err: OSError) -> bool:
+    """Whether writing the output failed: only this module prints, so an error raised by a
+    line of it, with no file named, is the output's (a full disk, a closed terminal)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return err.filename is None and tb is not None and tb.tb_frame.f_code.co_filename == __file__
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that the last flush of what could not be written
+    raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def program() -> None:
@@ -231,7 +261,7 @@ def exit_fast(code: int) -> None:
         except BrokenPipeError:  # a reader that stopped reading (`| head`): nothing is lost
             pass
         except (OSError, ValueError):  # a full disk, say: the output is lost, so say so
-            code = code or 120  # as Python's own exit does when it cannot flush
+            code = code or EXIT_UNWRITABLE  # as Python's own exit does when it cannot flush
     os._exit(code)
 
 

@@ -260,3 +260,27 @@ exit_fast(3)
                                                                         "exit_fast(0)"),
                                    str(tmp_path)], stdout=full, env=env, cwd=ROOT, timeout=120)
         assert lost.returncode == 120
+
+
+def test_output_that_cannot_be_written_ends_in_one_line_not_a_traceback(study_file, store):
+    """A reader that stops early (`| head -1`) ends the command quietly; a full disk behind
+    stdout gets one line and exit 120, as Python's own exit reports it. The store is as it was."""
+    from conftest import cli_env
+
+    assert run_cli("--config", study_file, "--storage", store, "--trials", 1).returncode == 0
+    db = store[len("sqlite:///"):]
+    before = Path(db).read_bytes()
+    cmd = [sys.executable, "-m", "hpsearch.cli", "status", "--storage", store]
+    reader = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=cli_env())
+    reader.stdout.close()  # the reader is gone before the first line
+    _, stderr = reader.communicate(timeout=120)
+    assert reader.returncode == 0 and b"Traceback" not in stderr, stderr
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            out = subprocess.run(cmd, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True,
+                                 env=cli_env(), timeout=120)
+        assert out.returncode == 120
+        assert out.stderr.strip() == ("hpsearch: error: cannot write the output: No space "
+                                      "left on device")
+    assert Path(db).read_bytes() == before
