@@ -198,14 +198,16 @@ def main(argv: Optional[list] = None) -> int:
     except user_errors() as err:
         print(f"hpsearch: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:  # `| head` stopped reading: what it wanted, it has
-        _silence_stdout()
-        return 0
     except OSError as err:
-        if not _from_a_print_here(err):  # a file's, a socket's: not the output's
+        if not _from_a_print_here(err):  # a file's, a socket's, a worker's pipe: not the output
             raise
         _silence_stdout()
-        print(f"hpsearch: error: cannot write the output: {err.strerror}", file=sys.stderr)
+        if isinstance(err, BrokenPipeError):  # `| head` stopped reading: it has what it wanted
+            return 0
+        try:
+            print(f"hpsearch: error: cannot write the output: {err.strerror}", file=sys.stderr)
+        except OSError:
+            pass  # stderr cannot be written either; the exit status still says it
         return EXIT_UNWRITABLE
 
 
