@@ -82,19 +82,13 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
     """Stands in for `train.fit`: no training, the same hooks in the same order (report, then
     the checkpoint of every epoch but the last) and the synthetic curve. The checkpoints hold
     what fit's do: the model, and the optimizer with its state after one step (timed as
-    "training", which is not overhead), in the model's shapes as fit saves them from the net
-    it pads."""
+    "training", which is not overhead), set up and saved by fit's own helpers."""
     import torch
 
-    from hpsearch.checkpoint import rng_state
-    from hpsearch.model import PaddedNet
-    from hpsearch.train import History, channel_padding, make_optimizer
+    from hpsearch.train import History, training_net, training_state
 
     begin = time.perf_counter()
-    model.to(device, memory_format=torch.channels_last)
-    padded = PaddedNet(model, *channel_padding(device))
-    net = padded.net.to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(net, s, device)
+    padded, net, optimizer = training_net(model, s, device)
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # the moments a real epoch leaves behind, for an honest checkpoint size
@@ -111,9 +105,7 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
             if save_state is not None and epoch < s.epochs:
-                save_state(epoch, {"model": padded.unpad(net.state_dict()),
-                                   "optimizer": padded.unpad(optimizer.state_dict()), "scaler": {},
-                                   "rng": rng_state(gen), "history": history.as_dict()})
+                save_state(epoch, training_state(padded, net, optimizer, {}, gen, history))
     finally:
         padded.copy_back()  # as fit does, however the trial ends
     return history

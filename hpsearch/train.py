@@ -255,16 +255,10 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     during the epochs they live in the padded net, so a hook must not read them from `model`.
     Raises Diverged when the training loss does.
     """
-    # channels-last lets oneDNN and cuDNN pick their fast convolution kernels (30% per epoch
-    # on a 2-core CPU for a depth-3 width-32 net on 16-pixel digits), and so do channel counts
-    # that fill the CPU's vectors: `net` is the model with its channels padded to them.
-    model.to(device, memory_format=torch.channels_last)
-    padded = PaddedNet(model, *channel_padding(device))
-    net = padded.net.to(device, memory_format=torch.channels_last)
+    padded, net, optimizer = training_net(model, s, device)
     if device.type == "cuda":
         # Every trial's shapes stay fixed, so cuDNN's one-off kernel search pays off.
         torch.backends.cudnn.benchmark = True
-    optimizer = make_optimizer(net, s, device)
     precision = choose_precision(device, s.precision)
     scaler = precision.scaler
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
@@ -281,16 +275,34 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
             # Saved after the hook, so that an epoch that ends the trial (the last, or one the
-            # hook stops at) writes no checkpoint that would only be deleted. In the model's
-            # own shapes: the padding is this process's business.
+            # hook stops at) writes no checkpoint that would only be deleted.
             if save_state is not None and epoch < s.epochs:
-                save_state(epoch, {"model": padded.unpad(net.state_dict()),
-                                   "optimizer": padded.unpad(optimizer.state_dict()),
-                                   "scaler": scaler.state_dict(), "rng": rng_state(gen),
-                                   "history": history.as_dict()})
+                save_state(epoch, training_state(padded, net, optimizer, scaler.state_dict(),
+                                                 gen, history))
     finally:
         padded.copy_back()  # the caller's model holds what was trained, however it ended
     return history
+
+
+def training_net(model: nn.Module, s: FitSettings, device: torch.device) -> tuple:
+    """(padded, net, optimizer): the model on the device, the net that trains in its place and
+    the net's optimizer. Channels-last lets oneDNN and cuDNN pick their fast convolution
+    kernels (30% per epoch on a 2-core CPU for a depth-3 width-32 net on 16-pixel digits), and
+    so do channel counts that fill the CPU's vectors: `net` is the model with its channels
+    padded to them (see channel_padding)."""
+    model.to(device, memory_format=torch.channels_last)
+    padded = PaddedNet(model, *channel_padding(device))
+    net = padded.net.to(device, memory_format=torch.channels_last)
+    return padded, net, make_optimizer(net, s, device)
+
+
+def training_state(padded: PaddedNet, net: nn.Module, optimizer, scaler_state: dict, gen,
+                   history: History) -> dict:
+    """What a checkpoint needs to go on after an epoch, in the model's own shapes: the padding
+    is this process's business."""
+    return {"model": padded.unpad(net.state_dict()),
+            "optimizer": padded.unpad(optimizer.state_dict()), "scaler": scaler_state,
+            "rng": rng_state(gen), "history": history.as_dict()}
 
 
 def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precision, gen,
