@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -132,16 +134,26 @@ def run_recipe(trials: int, seed: int) -> dict:
 
 def run_hpsearch(trials: int, seed: int, workdir: Path, sets: tuple = (),
                  workers: int = 1) -> dict:
-    """One `hpsearch run` of the default study (with `--set` overrides) on a new store."""
-    db = workdir / f"bench-{seed}-{time.time_ns()}.db"
-    url = f"sqlite:///{db}"
+    """One `hpsearch run` of the default study (with `--set` overrides) on a new store, in a
+    folder of its own under `workdir` that goes once the store is read: the run's weights
+    and checkpoints land beside its store (48 MB of artifacts in a `make bench`)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"run-{seed}-", dir=workdir))
+    try:
+        return _run_hpsearch_in(folder, trials, seed, sets, workers)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_hpsearch_in(folder: Path, trials: int, seed: int, sets: tuple, workers: int) -> dict:
+    url = f"sqlite:///{folder / 'bench.db'}"
     cmd = [sys.executable, "-m", "hpsearch.cli", "run", "--trials", str(trials), "--seed",
            str(seed), "--storage", url, "--quiet", "--study-name", "bench",
            "--workers", str(workers)]
     for item in sets:
         cmd += ["--set", item]
     seconds, _ = timed(cmd)
-    study = optuna.load_study(study_name="bench", storage=url)
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.load_study(study_name="bench", storage=storage)
     states: dict = {}
     durations = []
     for t in study.trials:
@@ -150,9 +162,9 @@ def run_hpsearch(trials: int, seed: int, workdir: Path, sets: tuple = (),
             durations.append((t.datetime_complete - t.datetime_start).total_seconds())
     epochs = sum(len(t.intermediate_values) for t in study.trials)
     finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
-    for path in workdir.glob(f"{db.name}*"):
-        path.unlink()
-    return {"wall_seconds": seconds, "best_value": study.best_value, "states": states,
+    best = study.best_value
+    storage.engine.dispose()  # its connections, before its folder goes
+    return {"wall_seconds": seconds, "best_value": best, "states": states,
             "epochs_run": epochs, "trial_seconds_mean": statistics.mean(durations),
             "trials_per_minute": 60 * finished / seconds}
 

@@ -36,6 +36,8 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
         assert heading in table
     assert "Optuna alone" in table and "mean trial at 2 trials" in table
     assert "Totals at 2 trials, study by study" in table
+    # Each run's store, weights and checkpoints went with it: only the tables stay.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md"]
 
 
 def test_overhead_keeps_the_median_study_at_the_smallest_count():
