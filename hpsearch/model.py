@@ -89,27 +89,27 @@ class PaddedNet:
             self.net.load_state_dict(self.pad(model.state_dict()))
 
     def _widened(self) -> nn.Sequential:
-        """The wider net, its own modules, every value still to be loaded. Its initial draws
-        are undone (`fork_rng`), so the random streams the trial's seed fixed go on as if it
-        had never been made. It is made where the model's weights are (the CPU: only CPU
-        nets are padded), not on the meta device: moving a meta net with `to_empty` imports
-        sympy, 0.24 to 0.37 s of the first trial in every process."""
+        """The wider net, its own modules, every value still to be loaded, on the model's
+        device. It is made on the CPU with its initial draws undone (`fork_rng`), so the
+        random streams the trial's seed fixed go on as if it had never been made; not on the
+        meta device: moving a meta net with `to_empty` imports sympy, 0.24 to 0.37 s of the
+        first trial in every process."""
         layers, width = [], self.net_width
         device = next(self.model.parameters()).device
         with torch.random.fork_rng(devices=[]):
             for m in self.model:
                 if isinstance(m, nn.Conv2d):
                     inputs = width if layers else m.in_channels
-                    m = nn.Conv2d(inputs, width, 3, padding=1, bias=False, device=device)
+                    m = nn.Conv2d(inputs, width, 3, padding=1, bias=False)
                 elif isinstance(m, nn.BatchNorm2d):
-                    m = nn.BatchNorm2d(width, eps=m.eps, momentum=m.momentum, device=device)
+                    m = nn.BatchNorm2d(width, eps=m.eps, momentum=m.momentum)
                 elif isinstance(m, nn.Linear):
                     m = nn.Linear(m.in_features // self.width * width, m.out_features,
-                                  bias=m.bias is not None, device=device)
+                                  bias=m.bias is not None)
                 else:
                     m = copy.deepcopy(m)  # pooling, ReLU, dropout: no values, but a train flag
                 layers.append(m)
-        return nn.Sequential(*layers).train(self.model.training)
+        return nn.Sequential(*layers).to(device).train(self.model.training)
 
     def _region(self, key: str, t: torch.Tensor) -> torch.Tensor:
         """The part of a net-shaped tensor that holds the model's values, in its layout (the
