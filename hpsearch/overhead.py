@@ -98,10 +98,7 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
     history = History()
     try:
         for epoch, acc in enumerate(synthetic_curve(s.lr, s.seed, s.epochs), start=1):
-            for key, value in (("train_loss", 1 - acc), ("train_acc", acc), ("val_loss", 1 - acc),
-                               ("val_acc", acc)):
-                getattr(history, key).append(round(value, 6))
-            history.epoch_seconds.append(0.0)
+            history.add(1 - acc, acc, 1 - acc, acc, 0.0)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
             if save_state is not None and epoch < s.epochs:

@@ -64,6 +64,14 @@ class History:
     val_acc: list = field(default_factory=list)
     epoch_seconds: list = field(default_factory=list)
 
+    def add(self, train_loss: float, train_acc: float, val_loss: float, val_acc: float,
+            seconds: float) -> None:
+        """One epoch's scalars, rounded as they are stored."""
+        for key, value in (("train_loss", train_loss), ("train_acc", train_acc),
+                           ("val_loss", val_loss), ("val_acc", val_acc)):
+            getattr(self, key).append(round(value, 6))
+        self.epoch_seconds.append(round(seconds, 4))
+
     def as_dict(self) -> dict:
         return {k: list(v) for k, v in vars(self).items()}
 
@@ -315,10 +323,7 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
     if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
         raise Diverged(epoch, loss, chance)
     val_loss, val_acc = evaluate(net, data.x_val, data.y_val, precision=precision)
-    for key, value in (("train_loss", loss), ("train_acc", acc), ("val_loss", val_loss),
-                       ("val_acc", val_acc)):
-        getattr(history, key).append(round(value, 6))
-    history.epoch_seconds.append(round(time.perf_counter() - start, 4))
+    history.add(loss, acc, val_loss, val_acc, time.perf_counter() - start)
 
 
 def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
