@@ -14,7 +14,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import ROOT, hpsearch, load, run_cli, start_cli, states
+from conftest import ROOT, cli_env, hpsearch, load, run_cli, start_cli, states
 from hpsearch.train import choose_precision
 
 
@@ -265,8 +265,6 @@ exit_fast(3)
 def test_output_that_cannot_be_written_ends_in_one_line_not_a_traceback(study_file, store):
     """A reader that stops early (`| head -1`) ends the command quietly; a full disk behind
     stdout gets one line and exit 120, as Python's own exit reports it. The store is as it was."""
-    from conftest import cli_env
-
     assert run_cli("--config", study_file, "--storage", store, "--trials", 1).returncode == 0
     db = store[len("sqlite:///"):]
     before = Path(db).read_bytes()
