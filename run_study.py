@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`python run_study.py --trials 50` is `hpsearch run --trials 50`: tune a CNN, resumably."""
 
-from hpsearch.cli import exit_fast, run_study_main
+from hpsearch.cli import run_study_main
 
 if __name__ == "__main__":
-    exit_fast(run_study_main())
+    run_study_main()

@@ -13,11 +13,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from hpsearch.build import fit_settings, model_for
 from hpsearch.data import Dataset
-from hpsearch.model import build_cnn, cpu_state_dict
-from hpsearch.objective import LEGACY_WEIGHTS_ATTR, WEIGHTS_FILE
-from hpsearch.storage import retry_chain
-from hpsearch.train import FitSettings, fit
+from hpsearch.model import cpu_state_dict
+from hpsearch.records import weights_artifact
+from hpsearch.train import fit
 
 
 @dataclass(frozen=True)
@@ -30,38 +30,6 @@ class Predictions:
     @property
     def accuracy(self) -> float:
         return float((self.predicted == self.true).mean()) if len(self.true) else float("nan")
-
-
-def model_for(params: dict, data: Dataset) -> torch.nn.Module:
-    return build_cnn(in_channels=data.channels, num_classes=len(data.classes),
-                     image_size=data.image_size, depth=params["depth"], width=params["width"],
-                     dropout=params["dropout"])
-
-
-def fit_settings(params: dict, epochs: int, seed: int, precision: str = "auto") -> FitSettings:
-    return FitSettings(epochs=epochs, batch_size=params["batch_size"], lr=params["lr"],
-                       optimizer=params["optimizer"], weight_decay=params["weight_decay"],
-                       seed=seed, precision=precision)
-
-
-def weights_artifact(trial, study) -> Optional[str]:
-    """The id of the trial's own weights artifact, if it uploaded one. Older stores name it in
-    an attribute; otherwise it is the trial's `weights.pt` record that the trial it retried
-    does not also hold (retries queued by earlier versions inherited their original's)."""
-    from optuna.artifacts import get_all_artifact_meta
-
-    named = trial.user_attrs.get(LEGACY_WEIGHTS_ATTR)
-    if isinstance(named, str) and named:
-        return named
-    storage = study._storage
-    own = {m.artifact_id for m in get_all_artifact_meta(trial, storage=storage)
-           if m.filename == WEIGHTS_FILE}
-    chain = retry_chain(trial)
-    if own and chain:
-        retried = storage.get_trial(
-            storage.get_trial_id_from_study_id_trial_number(study._study_id, chain[-1]))
-        own -= {m.artifact_id for m in get_all_artifact_meta(retried, storage=storage)}
-    return min(own) if own else None
 
 
 def trial_weights(trial, artifacts, study) -> tuple:
@@ -134,6 +102,30 @@ def read_best_config(path: Path) -> dict:
     if not isinstance(best, dict) or any(k not in best for k in needed):
         raise ValueError(f"{path} is not a best_config.json: it needs {', '.join(needed)}")
     return best
+
+
+def read_best(path: Path, data_dir: Optional[str] = None) -> tuple:
+    """(best_config.json's content, the study's Config) of `hpsearch train --best PATH`."""
+    from hpsearch.errors import ConfigError
+    from hpsearch.records import config_of
+
+    try:
+        best = read_best_config(path)
+        return best, config_of({"config": best["config"]}, data_dir)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"--best {path}: {err}") from None
+
+
+def final_model(best: dict, data: Dataset, device: torch.device) -> tuple:
+    """(model, its test predictions, the record saved beside it): the best configuration
+    trained from scratch on train + validation with its seed, then tested once."""
+    model = retrain(best["params"], best["epochs"], best["seed"],
+                    with_validation_in_training(data), device, best.get("precision", "auto"))
+    preds = predictions_on_test(model, data)
+    saved = {**{k: v for k, v in best.items() if k != "confusion_matrix"},
+             "trained_on": "train+validation", "test_accuracy": round(preds.accuracy, 6),
+             "test_size": int(len(preds.true))}
+    return model, preds, saved
 
 
 def save_model(model: torch.nn.Module, config: dict, folder: Path) -> tuple:

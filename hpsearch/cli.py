@@ -1,24 +1,21 @@
-"""The command line: the only place that configures logging, prints and picks exit codes."""
+"""The command line: the parser, one function per command, and the exit codes.
+
+What the commands print is printed by hpsearch.console; a run is assembled by
+hpsearch.session. Nothing imports this module.
+"""
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import logging
-import os
 import sys
-import threading
-import warnings
 from typing import Optional
 
-from hpsearch.config import ConfigError
+from hpsearch import console, interrupts
+from hpsearch.errors import USER_ERRORS
 
 EXIT_USAGE = 2  # bad input: a flag, a config value, a store, a device
 EXIT_FAILED = 1  # the study stopped because its trials kept crashing
 EXIT_INTERRUPTED = 130
-EXIT_UNWRITABLE = 120  # the output could not be written, as Python's own exit reports it
-
-log = logging.getLogger("hpsearch")
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,41 +25,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def whole_number(minimum: int):
-    """An argparse type: an integer of at least `minimum`."""
+def _number(kind: type, ok, what: str, limit: str):
+    """An argparse type: a `kind` for which `ok(value)` holds."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            shown = value if kind is int else text
+            raise argparse.ArgumentTypeError(f"must be {limit}, got {shown}")
         return value
 
     return parse
 
 
+def whole_number(minimum: int):
+    return _number(int, lambda v: v >= minimum, "a whole number", f"at least {minimum}")
+
+
 positive_int = whole_number(1)
-
-
-def counts(text: str) -> tuple:
-    """An argparse type: whole numbers of at least 1, separated by commas."""
-    return tuple(positive_int(part.strip()) for part in text.split(","))
-
-
-# The parts of `hpsearch bench` (hpsearch.bench.PARTS, named here so --help needs no torch).
-BENCH_PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead")
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+positive_float = _number(float, lambda v: v > 0, "a number of seconds", "positive")
 
 
 def build_parser() -> Parser:
@@ -106,25 +90,8 @@ def build_parser() -> Parser:
 
     add_result_commands(sub)
 
-    bench = sub.add_parser("bench", allow_abbrev=False,
-                           help="measure hpsearch against the canonical recipe and the machine",
-                           description="Training throughput, achieved compute, the whole "
-                                       "study against the canonical Optuna + PyTorch recipe, "
-                                       "pruners, workers and framework overhead, each run as "
-                                       "its own process (about 30 minutes on 2 cores).")
-    bench.add_argument("--trials", type=positive_int, default=50, metavar="N",
-                       help="trials per study (default 50)")
-    bench.add_argument("--repeats", type=positive_int, default=3, metavar="N",
-                       help="runs of each side, alternating; medians are reported (default 3)")
-    bench.add_argument("--what", nargs="+", choices=("all",) + BENCH_PARTS, default=["all"],
-                       metavar="PART", help="all (default) or some of: " + ", ".join(BENCH_PARTS))
-    bench.add_argument("--epochs", type=positive_int, default=10, metavar="N",
-                       help="epochs of the fixed trial of throughput and compute (default 10)")
-    bench.add_argument("--overhead-at", type=counts, default=(50, 1000), metavar="N,N",
-                       help="study sizes at which overhead is measured (default 50,1000)")
-    bench.add_argument("--out", default="studies/bench", metavar="DIR",
-                       help="where bench.json and bench.md are written (default: studies/bench)")
-    bench.set_defaults(func=cmd_bench)
+    sub.add_parser("bench", add_help=False,
+                   help="measure hpsearch against the canonical recipe (python -m hpsearch.bench)")
     return parser
 
 
@@ -186,211 +153,118 @@ def add_result_commands(sub) -> None:
     dash.add_argument("--port", type=whole_number(1), default=8080, metavar="N")
 
 
+
 def main(argv: Optional[list] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        interrupts.install()  # first thing: a Ctrl-C is never lost, nor acted on mid-write
+    if argv[:1] == ["bench"]:
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
-    configure_logging(verbose=getattr(args, "verbose", False))
+    console.configure_logging(verbose=getattr(args, "verbose", False))
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("\nhpsearch: interrupted; run the same command to continue the study (an "
-              "unfinished trial starts again)", file=sys.stderr)
+        console.interrupted()
         return EXIT_INTERRUPTED
-    except user_errors() as err:
-        print(f"hpsearch: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        console.error(str(err))
         return EXIT_USAGE
     except OSError as err:
-        if not _from_a_print_here(err):  # a file's, a socket's, a worker's pipe: not the output
+        if not console.output_failed(err):  # a file's, a socket's, a worker's pipe
             raise
-        _silence_stdout()
+        console.silence_stdout()
         if isinstance(err, BrokenPipeError):  # `| head` stopped reading: it has what it wanted
             return 0
         try:
-            print(f"hpsearch: error: cannot write the output: {err.strerror}", file=sys.stderr)
+            console.error(f"cannot write the output: {err.strerror}")
         except OSError:
             pass  # stderr cannot be written either; the exit status still says it
-        return EXIT_UNWRITABLE
-
-
-def _from_a_print_here(err: OSError) -> bool:
-    """Whether writing the output failed: only this module prints, so an error raised by a
-    line of it, with no file named, is the output's (a full disk, a closed terminal)."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return err.filename is None and tb is not None and tb.tb_frame.f_code.co_filename == __file__
-
-
-def _silence_stdout() -> None:
-    """Point stdout at the null device, so that the last flush of what could not be written
-    raises nothing more."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
+        return console.EXIT_UNWRITABLE
 
 
 def program() -> None:
     """The `hpsearch` command."""
-    exit_fast(main())
+    console.exit_fast(main())
 
 
-def exit_fast(code: int) -> None:
-    """End the process as Python's exit would, without the interpreter's teardown.
-
-    The teardown frees every module, torch's libraries last, one by one: 0.4 s after a bare
-    `import torch` and 0.7 s after the default study on a 2-core Zen 5 EPYC, longer than
-    two of its trials, and nothing of it reaches the disk. What an exit must do is done
-    here: threads that are not daemons finish, the stores' connections close (SQLite folds
-    its write-ahead log back into the store file then), the exit handlers run (logging's
-    flush among them), and the output is flushed. The two private calls are the ones the
-    interpreter's own exit makes. Not done: a garbage collection (0.12 s here), which only
-    matters for files left open, and hpsearch closes every file it writes."""
-    from hpsearch.storage import close_stores
-
-    threading._shutdown()  # stops idle thread pools, then waits for every non-daemon thread
-    # Explicitly, not left to the collector: a study can outlive its command, held by a
-    # traceback that Optuna keeps of an optional import that failed (boto3's, for artifacts).
-    close_stores()
-    atexit._run_exitfuncs()
-    code = code if isinstance(code, int) else 0
-    for stream in (sys.stdout, sys.stderr):
-        if stream is None:  # started with the stream closed
-            continue
-        try:
-            stream.flush()
-        except BrokenPipeError:  # a reader that stopped reading (`| head`): nothing is lost
-            pass
-        except (OSError, ValueError):  # a full disk, say: the output is lost, so say so
-            code = code or EXIT_UNWRITABLE  # as Python's own exit does when it cannot flush
-    os._exit(code)
+def run_study_main() -> None:
+    """`python run_study.py ...` is `hpsearch run ...`."""
+    argv = sys.argv[1:]
+    console.exit_fast(main(argv if argv[:1] == ["run"] else ["run", *argv]))
 
 
-def user_errors() -> tuple:
-    """The exceptions that mean bad input: shown as one line, never as a traceback."""
-    from hpsearch.data import DataError
-    from hpsearch.report.collect import ReportError
-    from hpsearch.storage import StorageError
-    from hpsearch.study import SettingsMismatch
-    from hpsearch.train import DeviceError
+def bench(argv: list) -> int:
+    """`hpsearch bench ...` is `python -m hpsearch.bench ...`, the suite beside the product."""
+    import importlib.util
+    import subprocess
 
-    return ConfigError, DataError, StorageError, DeviceError, SettingsMismatch, ReportError
-
-
-def configure_logging(verbose: bool) -> None:
-    import optuna
-
-    logging.basicConfig(format="%(message)s", level=logging.INFO)
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    if not verbose:
-        # Heartbeats and the GP sampler are marked experimental; the warning is noise here.
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from hpsearch.study import hide_ctrl_c_tracebacks
-
-    hide_ctrl_c_tracebacks()
+    if importlib.util.find_spec("hpsearch.bench") is None:
+        console.error("this installation has no benchmark suite (hpsearch/bench); run it from "
+                      "a clone of the repository: make bench")
+        return EXIT_USAGE
+    return subprocess.call([sys.executable, "-m", "hpsearch.bench", *argv])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.config import load_config
-    from hpsearch.data import load_dataset
-    from hpsearch.storage import (Backup, beside_store, check_store_file, open_storage,
-                                  parse_storage, refuse_network_sqlite, use_wal)
-    from hpsearch.study import (count_finished, grid_is_exhausted, handle_interrupts,
-                                open_study, recover_dead_trials, runs_alone, settings_record)
-    from hpsearch.train import choose_precision, configure_threads, resolve_device
+    from hpsearch.session import RunOptions, Session
 
     flags = {"study.trials": args.trials, "study.name": args.study_name,
              "train.epochs": args.epochs, "study.seed": args.seed, "study.backup": args.backup}
-    flags = {k: v for k, v in flags.items() if v is not None}
-    cfg = load_config(args.config, args.set, flags)
-    device = resolve_device(args.device)
-    choose_precision(device, cfg.train.precision)  # fp16 without CUDA: refused before any work
-    spec = parse_storage(args.storage)
-    refuse_network_sqlite(spec)
-    folders = {"artifacts": artifact_dir(args, spec),
-               "checkpoints": beside_store(spec, "checkpoints")}
-    backup = Backup.of(cfg.study, spec, folders["artifacts"], folders["checkpoints"])
-    restored = backup.restore_if_missing() if backup else None
-    if restored:
-        print(restored)
-    check_store_file(spec)  # before any work, so a wrong path fails fast
-    threads = configure_threads(args.workers) if device.type == "cpu" else None
-    data = load_dataset(cfg.data, cfg.study.seed, device)
-    if data.skipped:
-        log.warning("warning: skipped %d unreadable image file(s), e.g. %s",
-                    len(data.skipped), data.skipped[0])
-    storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
-                           grace_period=cfg.study.grace_period)
-    study = open_study(storage, cfg, settings_record(cfg, data),
-                       alone=runs_alone(spec, args.workers))
-    use_wal(spec, storage)
-    done = count_finished(study)
-    print_header(cfg, data, spec.display, device, threads, done, args.workers)
-    if done >= cfg.study.trials or grid_is_exhausted(study):
-        print_nothing_to_do(study, cfg, done, spec.display)
+    cfg = load_config(args.config, args.set, {k: v for k, v in flags.items() if v is not None})
+    interrupts.check()
+    options = RunOptions(storage=args.storage, device=args.device, workers=args.workers,
+                         artifacts=args.artifacts, timeout=args.timeout)
+    session = Session.open(cfg, options)
+    for note in session.notes:
+        console.say(note)
+    console.skipped_images(session.data.skipped)
+    done = session.finished()
+    console.header(session, done)
+    if session.nothing_to_do():
+        console.nothing_to_do(session, done)
         return 0
-    from_backup = bool(restored) and restored.startswith("restored")
-    for number, queued in recover_dead_trials(study, restored=from_backup):
-        then = "queued again" if queued else "not retried again (it died before)"
-        print(f"Trial {number} was left running by a process that died: failed, {then}.")
-    handle_interrupts()  # Ctrl-C, and SIGTERM from a stopped VM or notebook
+    for number, queued in session.recover_dead_trials():
+        console.recovered(number, queued)
     try:
-        result = run_trials(args, cfg, flags, spec, study, data, device, folders, backup, done)
+        result = run_trials(session, done, args.quiet)
     finally:
-        if backup:
-            backup.sync(force=True)
-    return finish(study, cfg, result, spec.display, args.timeout)
+        session.close()
+    return finish(session, result)
 
 
-def run_trials(args, cfg, flags, spec, study, data, device, folders, backup, done: int):
+def run_trials(session, done: int, quiet: bool):
     """The trials themselves: in this process, or in --workers spawned ones."""
-    from hpsearch.objective import make_objective
-    from hpsearch.storage import open_artifacts, sync_finished_trials
+    study, cfg = session.study, session.cfg
+    with console.progress_bar(study, cfg.study.trials, done, quiet=quiet) as bar:
+        if session.options.workers == 1:
+            return session.run(callbacks=(bar,))
+        from hpsearch.workers import run_workers
 
-    with progress_bar(study, cfg.study.trials, done, quiet=args.quiet) as bar:
-        if args.workers == 1:
-            from hpsearch.study import run, runs_alone
-
-            objective = make_objective(cfg, data, device, open_artifacts(folders["artifacts"]),
-                                       folders["checkpoints"], backup)
-            return run(study, objective, cfg.study.trials, timeout=args.timeout,
-                       callbacks=(sync_finished_trials(spec), bar), alone=runs_alone(spec, 1))
-        from hpsearch.workers import Plan, run_workers
-
-        plan = Plan(args.config, tuple(args.set), flags, spec.url, args.device,
-                    str(folders["artifacts"]), str(folders["checkpoints"]), args.timeout,
-                    args.workers)
-        return run_workers(plan, poll=lambda: bar.poll(study))
+        return run_workers(cfg, session.options, poll=lambda: bar.poll(study))
 
 
-def print_nothing_to_do(study, cfg, done: int, store: str) -> None:
-    if done >= cfg.study.trials:
-        print(f"Study {cfg.study.name!r} already has {done} finished trials (target "
-              f"{cfg.study.trials}); pass a larger --trials to run more.")
-    else:
-        print(f"Study {cfg.study.name!r} has tried every point of its grid ({done} finished "
-              f"trials); widen [space] under a new --study-name to search further.")
-    print_summary(study, None, store, cfg)
-
-
-def finish(study, cfg, result, store: str, timeout) -> int:
-    from hpsearch.study import count_finished
-
-    print_summary(study, result, store, cfg)
+def finish(session, result) -> int:
+    cfg, timeout = session.cfg, session.options.timeout
+    console.summary(session.study, result, session.spec.display, cfg)
     if result.stopped_by_failures:
-        print(f"hpsearch: error: the last 5 trials failed; stopped. Last error: "
-              f"{result.last_fail_reason}", file=sys.stderr)
+        console.stopped_by_failures(result.last_fail_reason)
         return EXIT_FAILED
-    done = count_finished(study)
+    done = session.finished()
     if done < cfg.study.trials:
         if timeout and result.seconds >= timeout:
             why = "--timeout reached"
         else:
             why = "the grid is exhausted" if cfg.study.sampler == "grid" else "stopped early"
-        print(f"{done} of {cfg.study.trials} trials finished ({why}); run the same command "
-              f"to continue.")
+        console.short_of_target(done, cfg.study.trials, why)
     return 0
+
+
+def data_dir_of(args: argparse.Namespace) -> Optional[str]:
+    from hpsearch.config import load_config
+
+    return load_config(args.config).data.data_dir if args.config else None
 
 
 def open_store(args: argparse.Namespace):
@@ -401,59 +275,32 @@ def open_store(args: argparse.Namespace):
     return spec, open_existing_storage(spec)
 
 
-def load_named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
-    """The study `name` (default: --study-name, else the study file's name), or an error that
-    lists the studies the store holds."""
-    import optuna
-
+def named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
+    """The study `name` (default: --study-name, else the study file's name)."""
     from hpsearch.config import load_config
-    from hpsearch.report.collect import ReportError
+    from hpsearch.storage import load_named_study
 
     if name is None:
         name = getattr(args, "study_name", None) or load_config(args.config).study.name
-    names = optuna.get_all_study_names(storage=storage)
-    if name not in names:
-        held = ", ".join(sorted(names)) if names else "none"
-        raise ReportError(f"no study {name!r} in this store; its studies: {held} "
-                          f"(pass --study-name NAME)")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def study_data(study_cfg, split_seed: int, fingerprint: Optional[str], device="cpu"):
-    """The dataset a study ran on, checked against the fingerprint it stored."""
-    from hpsearch.data import DataError, load_dataset
-
-    data = load_dataset(study_cfg.data, split_seed, device)
-    if fingerprint and data.fingerprint != fingerprint:
-        raise DataError(f"the images of {study_cfg.data.dataset} differ from those the study "
-                        f"ran on; point data_dir (--config) at the original files")
-    return data
-
-
-def data_dir_of(args: argparse.Namespace) -> Optional[str]:
-    from hpsearch.config import load_config
-
-    return load_config(args.config).data.data_dir if args.config else None
-
-
-def reports_dir(spec):
-    from hpsearch.storage import beside_store
-
-    return beside_store(spec, "reports")
+    return load_named_study(storage, name)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from hpsearch.data import study_data
+    from hpsearch.records import stored_settings
     from hpsearch.report import make_report
+    from hpsearch.storage import beside_store, existing_artifacts
     from hpsearch.train import resolve_device
 
     device = resolve_device(args.device) if args.retrain else None
     spec, storage = open_store(args)
-    study = load_named_study(args, storage)
-    artifacts = existing_artifacts(args, spec)
-    out = Path(args.out).resolve() if args.out else reports_dir(spec) / study.study_name
-    settings = study.user_attrs.get("hpsearch") or {}
+    study = named_study(args, storage)
+    artifacts = existing_artifacts(spec, args.artifacts)
+    out = Path(args.out).resolve() if args.out else beside_store(spec, "reports") / \
+        study.study_name
+    settings = stored_settings(study) or {}
 
     def load_data(cfg):
         return study_data(cfg, settings.get("split_seed", cfg.study.seed),
@@ -462,13 +309,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     result = make_report(study, out, artifacts=artifacts, load_data=load_data,
                          data_dir=data_dir_of(args), retrain_device=device)
     for note in result.notes:
-        print(f"note: {note}")
+        console.say(f"note: {note}")
     if result.best is not None:
         test = result.test_accuracy
-        print(f"Best: trial {result.best['trial']}, validation accuracy "
-              f"{result.best['validation_accuracy']:.4f}"
-              + ("" if test is None else f", test accuracy {test:.4f}"))
-    print(f"Report: {out / 'report.html'} ({len(result.files)} files in {out})")
+        console.say(f"Best: trial {result.best['trial']}, validation accuracy "
+                    f"{result.best['validation_accuracy']:.4f}"
+                    + ("" if test is None else f", test accuracy {test:.4f}"))
+    console.say(f"Report: {out / 'report.html'} ({len(result.files)} files in {out})")
     return 0
 
 
@@ -476,66 +323,51 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpsearch.report.compare import make_comparison
+    from hpsearch.storage import beside_store
 
     spec, storage = open_store(args)
-    studies = [load_named_study(args, storage, name) for name in dict.fromkeys(args.studies)]
-    default = reports_dir(spec) / ("compare-" + "-".join(s.study_name for s in studies))[:120]
+    studies = [named_study(args, storage, name) for name in dict.fromkeys(args.studies)]
+    default = beside_store(spec, "reports") / \
+        ("compare-" + "-".join(s.study_name for s in studies))[:120]
     out = Path(args.out).resolve() if args.out else default
     result = make_comparison(studies, out)
-    print(f"Comparison: {out / 'report.html'} ({len(result.files)} files in {out})")
+    console.say(f"Comparison: {out / 'report.html'} ({len(result.files)} files in {out})")
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     import json
 
+    from hpsearch import records
     from hpsearch.report import collect
 
     _, storage = open_store(args)
-    study = load_named_study(args, storage)
-    trials = study.get_trials(deepcopy=False)
+    study = named_study(args, storage)
     settings = collect.study_settings(study)
-    best = collect.best_trial(trials)
+    best = collect.best_trial(study.get_trials(deepcopy=False))
     if best is None:
-        print(f"hpsearch: study {study.study_name!r} has no completed trial yet",
-              file=sys.stderr)
+        console.error(f"study {study.study_name!r} has no completed trial yet")
         return EXIT_FAILED
-    cfg = collect.config_of(settings, data_dir_of(args))
-    print(json.dumps(collect.best_config(study, best, settings, cfg), indent=2))
+    cfg = records.config_of(settings, data_dir_of(args))
+    console.say(json.dumps(collect.best_config(study, best, settings, cfg), indent=2))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import optuna
 
-    from hpsearch.study import state_counts
+    from hpsearch.records import status_row
 
     spec, storage = open_store(args)
     names = sorted(optuna.get_all_study_names(storage=storage))
-    print(f"Store: {spec.display}")
+    console.say(f"Store: {spec.display}")
     if not names:
-        print("No studies yet.")
+        console.say("No studies yet.")
         return 0
-    header = ("study", "complete", "pruned", "failed", "running", "waiting", "best",
-              "last activity")
-    lines = [header]
-    for name in names:
-        study = optuna.load_study(study_name=name, storage=storage)
-        counts = state_counts(study)
-        trials = study.get_trials(deepcopy=False)
-        times = [t.datetime_complete or t.datetime_start for t in trials]
-        times = [t for t in times if t is not None]
-        try:
-            best = f"{study.best_value:.4f}"
-        except ValueError:
-            best = "-"
-        lines.append((name, *(str(counts.get(k, 0)) for k in
-                              ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
-                      best, max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-"))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    for row in lines:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    rows = [("study", "complete", "pruned", "failed", "running", "waiting", "best",
+             "last activity")]
+    rows += [status_row(optuna.load_study(study_name=name, storage=storage)) for name in names]
+    console.table(rows)
     return 0
 
 
@@ -543,206 +375,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpsearch import best as best_model
-    from hpsearch.report.collect import config_of
+    from hpsearch.data import study_data
     from hpsearch.train import configure_threads, resolve_device
 
     path = Path(args.best).expanduser().resolve()
-    try:
-        best = best_model.read_best_config(path)
-        cfg = config_of({"config": best["config"]}, args.data_dir)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"--best {path}: {err}") from None
+    best, cfg = best_model.read_best(path, args.data_dir)
     device = resolve_device(args.device)
     if device.type == "cpu":
         configure_threads()
     data = study_data(cfg, best.get("split_seed", cfg.study.seed), best.get("data_fingerprint"),
                       device)
-    print(f"Retraining trial {best.get('trial')} of {best.get('study')!r} on train + "
-          f"validation ({len(data.y_train) + len(data.y_val)} images, {best['epochs']} "
-          f"epochs) on {device}", flush=True)
-    model = best_model.retrain(best["params"], best["epochs"], best["seed"],
-                               best_model.with_validation_in_training(data), device,
-                               best.get("precision", "auto"))
-    preds = best_model.predictions_on_test(model, data)
+    console.say(f"Retraining trial {best.get('trial')} of {best.get('study')!r} on train + "
+                f"validation ({len(data.y_train) + len(data.y_val)} images, {best['epochs']} "
+                f"epochs) on {device}", flush=True)
+    model, preds, saved = best_model.final_model(best, data, device)
     out = Path(args.out).expanduser().resolve() if args.out else path.parent / "model"
-    saved = {**{k: v for k, v in best.items() if k != "confusion_matrix"},
-             "trained_on": "train+validation", "test_accuracy": round(preds.accuracy, 6),
-             "test_size": int(len(preds.true))}
     weights, config = best_model.save_model(model, saved, out)
-    print(f"Test accuracy {preds.accuracy:.4f} on {len(preds.true)} held-out images")
-    print(f"Saved: {weights} and {config}")
+    console.say(f"Test accuracy {preds.accuracy:.4f} on {len(preds.true)} held-out images")
+    console.say(f"Saved: {weights} and {config}")
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
+    from hpsearch.storage import artifact_folder, existing_artifacts
+
     spec, storage = open_store(args)
-    folder = artifact_dir(args, spec)
-    artifacts = existing_artifacts(args, spec)
+    folder = artifact_folder(spec, args.artifacts)
+    artifacts = existing_artifacts(spec, args.artifacts)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"optuna-dashboard on {spec.display}" + (f" with weights in {folder}" if artifacts
-                                                    else ""))
-    print(f"Open http://{host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    console.say(f"optuna-dashboard on {spec.display}"
+                + (f" with weights in {folder}" if artifacts else ""))
+    console.say(f"Open http://{host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     try:
         optuna_dashboard.run_server(storage, host=args.host, port=args.port,
                                     artifact_store=artifacts)
     except OSError as err:
-        print(f"hpsearch: error: cannot serve on {args.host}:{args.port} ({err.strerror}); "
-              f"pass another --port", file=sys.stderr)
+        console.error(f"cannot serve on {args.host}:{args.port} ({err.strerror}); pass "
+                      f"another --port")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\nDashboard stopped.")
+        console.say("\nDashboard stopped.")
     return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from hpsearch.bench import PARTS, markdown, run_all
-
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    parts = PARTS if "all" in args.what else tuple(p for p in PARTS if p in args.what)
-
-    def save(result: dict) -> None:
-        (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "bench.md").write_text(markdown(result) + "\n")
-
-    run_all(parts, args.trials, args.repeats, args.epochs, out, args.overhead_at,
-            say=lambda line: print(line, flush=True), done=save)
-    print((out / "bench.md").read_text(), end="")
-    print(f"Written: {out / 'bench.json'}, {out / 'bench.md'}")
-    return 0
-
-
-def artifact_dir(args: argparse.Namespace, spec):
-    from pathlib import Path
-
-    from hpsearch.storage import beside_store
-
-    return Path(args.artifacts).expanduser().resolve() if args.artifacts else \
-        beside_store(spec, "artifacts")
-
-
-def existing_artifacts(args: argparse.Namespace, spec):
-    """The artifact store of the weights a study saved, for reading: None when the default
-    folder does not exist (a study run without weights); a folder named with --artifacts
-    that does not exist is a mistake, not a study without weights."""
-    from hpsearch.storage import StorageError, open_artifacts
-
-    folder = artifact_dir(args, spec)
-    if folder.is_dir():
-        return open_artifacts(folder)
-    if args.artifacts:
-        raise StorageError(f"--artifacts {args.artifacts}: no such folder; pass the folder the "
-                           f"study saved its weights in (default: artifacts/ beside the store)")
-    return None
-
-
-def print_header(cfg, data, store: str, device, threads, done: int, workers: int) -> None:
-    from hpsearch.train import choose_precision
-
-    sizes = f"{len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test"
-    where = f"{device} ({threads} threads)" if threads else str(device)
-    if workers > 1:
-        where = f"{workers} worker processes on {where.replace(' threads', ' threads each')}"
-    where += f" in {choose_precision(device, cfg.train.precision).name}"  # auto differs by device
-    print(f"Store: {store}")
-    print(f"Study {cfg.study.name!r}: {done} of {cfg.study.trials} trials finished; "
-          f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {cfg.train.epochs} epochs")
-    print(f"Data: {cfg.data.dataset}, {sizes} images of {data.image_size}x{data.image_size}, "
-          f"{len(data.classes)} classes; training on {where}")
-
-
-class progress_bar:
-    """A tqdm bar over the study's finished trials, with the best value so far. The best is
-    read from the store once, then taken from each trial this process finishes (a read per
-    trial cost about 1 ms on SQLite and 3 ms on PostgreSQL); `poll` reads both again."""
-
-    def __init__(self, study, target: int, done: int, quiet: bool):
-        from optuna.study import StudyDirection
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=target, initial=done, unit="trial", disable=quiet,
-                        dynamic_ncols=True, file=sys.stderr)
-        self.sign = 1 if study.direction == StudyDirection.MAXIMIZE else -1
-        self.best = None
-        self._read_best(study)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.close()
-
-    def __call__(self, study, trial) -> None:
-        from optuna.trial import TrialState
-
-        from hpsearch.study import FINISHED
-
-        if trial.state in FINISHED:
-            self.bar.update(1)
-        if trial.state == TrialState.COMPLETE and (
-                self.best is None or self.sign * (trial.value - self.best) > 0):
-            self._show(trial.value)
-
-    def poll(self, study) -> None:
-        """For workers in other processes: read the finished count from the store."""
-        from hpsearch.study import count_finished
-
-        self.bar.update(count_finished(study) - self.bar.n)
-        self._read_best(study)
-
-    def _read_best(self, study) -> None:
-        try:
-            self._show(study.best_value)
-        except ValueError:
-            pass  # no completed trial yet
-
-    def _show(self, best: float) -> None:
-        self.best = best
-        self.bar.set_postfix_str(f"best={best:.4f}")
-
-
-def print_summary(study, result, store: str, cfg) -> None:
-    """The end-of-run table: trials by state, the best trial (searched and fixed values),
-    wall time, the store."""
-    from hpsearch.space import fixed_params
-    from hpsearch.study import FINISHED, state_counts
-
-    counts = state_counts(study)
-    finished = sum(counts.get(s.name, 0) for s in FINISHED)
-    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-    rows = [("Trials", f"{finished} finished ({states})")]
-    try:
-        best = study.best_trial
-    except ValueError:
-        rows.append(("Best", "no trial has completed yet"))
-    else:
-        rows.append(("Best", f"validation accuracy {best.value:.4f} (trial {best.number})"))
-        params = {**best.params, **fixed_params(cfg)}
-        rows += [(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
-                 for k, v in params.items()]
-    if result is not None:
-        plural = "" if result.ran == 1 else "s"
-        rows.append(("Wall time",
-                     f"{result.seconds:.1f} s for {result.ran} trial{plural} this run"))
-        if result.lock_retries:
-            rows.append(("Lock retries", f"{result.lock_retries} (the SQLite store was busy "
-                                         f"for over a second each time; nothing was lost)"))
-    rows.append(("Store", store))
-    print()
-    for label, value in rows:
-        print(f"{label:<14} {value}")
-
-
-def run_study_main() -> int:
-    """`python run_study.py ...` is `hpsearch run ...`."""
-    argv = sys.argv[1:]
-    return main(argv if argv[:1] == ["run"] else ["run", *argv])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    exit_fast(main())
+    console.exit_fast(main())

@@ -15,8 +15,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
-    """A study file or an override holds a value hpsearch cannot use."""
+from hpsearch.errors import ConfigError
 
 
 SAMPLERS = ("tpe", "random", "gp", "grid")

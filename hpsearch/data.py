@@ -17,17 +17,15 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hpsearch.config import DataConfig
+from hpsearch.errors import DataError
 
-
-class DataError(ValueError):
-    """A dataset cannot be found, read or split."""
 
 
 @dataclass(frozen=True)
@@ -401,3 +399,13 @@ def fingerprint(images: Images) -> str:
     h.update(np.ascontiguousarray(images.y).tobytes())
     h.update("\0".join(images.classes).encode())
     return h.hexdigest()
+
+
+def study_data(cfg, split_seed: int, fingerprint: Optional[str], device="cpu") -> Dataset:
+    """The dataset a study ran on (`cfg` is the study's Config), checked against the
+    fingerprint it stored."""
+    data = load_dataset(cfg.data, split_seed, device)
+    if fingerprint and data.fingerprint != fingerprint:
+        raise DataError(f"the images of {cfg.data.dataset} differ from those the study ran "
+                        f"on; point data_dir (--config) at the original files")
+    return data

@@ -10,8 +10,8 @@ from torch import nn
 
 
 def block_widths(depth: int, width: int) -> list:
-    """Channels per conv block: `width` in every block. Doubling per block (as in VGG) made a
-    depth-4, width-64 net three times slower on 16-pixel images for no accuracy on digits."""
+    """Channels per conv block: `width` in every block. Doubling per block (as in VGG) was
+    much slower on 16-pixel digits for no accuracy."""
     return [width] * depth
 
 
@@ -92,7 +92,7 @@ class PaddedNet:
         """The wider net, its own modules, every value still to be loaded, on the model's
         device. It is made on the CPU with its initial draws undone (`fork_rng`), so the
         random streams the trial's seed fixed go on as if it had never been made; not on the
-        meta device: moving a meta net with `to_empty` imports sympy, 0.24 to 0.37 s of the
+        meta device: moving a meta net with `to_empty` imports sympy, a noticeable part of the
         first trial in every process."""
         layers, width = [], self.net_width
         device = next(self.model.parameters()).device

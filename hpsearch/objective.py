@@ -6,63 +6,41 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import optuna
 import torch
 
+from hpsearch import records
+from hpsearch.build import fit_settings, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
-from hpsearch.model import build_cnn, count_params, cpu_state_dict
-from hpsearch.owner import OWNER_ATTR, owner_record
+from hpsearch.model import count_params, cpu_state_dict
+from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
-from hpsearch.storage import retry_chain
-from hpsearch.train import Diverged, FitSettings, choose_precision, fit
+from hpsearch.train import Diverged, choose_precision, fit
 
 log = logging.getLogger("hpsearch")
 
-WEIGHTS_FILE = "weights.pt"  # a completed trial's artifact: its state dict
-# Stores written before the weights were found by file name name them in this attribute. A
-# retry inherits it with the other outcome attributes, so it is cleared when a retry starts.
-LEGACY_WEIGHTS_ATTR = "weights"
-OUTCOME_ATTRS = ("history", "prune_reason", "fail_reason", "resumed_from_epoch",
-                 LEGACY_WEIGHTS_ATTR)
-
-
-def origin_of(trial) -> int:
-    """The number of the first trial of a retry chain, which every retry shares its checkpoint
-    and seed with. Optuna's retry callback, through which every retry is queued, records the
-    chain in the retry's system attributes."""
-    chain = retry_chain(trial)
-    return chain[0] if chain else trial.number
-
-
-def trial_seed(study_seed: int, trial) -> int:
-    """The seed of a trial's initialisation and shuffling: its origin's, so that a retry trains
-    as the trial it replaces. Stores written before it was derived hold it as an attribute."""
-    seed = trial.user_attrs.get("seed")
-    return seed if isinstance(seed, int) else study_seed * 100_003 + origin_of(trial)
-
 
 def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None,
-                   checkpoints: Optional[Path] = None, backup=None):
+                   checkpoints: Optional[Path] = None, backup=None,
+                   trainer: Optional[Callable] = None):
     """The function `study.optimize` calls: returns the final validation accuracy. With an
     artifact store, a completed trial's weights are uploaded to it; with a checkpoint folder,
     every epoch is checkpointed and a retried trial resumes from its last one; with a backup,
-    the store and the checkpoint are copied when a trial starts and after its epochs."""
+    the store and the checkpoint are copied when a trial starts and after its epochs.
+    `trainer` stands in for `train.fit` (the overhead benchmark trains nothing)."""
+    trainer = trainer or fit
+    precision = choose_precision(torch.device(device), cfg.train.precision).name
 
     def objective(trial: optuna.Trial) -> float:
-        params, seed = start_trial(trial, cfg, device)
+        params, seed = start_trial(trial, cfg, device, precision)
         torch.manual_seed(seed)
-        model = build_cnn(in_channels=data.channels, num_classes=len(data.classes),
-                          image_size=data.image_size, depth=params["depth"],
-                          width=params["width"], dropout=params["dropout"])
-        trial.set_user_attr("n_params", count_params(model))
-        settings = FitSettings(epochs=cfg.train.epochs, batch_size=params["batch_size"],
-                               lr=params["lr"], optimizer=params["optimizer"],
-                               weight_decay=params["weight_decay"], seed=seed,
-                               precision=cfg.train.precision)
+        model = model_for(params, data)
+        records.write_n_params(trial, count_params(model))
+        settings = fit_settings(params, cfg.train.epochs, seed, cfg.train.precision)
         ckpt = checkpoint_of(trial, cfg, params, checkpoints)
         resume = resume_from(trial, ckpt)
         if backup is not None:
@@ -85,11 +63,11 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            history = fit(model, data, settings, device, on_epoch_end=report, resume=resume,
-                          save_state=save_state if ckpt else None)
+            history = trainer(model, data, settings, device, on_epoch_end=report,
+                              resume=resume, save_state=save_state if ckpt else None)
         except Diverged as err:
             # Pruned, not failed: samplers learn from pruned trials and skip failed ones.
-            trial.set_user_attr("prune_reason", str(err))
+            records.write_prune_reason(trial, str(err))
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             raise
@@ -98,18 +76,18 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             why = (f"out of memory on {device} at batch size {settings.batch_size}, depth "
                    f"{params['depth']}, width {params['width']}; a smaller train.batch_size or "
                    f"width range fits")
-            trial.set_user_attr("fail_reason", why)
+            records.write_fail_reason(trial, why)
             raise RuntimeError(why) from None
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
+            records.write_fail_reason(trial, "interrupted")
             ckpt = None  # kept: the queued retry resumes from it
             raise
         except Exception as err:
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            records.write_fail_reason(trial, f"{type(err).__name__}: {err}")
             raise
         finally:
             if latest["history"] is not None:
-                trial.set_user_attr("history", latest["history"])
+                records.write_history(trial, latest["history"])
             if ckpt is not None:  # finished one way or another; a killed process never gets here
                 ckpt.delete()
                 if backup is not None:
@@ -121,23 +99,20 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
     return objective
 
 
-def start_trial(trial: optuna.Trial, cfg: Config, device: torch.device) -> tuple:
-    """Record the owner and its device first (so a later start can prove this process dead),
-    clear what a retry inherited of its original's outcome, and draw the parameters. Returns
-    (params, seed); the seed is not stored: it follows from the study's seed and the origin."""
-    precision = choose_precision(torch.device(device), cfg.train.precision).name
-    trial.set_user_attr(OWNER_ATTR, owner_record(trial.number, str(device), precision))
-    for key in OUTCOME_ATTRS:
-        if trial.user_attrs.get(key) is not None:
-            trial.set_user_attr(key, None)
-    return suggest_params(trial, cfg), trial_seed(cfg.study.seed, trial)
+def start_trial(trial: optuna.Trial, cfg: Config, device,
+                precision: Optional[str] = None) -> tuple:
+    """Record the owner, its device and precision first, clear what a retry inherited of its
+    original's outcome, and draw the parameters. Returns (params, seed); the seed is not
+    stored: it follows from the study's seed and the origin (see records.trial_seed)."""
+    records.start_record(trial, owner_record(trial.number, str(device), precision))
+    return suggest_params(trial, cfg), records.trial_seed(cfg.study.seed, trial)
 
 
 def checkpoint_of(trial: optuna.Trial, cfg: Config, params: dict,
                   folder: Optional[Path]) -> Optional[TrialCheckpoint]:
     if folder is None:
         return None
-    return TrialCheckpoint.under(folder, cfg.study.name, origin_of(trial), params)
+    return TrialCheckpoint.under(folder, cfg.study.name, records.origin_of(trial), params)
 
 
 def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optional[dict]:
@@ -150,7 +125,7 @@ def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optiona
         log.warning("warning: %s; trial %d starts from epoch 1", why, trial.number)
     if state is None:
         return None
-    trial.set_user_attr("resumed_from_epoch", state["epoch"])
+    records.write_resumed_from(trial, state["epoch"])
     for epoch, value in enumerate(state["history"]["val_acc"], start=1):
         trial.report(value, step=epoch)
     return state
@@ -160,7 +135,7 @@ def save_weights(trial: optuna.Trial, model: torch.nn.Module, artifacts) -> str:
     """Upload the model's state dict as the trial's artifact (the dashboard lists it; reports
     find it by its file name). It must happen here: a finished trial is read-only."""
     with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
-        path = os.path.join(tmp, WEIGHTS_FILE)
+        path = os.path.join(tmp, records.WEIGHTS_FILE)
         torch.save(cpu_state_dict(model), path)
         return optuna.artifacts.upload_artifact(
             artifact_store=artifacts, file_path=path, study_or_trial=trial)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from hpsearch import private
+
 KINDS = ("adam", "adamw", "sgd")
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 MOMENTUM = 0.9  # hpsearch's SGD: Nesterov momentum without dampening
@@ -76,18 +78,18 @@ class FusedOptimizer:
                       grad_scale=scale, found_inf=found_inf)
         if self.kind == "sgd":
             params, buffers = lists
-            torch._fused_sgd_(params, grads, buffers, momentum=group["momentum"],
+            private.fused_sgd_(params, grads, buffers, momentum=group["momentum"],
                               dampening=group["dampening"], nesterov=group["nesterov"],
                               is_first_step=False, **common)
             return
         params, exp_avgs, exp_avg_sqs, steps = lists
-        torch._foreach_add_(steps, 1)
-        kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
+        private.foreach_add_(steps, 1)
         (beta1, beta2), eps = group["betas"], group["eps"]
-        kernel(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, beta1=beta1,
-               beta2=beta2, eps=eps, **common)
+        private.fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                            beta1=beta1, beta2=beta2, eps=eps, adamw=self.kind == "adamw",
+                            **common)
         if found_inf is not None:  # a skipped step does not count
-            torch._foreach_sub_(steps, [found_inf] * len(steps))
+            private.foreach_sub_(steps, [found_inf] * len(steps))
 
     def state_dict(self) -> dict:
         group = {key: value for key, value in self.param_groups[0].items() if key != "params"}

@@ -9,9 +9,6 @@ from typing import Optional
 
 import psutil
 
-OWNER_ATTR = "owner"
-
-
 @lru_cache(maxsize=1)
 def boot_id() -> str:
     """Changes at every reboot: Linux says so directly; elsewhere the boot time stands in."""
@@ -41,8 +38,8 @@ def owner_record(trial_number: int, device: Optional[str] = None,
 
 @lru_cache(maxsize=4)
 def own_start(pid: int) -> Optional[float]:
-    """This process's start time, read once: psutil took 0.7 ms of every trial to read it
-    (hpsearch.overhead, SQLite). Keyed by pid, so a forked worker reads its own."""
+    """This process's start time, read once: reading it with psutil was a visible part of
+    every trial's bookkeeping. Keyed by pid, so a forked worker reads its own."""
     return process_start(pid)
 
 

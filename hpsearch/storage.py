@@ -1,15 +1,9 @@
-"""Storage URLs -> Optuna storages (SQLite, PostgreSQL, MySQL, journal files)."""
+"""Storage URLs -> Optuna storages (SQLite, PostgreSQL, MySQL, journal files), the artifact
+folder beside them, and the studies they hold."""
 
 from __future__ import annotations
 
-import copy
-import functools
-import logging
-import os
-import shutil
 import sqlite3
-import threading
-import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +13,13 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-log = logging.getLogger("hpsearch")
+from hpsearch import sqlite
+from hpsearch.errors import ReportError, StorageError
+from hpsearch.records import RetryStaleTrial
 
 DEFAULT_STORAGE = "sqlite:///studies/hpsearch.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-class StorageError(ValueError):
-    """A storage URL or store hpsearch cannot use. Messages never hold a password."""
 
 
 @dataclass(frozen=True)
@@ -140,38 +132,9 @@ def _journal(path: Path):
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
-ARTIFACT_KEY_PREFIX = "artifacts:"  # Optuna keeps a trial's artifact records as system attributes
-RETRY_HISTORY_KEY = "retry_history"  # and a retry's chain of trial numbers, the original first
-
-
-def retry_chain(trial) -> list:
-    """The numbers of the trials a retry replaces, its origin first and the trial it retried
-    last; empty for a trial that retries none. A running Trial keeps its system attributes in
-    its cached copy."""
-    frozen = getattr(trial, "_cached_frozen_trial", trial)
-    return getattr(frozen, "system_attrs", {}).get(RETRY_HISTORY_KEY) or []
-
-
-class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a failed trial (same parameters and attributes, the chain of numbers
-    in `retry_history`), without the failed trial's artifact records: the retry uploads its
-    own weights, and an inherited record (of a dead trial's file, or of one never written when
-    the upload was cut short) would be taken for them."""
-
-    def __call__(self, study: optuna.Study, trial) -> None:
-        kept = {key: list(value) if key == RETRY_HISTORY_KEY else value
-                for key, value in trial.system_attrs.items()
-                if not key.startswith(ARTIFACT_KEY_PREFIX)}
-        trial = copy.copy(trial)
-        trial.system_attrs = kept
-        super().__call__(study, trial)
-
-
 def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Optional[int]):
     if spec.kind == "sqlite":
-        # SQLite waits up to LOCK_WAIT seconds for another writer, then hpsearch retries and
-        # counts the retry, for LOCK_PATIENCE seconds in all.
-        engine_kwargs = {"connect_args": {"timeout": LOCK_WAIT, "factory": _RetryingConnection}}
+        engine_kwargs = {"connect_args": sqlite.connect_args()}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     retry = None
@@ -189,7 +152,6 @@ def _rdb(spec: StorageSpec, heartbeat_interval: Optional[int], grace_period: Opt
 
 
 _opened: weakref.WeakSet = weakref.WeakSet()  # the database stores this process opened
-_sqlite_connections: weakref.WeakSet = weakref.WeakSet()  # and their SQLite connections
 
 
 def close_stores() -> None:
@@ -200,146 +162,7 @@ def close_stores() -> None:
     store refused at resume is gone by now, but its pool's connections are not."""
     for storage in list(_opened):
         storage.engine.dispose()
-    for connection in list(_sqlite_connections):
-        try:
-            connection.close()
-        except sqlite3.ProgrammingError:  # made in another thread, which still owns it
-            pass
-
-
-_store_calls = 0  # calls to a guarded store under way in the main thread
-
-
-def guard_store_calls(storage) -> None:
-    """Count the main thread's calls to every method of this storage object (a study's, with
-    Optuna's cache around the database), so that an interrupt can wait for them to return
-    (see study.py's handle_interrupts)."""
-    main = threading.main_thread().ident
-
-    def counted(method):
-        @functools.wraps(method)
-        def call(*args, **kwargs):
-            global _store_calls
-            if threading.get_ident() != main:
-                return method(*args, **kwargs)
-            _store_calls += 1
-            try:
-                return method(*args, **kwargs)
-            finally:
-                _store_calls -= 1
-        return call
-
-    if getattr(storage, "_hpsearch_guarded", False):
-        return
-    for name in dir(type(storage)):
-        if not name.startswith("__") and callable(getattr(type(storage), name, None)):
-            setattr(storage, name, counted(getattr(storage, name)))
-    storage._hpsearch_guarded = True
-
-
-def in_store_call() -> bool:
-    """Whether the main thread is inside a call to a guarded store: an exception raised there
-    can leave a write transaction open, or Optuna's cache half updated."""
-    return _store_calls > 0
-
-
-LOCK_WAIT = 1.0  # seconds SQLite itself waits for a lock before reporting it
-LOCK_PATIENCE = 120.0  # seconds of retries before "database is locked" reaches the user
-_lock_retries = 0
-
-
-def lock_retries() -> int:
-    """How many times this process retried a statement because the SQLite store was locked."""
-    return _lock_retries
-
-
-def _with_lock_retries(call):
-    global _lock_retries
-    deadline, delay = time.monotonic() + LOCK_PATIENCE, 0.02
-    while True:
-        try:
-            return call()
-        except sqlite3.OperationalError as err:
-            text = str(err).lower()
-            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
-                raise
-            _lock_retries += 1
-            log.info("SQLite store locked by another process for over %.0f s; retry %d",
-                     LOCK_WAIT, _lock_retries)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-
-class _RetryingCursor(sqlite3.Cursor):
-    """A DB-API cursor (under SQLAlchemy, under Optuna's storage) that retries a statement
-    the SQLite store refused as locked, and counts it."""
-
-    def execute(self, sql, parameters=()):
-        return _with_lock_retries(lambda: super(_RetryingCursor, self).execute(sql, parameters))
-
-    def executemany(self, sql, seq):
-        seq = list(seq)
-        return _with_lock_retries(lambda: super(_RetryingCursor, self).executemany(sql, seq))
-
-
-class _RetryingConnection(sqlite3.Connection):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        _sqlite_connections.add(self)
-        # In WAL mode, synchronous=NORMAL commits without an fsync (a process that is killed
-        # still loses nothing; only a power cut or an OS crash can drop the last commits) and
-        # never corrupts the file. `sync_finished_trials` syncs the log once a trial is told,
-        # so a finished trial is as durable as under FULL, with one sync a trial instead of
-        # one per commit (about 20): hpsearch.overhead on SQLite, 4 runs side by side, median
-        # 69 -> 56 ms per trial. Rollback-journal mode keeps FULL: NORMAL can corrupt there.
-        if self.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-            self.execute("PRAGMA synchronous=NORMAL")
-
-    def cursor(self, factory=_RetryingCursor):
-        return super().cursor(factory)
-
-    def commit(self):
-        return _with_lock_retries(super().commit)
-
-
-def use_wal(spec: StorageSpec, storage=None) -> None:
-    """Write-ahead logging lets readers (the dashboard, reports) work while a trial writes.
-    The mode is stored in the file, so setting it once is enough; it is set only after the
-    study's settings were accepted, so a refused resume leaves the file as it was. The
-    connections `storage` opened before are closed, so that the next ones write as WAL allows
-    (see _RetryingConnection)."""
-    if spec.kind != "sqlite":
-        return
-    try:
-        con = sqlite3.connect(spec.path, timeout=60)
-        try:
-            switched = con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal"
-            con.execute("PRAGMA journal_mode=WAL")
-        finally:
-            con.close()
-    except sqlite3.Error as err:
-        raise StorageError(f"store {spec.path} cannot be opened as SQLite ({err})") from None
-    if switched and isinstance(storage, optuna.storages.RDBStorage):
-        storage.engine.dispose()
-
-
-def sync_finished_trials(spec: StorageSpec):
-    """A study callback that makes every finished trial durable: an fsync of a WAL store's
-    log once the trial is told (its writes commit without one, see _RetryingConnection).
-    Other stores sync each commit themselves: nothing to do."""
-
-    def sync(study, trial) -> None:
-        wal = spec.path.with_name(spec.path.name + "-wal")
-        try:
-            fd = os.open(wal, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # no log: every commit is in the database file, synced by SQLite
-        try:
-            getattr(os, "fdatasync", os.fsync)(fd)  # as SQLite syncs it; macOS has fsync only
-        finally:
-            os.close(fd)
-
-    return sync if spec.kind == "sqlite" else (lambda study, trial: None)
+    sqlite.close_connections()
 
 
 def _first_line(err: Exception) -> str:
@@ -396,138 +219,29 @@ def _require_optuna_tables(spec: StorageSpec) -> None:
                            f"store made by `hpsearch run`")
 
 
-# ------------------------------------------------------------------ network drives and backups
-
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "sshfs")
-
-
-def filesystem_type(path: Path) -> Optional[str]:
-    """The type of the mount holding `path` (Linux), e.g. ext4, nfs4, fuse.drive."""
-    try:
-        with open("/proc/mounts", encoding="utf-8") as f:
-            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
-    except OSError:
-        return None
-    path = path.resolve()
-    best, kind = "", None
-    for point, fstype in mounts:
-        point = point.replace("\\040", " ")
-        if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best):
-            best, kind = point, fstype
-    return kind
+def load_named_study(storage, name: str) -> optuna.Study:
+    """The study `name` of a store, or an error that lists the studies the store holds."""
+    names = optuna.get_all_study_names(storage=storage)
+    if name not in names:
+        held = ", ".join(sorted(names)) if names else "none"
+        raise ReportError(f"no study {name!r} in this store; its studies: {held} "
+                          f"(pass --study-name NAME)")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
-def is_network_drive(path: Path) -> bool:
-    kind = filesystem_type(path.parent if not path.exists() else path) or ""
-    return kind in NETWORK_FILESYSTEMS or kind.startswith("fuse")
+def artifact_folder(spec: StorageSpec, folder: Optional[str]) -> Path:
+    """The weights folder: the one named, else `artifacts/` beside the store."""
+    return Path(folder).expanduser().resolve() if folder else beside_store(spec, "artifacts")
 
 
-def refuse_network_sqlite(spec: StorageSpec) -> None:
-    """SQLite's locks do not hold on NFS or a FUSE mount such as Google Drive: a store there
-    ends up 'database disk image is malformed'."""
-    if spec.kind == "sqlite" and is_network_drive(spec.path):
-        raise StorageError(
-            f"store {spec.path} is on a network or FUSE drive ({filesystem_type(spec.path)}), "
-            f"where SQLite can corrupt; keep the store on local disk and pass --backup DIR to "
-            f"copy it to the drive")
-
-
-class Backup:
-    """A consistent copy of a local SQLite store, its running trial's checkpoint and new
-    artifacts in another folder, and the way back on a fresh machine."""
-
-    def __init__(self, spec: StorageSpec, folder: Path, artifacts: Path, checkpoints: Path,
-                 interval: float = 30.0):
-        if spec.kind != "sqlite":
-            raise StorageError("--backup copies a SQLite store; a database server or a journal "
-                               "file keeps its own copies")
-        if folder.exists() and not folder.is_dir():
-            raise StorageError(f"--backup {folder} is a file; pass a folder, e.g. "
-                               f"/content/drive/MyDrive/hpsearch")
-        if folder == spec.path.parent:
-            raise StorageError(f"--backup {folder} is the store's own folder; pass another, "
-                               f"e.g. a folder on Google Drive")
-        self.spec, self.folder, self.interval = spec, folder, interval
-        self.artifacts, self.checkpoints = artifacts, checkpoints
-        self.store = folder / spec.path.name
-        self._last = -float("inf")
-
-    @classmethod
-    def of(cls, study_cfg, spec: StorageSpec, artifacts: Path,
-           checkpoints: Path) -> Optional["Backup"]:
-        """The backup a study's [study] backup and backup_interval ask for, if any."""
-        if not study_cfg.backup:
-            return None
-        return cls(spec, Path(study_cfg.backup).expanduser().resolve(), artifacts, checkpoints,
-                   study_cfg.backup_interval)
-
-    def restore_if_missing(self) -> Optional[str]:
-        """Copy the store, checkpoints and artifacts back when the local store is missing.
-        Returns what was done or what looks wrong, for the user to read."""
-        if not self.store.exists():
-            return None
-        if not self.spec.path.exists():
-            self.spec.path.parent.mkdir(parents=True, exist_ok=True)
-            _copy_file(self.store, self.spec.path)
-            _copy_tree(self.folder / "checkpoints", self.checkpoints)
-            _copy_tree(self.folder / "artifacts", self.artifacts)
-            return f"restored the store from the backup {self.store}"
-        if self.store.stat().st_mtime > self.spec.path.stat().st_mtime + 1:
-            return (f"warning: the backup {self.store} is newer than the local store "
-                    f"{self.spec.path}; the local store is used (delete it to restore)")
-        return None
-
-    def sync(self, checkpoint: Optional[Path] = None, force: bool = False) -> bool:
-        """Back up now if forced or if `interval` seconds have passed: the store first (SQLite's
-        online backup into a temporary file, then a rename), then the checkpoint and any new
-        artifacts. Returns whether it ran."""
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return False
-        self._last = now
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.store.with_name(f".{self.store.name}.{os.getpid()}.tmp")
-        try:
-            src = sqlite3.connect(self.spec.path, timeout=60)
-            dst = sqlite3.connect(tmp)
-            try:
-                src.backup(dst)
-            finally:
-                dst.close()
-                src.close()
-            os.replace(tmp, self.store)
-        finally:
-            tmp.unlink(missing_ok=True)
-        if checkpoint is not None and checkpoint.exists():
-            target = self.folder / "checkpoints" / checkpoint.relative_to(self.checkpoints)
-            _copy_file(checkpoint, target)
-        _copy_tree(self.artifacts, self.folder / "artifacts")
-        return True
-
-    def forget(self, checkpoint: Path) -> None:
-        """A finished trial's backed-up checkpoint goes too."""
-        (self.folder / "checkpoints" / checkpoint.relative_to(self.checkpoints)).unlink(
-            missing_ok=True)
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    """Through a temporary name, so that a reader never sees half a file."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    """Files of src that dst lacks (artifacts never change once written; checkpoints are
-    copied whole on restore)."""
-    if not src.is_dir():
-        return
-    for path in src.rglob("*"):
-        if path.is_file() and not path.name.startswith("."):
-            target = dst / path.relative_to(src)
-            if not target.exists() or target.stat().st_size != path.stat().st_size:
-                _copy_file(path, target)
+def existing_artifacts(spec: StorageSpec, folder: Optional[str]):
+    """The artifact store of the weights a study saved, for reading: None when the default
+    folder does not exist (a study run without weights); a folder named with --artifacts
+    that does not exist is a mistake, not a study without weights."""
+    path = artifact_folder(spec, folder)
+    if path.is_dir():
+        return open_artifacts(path)
+    if folder:
+        raise StorageError(f"--artifacts {folder}: no such folder; pass the folder the study "
+                           f"saved its weights in (default: artifacts/ beside the store)")
+    return None

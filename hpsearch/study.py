@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from typing import Optional
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import interrupts, private, records
 from hpsearch.config import Config, Fixed, grid_values
-from hpsearch.owner import OWNER_ATTR, is_mine, is_provably_dead
-from hpsearch.storage import RetryStaleTrial, retry_chain
+from hpsearch.errors import SettingsMismatch
+from hpsearch.owner import is_mine, is_provably_dead
+from hpsearch.records import FINISHED, RetryStaleTrial, count_finished, retry_chain
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SETTINGS_ATTR = "hpsearch"  # the study user attribute that holds the run's settings
 MAX_FAILS_IN_A_ROW = 5
 MAX_RETRIES = 1  # retries of a trial whose process died; Ctrl-C retries without limit
-
-
-class SettingsMismatch(ValueError):
-    """A resumed study was created with other settings than this run's."""
 
 
 def sampler_seed(seed: int, n_stored: int, worker: int = 0) -> int:
@@ -60,9 +54,7 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     name, epochs = cfg.study.pruner, cfg.train.epochs
     if name == "median":
         # The default, with Optuna's defaults: five finished trials to compare with, then
-        # judged from the first epoch on. `hpsearch bench --what pruning` at 9 epochs, seeds
-        # 0-2: 167 epochs run (median) and best validation accuracy 0.9963, against 172 and
-        # 0.9926 for successive halving and 252 and 1.0 for Hyperband (50% longer).
+        # judged from the first epoch on; chosen by `make bench` (see BENCHMARKS.md).
         return CompletedOncePerTrial(
             optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
     if name == "hyperband":
@@ -81,10 +73,7 @@ class CompletedOncePerTrial(optuna.pruners.BasePruner):
 
     In one process no trial completes while another runs, so the decisions are the same as
     the wrapped pruner's; with several workers the list is at most `max_age` seconds old.
-    Measured on the default study with synthetic training (hpsearch.overhead, SQLite): one
-    read per trial instead of one per epoch took report+prune from 12.9 to 8.9 ms per trial
-    (60 trials, EPYC); taking the sampler's list instead, from about 10 to 4.2 ms (50 trials,
-    Xeon, where the store writes without an fsync per commit).
+    A read per epoch was the largest part of the framework's time per trial (BENCHMARKS.md).
     """
 
     def __init__(self, pruner: optuna.pruners.BasePruner, max_age: float = 10.0):
@@ -92,14 +81,13 @@ class CompletedOncePerTrial(optuna.pruners.BasePruner):
         self._key, self._read_at, self._completed = None, 0.0, []
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        key, now = (study._study_id, trial.number), time.monotonic()
+        key, now = (private.study_id(study), trial.number), time.monotonic()
         if key != self._key:
-            # Study._get_trials(use_cache=True): filled by the sampler after ask (or now),
-            # dropped at tell. Its age is the trial's.
+            # Optuna's cache: filled by the sampler after ask (or now), dropped at tell. Its
+            # age is the trial's.
             started = trial.datetime_start or datetime.now()
             self._read_at = now - (datetime.now() - started).total_seconds()
-            self._completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,),
-                                                use_cache=True)
+            self._completed = private.completed_trials_cached(study, (TrialState.COMPLETE,))
             self._key = key
         if now - self._read_at > self.max_age:
             self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -130,7 +118,7 @@ def find_study(storage, name: str) -> Optional[optuna.Study]:
 
 def check_settings(study: optuna.Study, record: dict) -> None:
     """Refuse to resume a study whose stored settings differ from this run's."""
-    stored = study.user_attrs.get(SETTINGS_ATTR)
+    stored = study.user_attrs.get(records.SETTINGS_ATTR)
     if not isinstance(stored, dict):
         raise SettingsMismatch(f"study {study.study_name!r} was not made by hpsearch; "
                                f"pass --study-name NEW to start a new one")
@@ -193,17 +181,12 @@ def open_study(storage, cfg: Config, record: dict, worker: int = 0,
     if study is None:
         study = optuna.create_study(study_name=cfg.study.name, storage=storage,
                                     direction="maximize", load_if_exists=True)
-        if SETTINGS_ATTR not in study.user_attrs:
-            study.set_user_attr(SETTINGS_ATTR, record)
+        if records.SETTINGS_ATTR not in study.user_attrs:
+            records.write_settings(study, record)
     check_settings(study, record)
     n_stored = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(cfg, sampler_seed(cfg.study.seed, n_stored, worker), alone)
     study.pruner = make_pruner(cfg)
-    from hpsearch.storage import guard_store_calls
-
-    guard_store_calls(study._storage)  # Optuna's cache, and the database storage inside it
-    if getattr(study._storage, "_backend", None) is not None:
-        guard_store_calls(study._storage._backend)
     return study
 
 
@@ -211,20 +194,15 @@ def recover_dead_trials(study: optuna.Study, restored: bool = False) -> list:
     """Fail each RUNNING trial whose owner is provably dead on this host (every one, in a
     store just restored from a backup: nothing writes to that copy) and queue one retry with
     the same parameters. Returns (trial number, retry queued) pairs."""
-    storage = study._storage  # Optuna's own stale-trial recovery works on the storage too
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not restored and not is_provably_dead(trial.user_attrs.get(OWNER_ATTR),
+        if not restored and not is_provably_dead(trial.user_attrs.get(records.OWNER_ATTR),
                                                  trial.number):
             continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "its process died")
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
+        failed = records.fail_dead_trial(study, trial)
+        if failed is None:
             continue  # another worker got there first
-        queued = queue_retry(study, storage.get_trial(trial._trial_id), MAX_RETRIES)
-        recovered.append((trial.number, queued))
+        recovered.append((trial.number, queue_retry(study, failed, MAX_RETRIES)))
     return recovered
 
 
@@ -243,9 +221,10 @@ def requeue_interrupted(study: optuna.Study, finished: set) -> Optional[int]:
     """After Ctrl-C: Optuna has marked the trial this process was running as failed; queue
     it again so the next run starts with it. Returns its number, if there was one."""
     for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
-        if trial.number in finished or not is_mine(trial.user_attrs.get(OWNER_ATTR)):
+        owner = records.owner_of(trial)
+        if trial.number in finished or not is_mine(owner):
             continue
-        if trial.user_attrs.get(OWNER_ATTR, {}).get("trial") != trial.number:
+        if owner.get("trial") != trial.number:
             continue  # an attribute copied into a retry that never started
         return trial.number if queue_retry(study, trial, max_retry=None) else None
     return None
@@ -254,10 +233,6 @@ def requeue_interrupted(study: optuna.Study, finished: set) -> Optional[int]:
 def grid_is_exhausted(study: optuna.Study) -> bool:
     sampler = study.sampler
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
-
-
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 class FailStreak:
@@ -273,7 +248,7 @@ class FailStreak:
             self.streak = 0
             return
         self.streak += 1
-        self.last_reason = trial.user_attrs.get("fail_reason") or "see the log above"
+        self.last_reason = records.fail_reason_of(trial) or "see the log above"
         if self.streak >= self.limit:
             study.stop()
 
@@ -316,7 +291,10 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
         callbacks: tuple = (), alone: bool = False) -> RunResult:
     """Run trials until the study holds `target` finished ones, the timeout passes or trials
     keep failing. Crashing trials are recorded as FAIL and the study goes on. `alone`: this
-    process runs the study's only trials (see runs_alone)."""
+    process runs the study's only trials (see runs_alone). A Ctrl-C or SIGTERM (see
+    interrupts) stops the running trial at its next batch, or the study after its trial;
+    the interrupted trial is queued for the next run and KeyboardInterrupt raised."""
+    from hpsearch.sqlite import lock_retries
     from hpsearch.train import release_device_memory
 
     streak = FailStreak()
@@ -330,81 +308,14 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
             gc_after_trial=False,  # the trainer holds no reference cycles worth a collection
             callbacks=[TrialTarget(study, target, alone), streak,
                        lambda s, t: ran.append(t.number),
-                       lambda s, t: release_device_memory(), *callbacks],
+                       lambda s, t: release_device_memory(), *callbacks,
+                       interrupts.stop_study],
         )
+        interrupts.check()  # asked for between two trials: stopped after the first
     except KeyboardInterrupt:
         requeue_interrupted(study, set(ran))
         raise
-    from hpsearch.storage import lock_retries
-
     return RunResult(ran=len(ran), seconds=time.perf_counter() - start,
-                     states=state_counts(study),
+                     states=records.state_counts(study),
                      stopped_by_failures=streak.streak >= streak.limit,
                      last_fail_reason=streak.last_reason, lock_retries=lock_retries())
-
-
-def settings_record(cfg, data) -> dict:
-    """What a study keeps about how it was run: never a storage URL or a password."""
-    versions = {}
-    for package in ("hpsearch", "optuna", "torch", "torchvision", "numpy", "scikit-learn"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
-            "versions": versions}
-
-
-class _InterruptOutsideStoreCalls:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt, but never inside a call to the store.
-
-    Raised there, the exception can leave the call's write transaction open on its pooled
-    connection; the failed trial and its retry are written next, by this very process, and
-    wait on that lock (SQLite: hpsearch's 120 s of lock retries, then an error). A signal
-    that comes during a store call is delivered again every 10 ms until the call has
-    returned, for at most PATIENCE seconds."""
-
-    PATIENCE = 5.0
-
-    def __init__(self):
-        self.since: Optional[float] = None
-
-    def __call__(self, signum, frame) -> None:
-        from hpsearch.storage import in_store_call
-
-        now = time.monotonic()
-        waits = hasattr(signal, "setitimer")  # not on Windows: raised at once, as before
-        if waits and in_store_call() and (self.since is None or now - self.since < self.PATIENCE):
-            self.since = now if self.since is None else self.since
-            signal.setitimer(signal.ITIMER_REAL, 0.01)
-            return
-        self.since = None
-        raise KeyboardInterrupt
-
-
-def handle_interrupts() -> None:
-    """Ctrl-C, SIGTERM (a stopped VM or notebook) and the deferral's timer, for the trials."""
-    handler = _InterruptOutsideStoreCalls()
-    for name in ("SIGINT", "SIGTERM", "SIGALRM"):
-        if hasattr(signal, name) and (name != "SIGALRM" or hasattr(signal, "setitimer")):
-            signal.signal(getattr(signal, name), handler)
-
-
-def hide_ctrl_c_tracebacks() -> None:
-    """Optuna logs the trial that Ctrl-C stopped with a traceback; hpsearch says it in one
-    line instead."""
-    import logging
-
-    for handler in logging.getLogger("optuna").handlers:
-        handler.addFilter(_not_ctrl_c)
-
-
-def _not_ctrl_c(record) -> bool:
-    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
-
-
-def state_counts(study: optuna.Study) -> dict:
-    counts: dict = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts

@@ -15,13 +15,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from hpsearch import interrupts, private
 from hpsearch.checkpoint import rng_state, set_rng_state
+from hpsearch.errors import DeviceError
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer
-
-
-class DeviceError(ValueError):
-    """The requested device does not exist on this machine."""
 
 
 class Diverged(ArithmeticError):
@@ -122,20 +120,8 @@ def configure_threads(workers: int = 1) -> int:
 def channel_padding(device: torch.device) -> tuple:
     """(multiple, below): fit pads conv channel counts under `below` (all, if None) up to a
     multiple of `multiple` (see model.PaddedNet), the float32 lanes of the vectors oneDNN's
-    CPU kernels use; (1, None) pads nothing.
-
-    Measured side by side, each where it applies:
-    - a 2-core Zen 4 EPYC (AVX-512): epochs at depths 1-4 and widths 8-64 ran 1.28x to 1.36x
-      faster in all padded to 16 (1.22x in bf16), widths from 33 up included (depth 3: 177 ms
-      at width 33, 136 ms at 48), and the trials of three default studies, replayed with the
-      epochs they ran, 1.14x to 1.35x;
-    - an AMX Xeon (AVX-512), widths under 32 padded: the sum of epoch times over depths 1-4
-      and widths 8-45 fell 1.28x (width 11: 108 -> 62 ms, 27: 168 -> 102 ms at depth 3), but
-      the next multiple of 16 from 32 up was no faster (190 ms at width 33, 202 ms at 48), so
-      on other vendors' CPUs blocks of 32 channels and more stay as they are;
-    - AVX2 kernels (oneDNN limited to them on the Zen 4): 1.11x padded to 8 in all, 1.05x
-      padded to 16.
-    GPUs and mps train the net as it is: not measured there."""
+    CPU kernels use; (1, None) pads nothing. On AVX-512 Intel CPUs, blocks of 32 channels and
+    more were no faster padded. GPUs and mps train the net as it is. Figures: BENCHMARKS.md."""
     if device.type != "cpu":
         return 1, None
     capability = torch.backends.cpu.get_cpu_capability()
@@ -177,22 +163,11 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this processor computes bfloat16 natively (AVX512-BF16 or AMX). oneDNN's own
-    check (torch.ops.mkldnn._is_mkldnn_bf16_supported) also says yes on any AVX-512 CPU,
-    where it emulates bf16, slower than float32."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def cpu_bf16_is_fast() -> bool:
     """Whether `auto` trains in bf16 on this CPU: on AMD processors that compute it natively
-    (Zen 4 and Zen 5, with AVX512-BF16), the only CPUs where hpsearch measured it faster than
-    float32 at the same accuracy. On Intel's it was slower (an AVX512-BF16 Xeon) or no faster
-    per epoch of the default study (a Xeon with AMX)."""
-    return cpu_has_bf16() and "AuthenticAMD" in cpu_vendor()
+    (Zen 4 and 5), the only CPUs where it was faster than float32 at the same accuracy; on
+    Intel's it was slower or no faster per epoch (BENCHMARKS.md)."""
+    return private.cpu_has_native_bf16() and "AuthenticAMD" in cpu_vendor()
 
 
 @functools.lru_cache(maxsize=1)
@@ -211,16 +186,7 @@ def cpu_vendor() -> str:
 def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
     """`auto`: on CUDA bf16 from compute capability 8.0 and fp16 with a scaler below it (a T4
     says it supports bf16, but emulates it); on the CPU bf16 where `cpu_bf16_is_fast`, else
-    float32; float32 on mps. `fp32`, `bf16` and `fp16` force a choice.
-
-    On the CPU, bf16 autocast was measured against float32 by `hpsearch bench` and by training
-    the same configurations both ways. On a 2-core Zen 4 EPYC: the 150 configurations of three
-    default studies, 6 epochs each, trained 1.24x faster, and their final validation accuracy
-    was the same (33 better, 29 worse, 48 equal among those above 0.97; mean difference
-    -0.0006); the fixed trial ran 1.22x faster. A Zen 5 EPYC ran the fixed trial 1.12x faster.
-    Elsewhere the fixed trial ran 0.15x as fast on an AVX2 EPYC, which emulates bf16, 0.83x on
-    an AVX512-BF16 Xeon (a default study 1.5x longer), and 1.18x on a Xeon with AMX, where the
-    default study was no faster per epoch (0.162 s against 0.151 s)."""
+    float32; float32 on mps. `fp32`, `bf16` and `fp16` force a choice."""
     kind = device.type
     if wanted == "auto":
         if kind == "cuda":
@@ -295,9 +261,8 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
 def training_net(model: nn.Module, s: FitSettings, device: torch.device) -> tuple:
     """(padded, net, optimizer): the model on the device, the net that trains in its place and
     the net's optimizer. Channels-last lets oneDNN and cuDNN pick their fast convolution
-    kernels (30% per epoch on a 2-core CPU for a depth-3 width-32 net on 16-pixel digits), and
-    so do channel counts that fill the CPU's vectors: `net` is the model with its channels
-    padded to them (see channel_padding)."""
+    kernels, and so do channel counts that fill the CPU's vectors: `net` is the model with its
+    channels padded to them (see channel_padding)."""
     model.to(device, memory_format=torch.channels_last)
     padded = PaddedNet(model, *channel_padding(device))
     net = padded.net.to(device, memory_format=torch.channels_last)
@@ -353,6 +318,7 @@ def train_epoch(model, x, y, optimizer, precision: Precision, batch_size: int, g
         idx = order[start:start + batch_size]
         if len(idx) < 2:  # batch norm cannot train on a single image
             break
+        interrupts.check()  # a Ctrl-C stops the trial here, between two steps
         yb = y[idx]
         loss, logits = train_step(model, x[idx], yb, optimizer, precision)
         loss_sum += loss.float() * len(idx)

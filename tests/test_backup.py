@@ -12,8 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import load, run_cli, start_cli, states
-from hpsearch import storage as storage_module
-from hpsearch.storage import StorageError, parse_storage, refuse_network_sqlite
+from hpsearch import backup as backup_module
+from hpsearch.backup import refuse_network_sqlite
+from hpsearch.storage import StorageError, parse_storage
 
 
 def test_the_backup_round_trip_resumes_the_interrupted_trial(study_file, tmp_path):
@@ -51,11 +52,11 @@ def test_the_backup_round_trip_resumes_the_interrupted_trial(study_file, tmp_pat
 
 
 def test_sqlite_on_a_network_drive_is_refused_with_the_way_out(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage_module, "filesystem_type", lambda path: "fuse.drive")
+    monkeypatch.setattr(backup_module, "filesystem_type", lambda path: "fuse.drive")
     with pytest.raises(StorageError, match="pass --backup DIR"):
         refuse_network_sqlite(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
     refuse_network_sqlite(parse_storage(f"journal:{tmp_path / 's.log'}"))  # not SQLite: fine
 
 
 def test_the_mount_table_is_read(tmp_path):
-    assert storage_module.filesystem_type(Path(tmp_path)) not in (None, "")
+    assert backup_module.filesystem_type(Path(tmp_path)) not in (None, "")

@@ -41,7 +41,7 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
 
 
 def test_overhead_keeps_the_median_study_at_the_smallest_count():
-    from hpsearch.bench import with_median_first
+    from hpsearch.bench.suite import with_median_first
 
     first = {"50": {"total": 30.0, "ask": 1.0}, "1000": {"total": 99.0, "ask": 9.0}}
     runs = [{"ms_per_trial": first}] + [{"ms_per_trial": {"50": {"total": t, "ask": t / 10}}}
@@ -54,7 +54,7 @@ def test_overhead_keeps_the_median_study_at_the_smallest_count():
 def test_the_peak_is_the_faster_library_and_onednn_computes_the_same_product():
     import torch
 
-    from hpsearch.flops import matmul_peak, onednn_product
+    from hpsearch.bench.flops import matmul_peak, onednn_product
 
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(128, 48, generator=gen), torch.randn(48, 80, generator=gen)

@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from conftest import TINY_STUDY, hpsearch, load, run_cli
 from hpsearch.config import load_config
 from hpsearch.report import collect, make_report
-from hpsearch.study import SETTINGS_ATTR
+from hpsearch.records import SETTINGS_ATTR
 
 CHARTS = ("learning_curves.png", "predictions.png", "comparison.png",
           "optimization_history.png", "intermediate_values.png", "param_importances.png",

@@ -236,7 +236,7 @@ def test_a_fast_exit_waits_for_threads_runs_exit_handlers_and_flushes(tmp_path):
     script = """
 import atexit, sys, threading, time
 from pathlib import Path
-from hpsearch.cli import exit_fast
+from hpsearch.console import exit_fast
 
 folder = Path(sys.argv[1])
 def slow_writer():

@@ -148,7 +148,7 @@ def test_a_wal_store_commits_without_fsync_and_syncs_the_log_once_a_trial_is_tol
     import os
     import sqlite3
 
-    from hpsearch.storage import sync_finished_trials, use_wal
+    from hpsearch.sqlite import sync_finished_trials, use_wal
 
     spec = parse_storage(f"sqlite:///{tmp_path / 'store.db'}")
     storage = open_storage(spec)
@@ -175,36 +175,49 @@ def test_a_wal_store_commits_without_fsync_and_syncs_the_log_once_a_trial_is_tol
     con.close()
 
 
-def test_an_interrupt_waits_until_the_store_call_under_way_returns(tmp_path, monkeypatch):
+def test_a_signal_is_recorded_and_acted_on_at_the_next_safe_point(monkeypatch):
+    """The handler raises nothing where the signal lands; the run's checks raise it."""
     import signal
 
     import pytest
 
-    from hpsearch import storage as storage_module
-    from hpsearch.storage import guard_store_calls, in_store_call
-    from hpsearch.study import _InterruptOutsideStoreCalls
+    from hpsearch import interrupts
 
-    class Store:  # a storage whose write looks at the guard from inside the call
-        def write(self):
-            return in_store_call()
+    monkeypatch.setattr(interrupts, "_requested", None)
+    interrupts.check()  # nothing asked for: goes on
+    interrupts._record(signal.SIGTERM, None)
+    assert interrupts.requested()
+    interrupts._record(signal.SIGINT, None)  # a second one, soon after: still only recorded
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.check()
+    monkeypatch.setattr(interrupts, "_since", interrupts._since - interrupts.PATIENCE - 1)
+    with pytest.raises(KeyboardInterrupt):  # the first went unheeded too long: at once
+        interrupts._record(signal.SIGINT, None)
+    interrupts.forget()
+    assert not interrupts.requested()
 
-    store = Store()
-    guard_store_calls(store)
-    assert store.write() is True and in_store_call() is False
 
-    armed = []
-    monkeypatch.setattr(signal, "setitimer", lambda which, seconds: armed.append(seconds))
-    handler = _InterruptOutsideStoreCalls()
-    monkeypatch.setattr(storage_module, "_store_calls", 1)
-    handler(signal.SIGTERM, None)  # inside a store call: delivered again in 10 ms
-    assert armed == [0.01]
-    monkeypatch.setattr(storage_module, "_store_calls", 0)
-    with pytest.raises(KeyboardInterrupt):  # the call has returned
-        handler(signal.SIGALRM, None)
+def test_a_stop_asked_for_during_a_trial_ends_the_study_after_it(tmp_path, monkeypatch):
+    import pytest
+
+    from hpsearch import interrupts
+
+    cfg, study = tiny_study(tmp_path)
+    monkeypatch.setattr(interrupts, "_requested", None)
+
+    def objective(trial):
+        if trial.number == 1:
+            monkeypatch.setattr(interrupts, "_requested", 15)  # SIGTERM, in a store call say
+        return trial.suggest_float("x", 0, 1)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(study, objective, target=5)
+    # The trial under way finished; no other started, and nothing was left running.
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
 
 
 def test_a_retry_shares_its_origins_seed_and_checkpoint_through_a_chain(tmp_path):
-    from hpsearch.objective import origin_of, trial_seed
+    from hpsearch.records import origin_of, trial_seed
     from hpsearch.study import queue_retry
 
     cfg, study = tiny_study(tmp_path)
@@ -225,7 +238,7 @@ def test_a_retry_shares_its_origins_seed_and_checkpoint_through_a_chain(tmp_path
 def test_a_trial_stored_with_its_seed_keeps_it(tmp_path):
     """Stores written before the seed was derived hold it as a user attribute, which retries
     inherit: that seed is the one the trial trained with."""
-    from hpsearch.objective import trial_seed
+    from hpsearch.records import trial_seed
 
     cfg, study = tiny_study(tmp_path)
     study.enqueue_trial({}, user_attrs={"seed": 12345})
@@ -270,7 +283,7 @@ def test_a_run_alone_still_counts_trials_another_process_added(tmp_path):
 
 def test_the_progress_bar_keeps_the_best_value_without_reading_it_each_trial(tmp_path,
                                                                              monkeypatch):
-    from hpsearch.cli import progress_bar
+    from hpsearch.console import progress_bar
 
     cfg, study = tiny_study(tmp_path)
     values = [0.5, 0.7, None, 0.6, 0.9, 0.8]  # None: pruned
@@ -306,8 +319,7 @@ def upload_weights(trial, tmp_path, store) -> str:
 def test_a_retry_finds_its_own_weights_not_those_of_the_trial_it_replaces(tmp_path):
     """A trial that uploaded its weights and then died: its retry starts without the record,
     and a retry queued as earlier versions queued it (record inherited) still finds its own."""
-    from hpsearch.best import weights_artifact
-    from hpsearch.storage import ARTIFACT_KEY_PREFIX
+    from hpsearch.records import ARTIFACT_KEY_PREFIX, weights_artifact
     from hpsearch.study import queue_retry
 
     cfg, study = tiny_study(tmp_path)
@@ -330,8 +342,8 @@ def test_a_retry_finds_its_own_weights_not_those_of_the_trial_it_replaces(tmp_pa
 
 
 def test_weights_named_by_an_older_store_are_found_and_not_inherited(tmp_path):
-    from hpsearch.best import weights_artifact
     from hpsearch.objective import start_trial
+    from hpsearch.records import weights_artifact
 
     cfg, study = tiny_study(tmp_path)
     study.enqueue_trial({}, user_attrs={"weights": "abc"})

@@ -234,14 +234,14 @@ def test_the_mixed_precision_step_runs_on_the_cpu_in_bf16(digits8):
 
 
 def test_precision_auto_is_bf16_only_on_cpus_where_it_was_measured_faster(monkeypatch):
-    from hpsearch import train
+    from hpsearch import private, train
 
     cpu = torch.device("cpu")
     for native_bf16, vendor, expected in ((True, "AuthenticAMD", "bf16"),
                                           (False, "AuthenticAMD", "fp32"),
                                           (True, "GenuineIntel", "fp32"),
                                           (False, "GenuineIntel", "fp32")):
-        monkeypatch.setattr(train, "cpu_has_bf16", lambda: native_bf16)
+        monkeypatch.setattr(private, "cpu_has_native_bf16", lambda: native_bf16)
         monkeypatch.setattr(train, "cpu_vendor", lambda: vendor)
         assert choose_precision(cpu).name == expected, (native_bf16, vendor)
     assert choose_precision(cpu, "bf16").name == "bf16"

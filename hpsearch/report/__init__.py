@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from hpsearch import records
 from hpsearch.report import collect, draw
 from hpsearch.report.render import Image, Section, Table, Text, html_page, markdown
 
@@ -39,7 +40,7 @@ def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] 
     result = ReportResult(out)
     trials = study.get_trials(deepcopy=False)
     settings = collect.study_settings(study)
-    cfg = collect.config_of(settings, data_dir)
+    cfg = records.config_of(settings, data_dir)
     rows = collect.finished_rows(trials)
     top = collect.top_rows(rows, N_TOP)
     best = collect.best_trial(trials)

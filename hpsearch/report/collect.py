@@ -13,14 +13,10 @@ from typing import Optional
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.config import PARAM_DEFAULTS, build_config
-from hpsearch.objective import trial_seed
-from hpsearch.owner import OWNER_ATTR
-from hpsearch.study import SETTINGS_ATTR
-
-
-class ReportError(ValueError):
-    """A study the report cannot be made of (no such study, not made by hpsearch)."""
+from hpsearch import records
+from hpsearch.config import PARAM_DEFAULTS
+from hpsearch.errors import ReportError
+from hpsearch.records import device_of, trial_seed
 
 
 @dataclass(frozen=True)
@@ -46,10 +42,10 @@ def finished_rows(trials: list) -> list:
         value = t.value if t.state == TrialState.COMPLETE else _last_reported(t)
         if value is None:
             continue
-        history = t.user_attrs.get("history") or {}
+        history = records.history_of(t)
         seconds = history.get("epoch_seconds") or []
         rows.append(Row(t.number, t.state.name, float(value), dict(t.params),
-                        t.user_attrs.get("n_params"), float(sum(seconds)),
+                        records.n_params_of(t), float(sum(seconds)),
                         len(t.intermediate_values), history))
     return rows
 
@@ -67,19 +63,11 @@ def top_rows(rows: list, n: int = 10) -> list:
 
 
 def study_settings(study) -> dict:
-    settings = study.user_attrs.get(SETTINGS_ATTR)
-    if not isinstance(settings, dict) or "config" not in settings:
+    settings = records.stored_settings(study)
+    if settings is None:
         raise ReportError(f"study {study.study_name!r} was not made by hpsearch run; "
                           f"use optuna-dashboard to look at it")
     return settings
-
-
-def config_of(settings: dict, data_dir: Optional[str] = None):
-    """The study's Config as it was run, rebuilt from the settings stored on the study."""
-    raw = {k: dict(v) for k, v in settings["config"].items()}
-    if data_dir is not None:
-        raw["data"]["data_dir"] = data_dir
-    return build_config(raw)
 
 
 @dataclass(frozen=True)
@@ -118,16 +106,6 @@ def summarize(study, trials: list, settings: dict) -> Summary:
         epochs_possible=len(finished) * epochs)
 
 
-def device_of(trial: FrozenTrial) -> Optional[str]:
-    """Where the trial trained, with the precision when recorded (`cpu (bf16)`): its owner
-    record says (older stores kept a `device` attribute)."""
-    owner = trial.user_attrs.get(OWNER_ATTR)
-    owner = owner if isinstance(owner, dict) else {}
-    found = owner.get("device") or trial.user_attrs.get("device")
-    precision = owner.get("precision")
-    return f"{found} ({precision})" if found and precision else found
-
-
 def best_trial(trials: list) -> Optional[FrozenTrial]:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return min(done, key=lambda t: (-t.value, t.number)) if done else None
@@ -160,7 +138,7 @@ def best_config(study, trial: FrozenTrial, settings: dict, cfg) -> dict:
         "normalization": data.get("normalization"),
         "classes": data.get("classes"),
         "data_fingerprint": data.get("fingerprint"),
-        "n_params": trial.user_attrs.get("n_params"),
+        "n_params": records.n_params_of(trial),
         "config": settings["config"],
     }
 

@@ -16,11 +16,14 @@ timers, and each trial's time is split into:
   checking for stale trials and starting the heartbeat, and hpsearch's callbacks: the trial
   target, failure streak and progress).
 
-`python -m hpsearch.overhead --storage URL --at 50,1000` prints the mean milliseconds per
+`python -m hpsearch.bench.overhead --storage URL --at 50,1000` prints the mean milliseconds per
 trial of each part over the 50 trials up to each count, as JSON. With `--bare`, the same
 study on the same store runs a bare objective under Optuna's own loop: the parameters drawn,
 the curve reported, the pruner asked, nothing else. That is the floor of what any objective
 costs on that store; the difference is hpsearch's.
+
+Timing Optuna's steps means wrapping them for the duration of a measurement (`instrumented`),
+`Study.ask` and the optimize loop's tell among them: nothing in hpsearch itself does so.
 """
 
 from __future__ import annotations
@@ -130,10 +133,9 @@ def bare_objective(cfg):
 @contextmanager
 def instrumented(timers: Timers):
     """Optuna's and hpsearch's entry points wrapped with timers for the duration."""
-    from optuna.study import _optimize
     from optuna.trial import Trial
 
-    from hpsearch import checkpoint, objective
+    from hpsearch import checkpoint, objective, private
 
     def asked(trial):
         # The ask's time is only known to belong to this trial once it returns.
@@ -158,7 +160,7 @@ def instrumented(timers: Timers):
     saved = [(optuna.Study, "ask", original_ask)]
     optuna.Study.ask = ask
     for owner, name, part, after in (
-            (_optimize, "_tell_with_warning", "tell", told),
+            (*private.optimize_tell(), "tell", told),
             (objective, "suggest_params", "suggest", None),
             (Trial, "report", "report+prune", None),
             (Trial, "should_prune", "report+prune", None),
@@ -175,36 +177,26 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
     """Run max(at) trials of the default study with synthetic training on `storage_url`;
     mean milliseconds per trial of each part over the WINDOW trials up to each count. With
     `bare`, the trials run `bare_objective` under Optuna's own loop instead of hpsearch's."""
-    import torch
-
-    from hpsearch import objective as objective_module
-    from hpsearch.cli import progress_bar
+    from hpsearch import private
     from hpsearch.config import load_config
-    from hpsearch.data import load_dataset
-    from hpsearch.objective import make_objective
-    from hpsearch.storage import (open_artifacts, open_storage, parse_storage,
-                                  sync_finished_trials, use_wal)
-    from hpsearch.study import open_study, run, runs_alone, settings_record
+    from hpsearch.console import progress_bar
+    from hpsearch.session import RunOptions, Session
+    from hpsearch.sqlite import sync_finished_trials
 
     n = max(at)
     name = f"overhead-{time.time_ns()}"
-    cfg = load_config(None, [f"study.name='{name}'"])
-    data = load_dataset(cfg.data, cfg.study.seed)
-    spec = parse_storage(storage_url)
-    if spec.kind == "sqlite":
-        spec.path.parent.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
-                           grace_period=cfg.study.grace_period)
-    study = open_study(storage, cfg, settings_record(cfg, data), alone=runs_alone(spec, 1))
-    use_wal(spec, storage)  # as `hpsearch run` sets it
+    cfg = load_config(None, [f"study.name='{name}'", f"study.trials={n}"])
+    options = RunOptions(storage=storage_url, device="cpu",
+                         artifacts=str(workdir / "artifacts"),
+                         checkpoints=str(workdir / "checkpoints"))
+    session = Session.open(cfg, options)  # as `hpsearch run` opens it
+    study, spec = session.study, session.spec
+    storage = private.storage_of(study)
+    timers = Timers()
     if bare:
         objective = bare_objective(cfg)
     else:
-        objective = make_objective(cfg, data, torch.device("cpu"),
-                                   open_artifacts(workdir / "artifacts"),
-                                   workdir / "checkpoints")
-    timers = Timers()
-    real_fit, objective_module.fit = objective_module.fit, partial(synthetic_fit, timers=timers)
+        objective = session.objective(trainer=partial(synthetic_fit, timers=timers))
     try:
         with instrumented(timers):
             start = time.perf_counter()
@@ -221,12 +213,10 @@ def measure(storage_url: str, at: tuple, workdir: Path, bare: bool = False) -> d
                                callbacks=[sync_finished_trials(spec)])
             else:
                 with progress_bar(study, n, 0, quiet=True) as bar:
-                    run(study, timed_objective, n, callbacks=(sync_finished_trials(spec), bar),
-                        alone=runs_alone(spec, 1))
+                    session.run(callbacks=(bar,), objective=timed_objective)
             end = time.perf_counter()
             timers.add("callbacks", end - timers.told_at)
     finally:
-        objective_module.fit = real_fit
         try:
             optuna.delete_study(study_name=name, storage=storage)
         except Exception:

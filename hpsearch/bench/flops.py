@@ -1,6 +1,6 @@
 """Achieved compute of the benchmark's fixed trial against this machine's matmul peak.
 
-`python -m hpsearch.flops --epochs 10` prints, as JSON: the FLOPs one epoch of the fixed
+`python -m hpsearch.bench.flops --epochs 10` prints, as JSON: the FLOPs one epoch of the fixed
 configuration costs (counted by `torch.utils.flop_counter`: convolutions and matrix products,
 forward and backward), the time hpsearch's trainer takes for them, the peak FLOP/s of a large
 float32 (and bfloat16) matrix product on the same threads, and where the trainer's time goes
@@ -28,10 +28,9 @@ def matmul_peak(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 5) -> 
     convolution (`onednn_product`), each the fastest of `repeats` after one warm-up, and the
     faster of the two as the peak.
 
-    In float32 `torch.mm` runs MKL, which on AMD processors takes a slower generic path
-    (measured on a Zen 5 EPYC: 215 GFLOP/s, where oneDNN reached 442 for the same product and
-    a 64-channel 3x3 convolution 535). Convolutions run on oneDNN, so a peak from MKL alone
-    would understate what the trainer's own library can reach.
+    In float32 `torch.mm` runs MKL, which on AMD processors takes a slower generic path, about
+    half oneDNN's speed for the same product. Convolutions run on oneDNN, so a peak from MKL
+    alone would understate what the trainer's own library can reach.
     """
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
@@ -59,25 +58,23 @@ def onednn_product(a: torch.Tensor, b: torch.Tensor):
     return lambda: torch.nn.functional.conv2d(pixels, filters)
 
 
-def fixed_setup(epochs: int):
+def fixed_setup(epochs: int) -> tuple:
+    """(threads, data, a function making the fixed trial's model, its FitSettings), set up as
+    `hpsearch run` sets a trial up."""
+    from hpsearch.bench.recipe import FIXED
+    from hpsearch.build import fit_settings, model_for
     from hpsearch.config import load_config
-    from hpsearch.data import load_dataset
-    from hpsearch.model import build_cnn
-    from hpsearch.recipe import FIXED
-    from hpsearch.train import FitSettings
+    from hpsearch.session import training_setup
 
     cfg = load_config(None, [f"train.epochs={epochs}"])
-    data = load_dataset(cfg.data, cfg.study.seed)
+    threads, data = training_setup(cfg, torch.device("cpu"))
+    params = {**FIXED, "batch_size": cfg.train.batch_size, "weight_decay": 0.0}
 
     def model():
         torch.manual_seed(0)
-        return build_cnn(in_channels=data.channels, num_classes=len(data.classes),
-                         image_size=data.image_size, depth=FIXED["depth"],
-                         width=FIXED["width"], dropout=FIXED["dropout"])
+        return model_for(params, data)
 
-    settings = FitSettings(epochs=epochs, batch_size=cfg.train.batch_size, lr=FIXED["lr"],
-                           optimizer=FIXED["optimizer"], precision="fp32")
-    return data, model, settings
+    return threads, data, model, fit_settings(params, epochs, seed=0, precision="fp32")
 
 
 def epoch_flops(data, model_fn, batch_size: int) -> dict:
@@ -131,10 +128,9 @@ def time_fit(data, model_fn, settings) -> float:
 
 
 def measure(epochs: int) -> dict:
-    from hpsearch.train import configure_threads, cpu_has_bf16
+    from hpsearch.private import cpu_has_native_bf16 as cpu_has_bf16
 
-    threads = configure_threads()
-    data, model_fn, settings = fixed_setup(epochs)
+    threads, data, model_fn, settings = fixed_setup(epochs)
     flops = epoch_flops(data, model_fn, settings.batch_size)
     seconds = time_fit(data, model_fn, settings)
     achieved = epochs * (flops["train"] + flops["eval"]) / seconds

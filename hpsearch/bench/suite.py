@@ -1,20 +1,21 @@
-"""Side-by-side benchmarks: hpsearch against the canonical recipe and the machine's limits.
+"""The benchmark suite: hpsearch against the canonical recipe and the machine's limits.
 
 Every measured run but the overhead's is its own process, started as a user would start
 it, so import time, data loading and the store are counted; runs of the sides being
 compared alternate within one invocation so that machine noise falls on both alike.
-Figures are medians of the repeats (seeds 0, 1, ...).
+Figures are medians of the repeats (seeds 0, 1, ...). The method and the latest tables are
+in BENCHMARKS.md.
 
-Parts (`hpsearch bench --what PART`):
+Parts (`python -m hpsearch.bench --what PART`):
 - throughput: one fixed trial (depth 3, width 32, batch 64, 16-pixel digits), recipe against
   hpsearch in float32 and in bfloat16;
 - compute: that trial's counted FLOPs per second against a large matrix product's
-  (hpsearch.flops), and the profiler's split of its time;
+  (bench.flops), and the profiler's split of its time;
 - study: the default 50-trial study against the recipe on the same search space;
 - pruning: the default study under each pruner;
 - workers: the default study with 1 and 2 worker processes;
 - overhead: milliseconds per trial outside training at 50 and 1,000 trials, per storage
-  (hpsearch.overhead), in this process after a warm-up, since start-up is not per trial.
+  (bench.overhead), in this process after a warm-up, since start-up is not per trial.
 """
 
 from __future__ import annotations
@@ -57,28 +58,6 @@ def median_of(runs: list, key: str) -> float:
 # --- throughput -------------------------------------------------------------------------
 
 
-def time_fixed_trial(epochs: int = 10, precision: str = "fp32", number: int = 0) -> dict:
-    """hpsearch's objective for the fixed configuration, as `hpsearch run` sets it up: data
-    loaded once per process, threads configured, then one trial timed."""
-    import torch
-
-    from hpsearch.config import load_config
-    from hpsearch.data import load_dataset
-    from hpsearch.objective import make_objective
-    from hpsearch.recipe import FIXED
-    from hpsearch.train import configure_threads
-
-    configure_threads()
-    cfg = load_config(None, [f"train.epochs={epochs}", f"train.precision='{precision}'"])
-    data = load_dataset(cfg.data, cfg.study.seed)
-    objective = make_objective(cfg, data, torch.device("cpu"))
-    trial = optuna.trial.FixedTrial(FIXED, number=number)
-    start = time.perf_counter()
-    accuracy = objective(trial)
-    return {"seconds": time.perf_counter() - start, "images": len(data.y_train) * epochs,
-            "val_acc": accuracy}
-
-
 def bench_throughput(repeats: int = 3, epochs: int = 10) -> dict:
     """Images per second and final validation accuracy of one fixed trial: the recipe,
     hpsearch in float32 and hpsearch in bfloat16, alternating, each run in a fresh process
@@ -88,10 +67,10 @@ def bench_throughput(repeats: int = 3, epochs: int = 10) -> dict:
 
     from hpsearch.train import choose_precision
 
-    hpsearch_side = [sys.executable, "-m", "hpsearch.bench", "--fixed-trial", "--epochs",
+    hpsearch_side = [sys.executable, "-m", "hpsearch.bench.fixed_trial", "--epochs",
                      str(epochs)]
     sides = {
-        "recipe": [sys.executable, "-m", "hpsearch.recipe", "--fixed-trial", "--epochs",
+        "recipe": [sys.executable, "-m", "hpsearch.bench.recipe", "--fixed-trial", "--epochs",
                    str(epochs)],
         "hpsearch fp32": hpsearch_side + ["--precision", "fp32"],
         "hpsearch bf16": hpsearch_side + ["--precision", "bf16"],
@@ -117,7 +96,7 @@ def bench_throughput(repeats: int = 3, epochs: int = 10) -> dict:
 
 
 def bench_compute(epochs: int = 10) -> dict:
-    _, stdout = timed([sys.executable, "-m", "hpsearch.flops", "--epochs", str(epochs)])
+    _, stdout = timed([sys.executable, "-m", "hpsearch.bench.flops", "--epochs", str(epochs)])
     return last_json(stdout)
 
 
@@ -125,8 +104,8 @@ def bench_compute(epochs: int = 10) -> dict:
 
 
 def run_recipe(trials: int, seed: int) -> dict:
-    seconds, stdout = timed([sys.executable, "-m", "hpsearch.recipe", "--trials", str(trials),
-                             "--seed", str(seed)])
+    seconds, stdout = timed([sys.executable, "-m", "hpsearch.bench.recipe", "--trials",
+                             str(trials), "--seed", str(seed)])
     result = last_json(stdout)
     return {"wall_seconds": seconds, "best_value": result["best_value"],
             "states": result["states"], "epochs_run": result["epochs_run"]}
@@ -251,7 +230,7 @@ def bench_overhead(at: tuple = (50, 1000), repeats: int = 3,
     otherwise fall on the first store measured."""
     import tempfile
 
-    from hpsearch.overhead import measure
+    from hpsearch.bench.overhead import measure
 
     stores = {"sqlite": "sqlite:///{tmp}/overhead.db", "journal": "journal:{tmp}/overhead.log"}
     if postgres_answers(postgres_url):
@@ -329,7 +308,7 @@ def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
 
 def commit() -> str:
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                               capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
@@ -355,174 +334,3 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "optuna": optuna.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-# --- tables -----------------------------------------------------------------------------
-
-
-def markdown(result: dict) -> str:
-    mc = result["machine"]
-    parts = [f"Measured at commit {result['commit']} on {mc['cores']} cores ({mc['cpu']}, "
-             f"{mc['cpu_capability']}), Python {mc['python']}, torch {mc['torch']}, optuna "
-             f"{mc['optuna']}."]
-    for name in PARTS:
-        if name in result:
-            parts.append(TABLES[name](result[name]))
-    share = overhead_share(result)
-    if share:
-        parts.append(share)
-    return "\n\n".join(parts)
-
-
-def _throughput(r: dict) -> str:
-    m = r["median"]
-    rows = [f"**Training throughput**, fixed configuration (depth 3, width 32, batch 64, "
-            f"{r['epochs']} epochs, 16-pixel digits), median of {r['repeats']}:", "",
-            "| trainer | images/s | final val acc |", "|---|---|---|"]
-    for side, v in m.items():
-        rows.append(f"| {side} | {v['images_per_second']:.0f} | {v['val_acc']:.4f} |")
-    rows.append("")
-    rows.append(f"hpsearch / recipe: **{r['speedup']:.2f}x** in {r['default_precision']}, the "
-                f"precision `auto` takes on this CPU; bf16 autocast runs at "
-                f"{r['bf16_speed']:.2f}x hpsearch's float32 speed here.")
-    return "\n".join(rows)
-
-
-def _compute(r: dict) -> str:
-    g = 1e9
-    share = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"]["share"].items())
-    conv = r["convolution_flops_while_convolving"]
-    fp32 = r["peak_by_library"]["fp32"]
-    return (f"**Achieved compute** of that trial: {r['achieved_flops'] / g:.1f} GFLOP/s "
-            f"(convolutions and matrix products, forward and backward) against a "
-            f"{r['peak_fp32_flops'] / g:.1f} GFLOP/s float32 matrix-product peak (the faster "
-            f"of torch.mm, MKL: {fp32['mm'] / g:.1f}, and a 1x1 convolution, oneDNN: "
-            f"{fp32['conv1x1'] / g:.1f}): "
-            f"**{r['share_of_fp32_peak']:.0%}**; bfloat16 peak "
-            f"{r['peak_bf16_flops'] / g:.1f} GFLOP/s. While convolving, the convolutions run "
-            f"at {conv / g:.1f} GFLOP/s ({conv / r['peak_fp32_flops']:.0%} of the peak). "
-            f"Profiler, share of the trainer's time: {share}."
-            + _compute_bf16(r))
-
-
-def _compute_bf16(r: dict) -> str:
-    bf16 = r.get("bf16")
-    if not bf16:
-        return ""
-    return (f" In bf16 autocast the same trial computes {bf16['achieved_flops'] / 1e9:.1f} "
-            f"GFLOP/s, {bf16['share_of_bf16_peak']:.0%} of the bf16 peak.")
-
-
-def _study(r: dict) -> str:
-    rows = [f"**Whole study**: the default {r['trials']}-trial study against the recipe "
-            f"(Optuna's PyTorch example: 10 epochs, MedianPruner) on the same search space:", "",
-            "| run | seed | wall s | epochs run | best val acc | trials by state |",
-            "|---|---|---|---|---|---|"]
-    for run in r["runs"]:
-        for side in ("recipe", "hpsearch"):
-            s = run[side]
-            states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s["states"].items()))
-            rows.append(f"| {side} | {run['seed']} | {s['wall_seconds']:.1f} | "
-                        f"{s['epochs_run']} | {s['best_value']:.4f} | {states} |")
-    m = r["median"]
-    rows += ["", f"Median wall time: recipe {m['recipe']['wall_seconds']:.1f} s, hpsearch "
-                 f"{m['hpsearch']['wall_seconds']:.1f} s: **{r['speedup']:.2f}x**; median "
-                 f"best validation accuracy recipe {m['recipe']['best_value']:.4f}, hpsearch "
-                 f"{m['hpsearch']['best_value']:.4f}."]
-    return "\n".join(rows)
-
-
-def _pruning(r: dict) -> str:
-    rows = [f"**Pruning**, the default study under each pruner (median of {r['repeats']}):",
-            "", "| pruner | epochs run | of trials x epochs | best val acc | wall s |",
-            "|---|---|---|---|---|"]
-    for name, p in r["pruners"].items():
-        rows.append(f"| {name} | {p['epochs_run']:.0f} | {p['budget']} "
-                    f"({p['epochs_run'] / p['budget']:.0%}) | {p['best_value']:.4f} | "
-                    f"{p['wall_seconds']:.1f} |")
-    return "\n".join(rows)
-
-
-def _workers(r: dict) -> str:
-    rows = [f"**Workers**, the default study (median of {r['repeats']}):", "",
-            "| workers | trials/min | wall s | epochs run | best val acc |",
-            "|---|---|---|---|---|"]
-    for w, v in r["workers"].items():
-        rows.append(f"| {w} | {v['trials_per_minute']:.1f} | {v['wall_seconds']:.1f} | "
-                    f"{v['epochs_run']:.0f} | {v['best_value']:.4f} |")
-    rows += ["", f"2 workers / 1: **{r['ratio']:.2f}x** trials per minute."]
-    return "\n".join(rows)
-
-
-def _overhead(r: dict) -> str:
-    from hpsearch.overhead import PARTS as STEPS
-
-    first = min(r["at"])
-    rows = ["**Framework overhead**, ms per trial outside training (mean over the 50 trials "
-            f"up to each count; at {first}, the median of {r.get('repeats', 1)} studies per "
-            "side); *Optuna alone* is the same study on the same store with a bare objective "
-            "(parameters, reports, pruner) under Optuna's own loop:", "",
-            "| storage | run | trials | " + " | ".join(STEPS)
-            + " | total | of which checkpoints |",
-            "|---|---|---|" + "---|" * (len(STEPS) + 2)]
-    sides = [(kind, name, found) for kind, s in r["storages"].items()
-             for name, found in (("hpsearch", s),
-                                 ("Optuna alone", r.get("optuna_alone", {}).get(kind)))
-             if found]
-    for kind, name, found in sides:
-        for count, ms in found.get("ms_per_trial", {}).items():
-            rows.append(f"| {kind} | {name} | {count} | "
-                        + " | ".join(f"{ms[p]:.1f}" for p in STEPS)
-                        + f" | {ms['total']:.1f} | {ms['of which checkpoints']:.1f} |")
-    totals = [f"{kind} {name} " + "/".join(f"{t:.1f}" for t in found["totals_at_first"])
-              for kind, name, found in sides if "totals_at_first" in found]
-    if totals:
-        rows += ["", f"Totals at {first} trials, study by study (ms): " + "; ".join(totals) + "."]
-    if r["skipped"]:
-        rows += ["", "Not measured: " + ", ".join(r["skipped"]) + "."]
-    return "\n".join(rows)
-
-
-TABLES = {"throughput": _throughput, "compute": _compute, "study": _study,
-          "pruning": _pruning, "workers": _workers, "overhead": _overhead}
-
-
-def overhead_share(result: dict) -> Optional[str]:
-    """Overhead at the smallest count as a share of the default study's mean trial time, per
-    storage, hpsearch's and Optuna's alone."""
-    if "overhead" not in result or "study" not in result:
-        return None
-    over = result["overhead"]
-    first = str(min(over["at"]))
-    trial_ms = 1000 * statistics.median(r["hpsearch"]["trial_seconds_mean"]
-                                        for r in result["study"]["runs"])
-    parts = []
-    for kind, s in over["storages"].items():
-        ms = s["ms_per_trial"][first]["total"]
-        text = f"{kind} {ms:.1f} ms = **{ms / trial_ms:.1%}**"
-        alone = over.get("optuna_alone", {}).get(kind)
-        if alone:
-            floor = alone["ms_per_trial"][first]["total"]
-            text += f" (Optuna alone {floor:.1f} ms = {floor / trial_ms:.1%})"
-        parts.append(text)
-    return (f"Share of the default study's {trial_ms:.0f} ms mean trial at {first} trials: "
-            + "; ".join(parts) + ".")
-
-
-def main() -> None:
-    """`python -m hpsearch.bench --fixed-trial` times hpsearch's side of the throughput
-    benchmark in this process and prints it as JSON."""
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--fixed-trial", action="store_true", required=True)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--number", type=int, default=0)
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(json.dumps(time_fixed_trial(args.epochs, args.precision, args.number)))
-
-
-if __name__ == "__main__":
-    main()

@@ -35,7 +35,7 @@ from torchvision import transforms
 from hpsearch.config import DataConfig
 from hpsearch.data import digits_images, split_indices
 from hpsearch.model import build_cnn
-from hpsearch.train import make_optimizer, FitSettings
+from hpsearch.train import FitSettings, make_optimizer
 
 EPOCHS = 10
 BATCHSIZE = 64
@@ -137,8 +137,8 @@ def time_fixed_trial(epochs: int = EPOCHS, number: int = 0) -> dict:
 
 
 def main() -> None:
-    """`python -m hpsearch.recipe --trials 50 --seed 0` prints the recipe's study result as
-    JSON; `--fixed-trial` times one trial of the fixed configuration instead."""
+    """`python -m hpsearch.bench.recipe --trials 50 --seed 0` prints the recipe's study
+    result as JSON; `--fixed-trial` times one trial of the fixed configuration instead."""
     import argparse
     import json
 

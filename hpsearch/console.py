@@ -1,0 +1,247 @@
+"""What a person sees in the terminal: the run's header, progress bar and summary, the result
+commands' lines, and the output's last flush when the process ends.
+
+Every line hpsearch prints is printed here, so an error raised while printing (a full disk,
+a closed terminal) is known to be the output's (see output_failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Optional
+
+EXIT_UNWRITABLE = 120  # the output could not be written, as Python's own exit reports it
+
+
+def configure_logging(verbose: bool, prefix: str = "") -> None:
+    """hpsearch's log lines as plain messages; Optuna's only with `verbose`. Optuna logs the
+    trial a Ctrl-C stopped with a traceback; hpsearch says it in one line instead."""
+    import optuna
+
+    logging.basicConfig(format=f"{prefix}%(message)s", level=logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    if not verbose:
+        # Heartbeats and the GP sampler are marked experimental; the warning is noise here.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for handler in logging.getLogger("optuna").handlers:
+        handler.addFilter(_not_ctrl_c)
+
+
+def _not_ctrl_c(record) -> bool:
+    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+
+
+def say(line: str = "", flush: bool = False) -> None:
+    print(line, flush=flush)
+
+
+def error(line: str) -> None:
+    """`hpsearch: error: ...` on stderr."""
+    print(f"hpsearch: error: {line}", file=sys.stderr)
+
+
+def warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def header(session, done: int) -> None:
+    """The store, the study and its progress, the data and where it trains."""
+    cfg, data, workers = session.cfg, session.data, session.options.workers
+    sizes = f"{len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test"
+    threads = session.threads
+    where = f"{session.device} ({threads} threads)" if threads else str(session.device)
+    if workers > 1:
+        where = f"{workers} worker processes on {where.replace(' threads', ' threads each')}"
+    where += f" in {session.precision}"  # auto differs by device
+    print(f"Store: {session.spec.display}")
+    print(f"Study {cfg.study.name!r}: {done} of {cfg.study.trials} trials finished; "
+          f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {cfg.train.epochs} epochs")
+    print(f"Data: {cfg.data.dataset}, {sizes} images of {data.image_size}x{data.image_size}, "
+          f"{len(data.classes)} classes; training on {where}")
+
+
+def skipped_images(skipped: list) -> None:
+    if skipped:
+        logging.getLogger("hpsearch").warning(
+            "warning: skipped %d unreadable image file(s), e.g. %s", len(skipped), skipped[0])
+
+
+def recovered(number: int, queued: bool) -> None:
+    then = "queued again" if queued else "not retried again (it died before)"
+    print(f"Trial {number} was left running by a process that died: failed, {then}.")
+
+
+def nothing_to_do(session, done: int) -> None:
+    cfg = session.cfg
+    if done >= cfg.study.trials:
+        print(f"Study {cfg.study.name!r} already has {done} finished trials (target "
+              f"{cfg.study.trials}); pass a larger --trials to run more.")
+    else:
+        print(f"Study {cfg.study.name!r} has tried every point of its grid ({done} finished "
+              f"trials); widen [space] under a new --study-name to search further.")
+    summary(session.study, None, session.spec.display, cfg)
+
+
+def interrupted() -> None:
+    print("\nhpsearch: interrupted; run the same command to continue the study (an "
+          "unfinished trial starts again)", file=sys.stderr)
+
+
+def stopped_by_failures(reason: Optional[str]) -> None:
+    error(f"the last 5 trials failed; stopped. Last error: {reason}")
+
+
+def short_of_target(done: int, target: int, why: str) -> None:
+    print(f"{done} of {target} trials finished ({why}); run the same command to continue.")
+
+
+class progress_bar:
+    """A tqdm bar over the study's finished trials, with the best value so far. The best is
+    read from the store once, then taken from each trial this process finishes (a read per
+    trial would cost a store query per trial); `poll` reads both again."""
+
+    def __init__(self, study, target: int, done: int, quiet: bool):
+        from optuna.study import StudyDirection
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=target, initial=done, unit="trial", disable=quiet,
+                        dynamic_ncols=True, file=sys.stderr)
+        self.sign = 1 if study.direction == StudyDirection.MAXIMIZE else -1
+        self.best = None
+        self._read_best(study)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        from hpsearch.records import FINISHED
+
+        if trial.state in FINISHED:
+            self.bar.update(1)
+        if trial.state == TrialState.COMPLETE and (
+                self.best is None or self.sign * (trial.value - self.best) > 0):
+            self._show(trial.value)
+
+    def poll(self, study) -> None:
+        """For workers in other processes: read the finished count from the store."""
+        from hpsearch.records import count_finished
+
+        self.bar.update(count_finished(study) - self.bar.n)
+        self._read_best(study)
+
+    def _read_best(self, study) -> None:
+        try:
+            self._show(study.best_value)
+        except ValueError:
+            pass  # no completed trial yet
+
+    def _show(self, best: float) -> None:
+        self.best = best
+        self.bar.set_postfix_str(f"best={best:.4f}")
+
+
+def summary(study, result, store: str, cfg) -> None:
+    """The end-of-run table: trials by state, the best trial (searched and fixed values),
+    wall time, the store."""
+    from hpsearch.records import FINISHED, state_counts
+    from hpsearch.space import fixed_params
+
+    counts = state_counts(study)
+    finished = sum(counts.get(s.name, 0) for s in FINISHED)
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    rows = [("Trials", f"{finished} finished ({states})")]
+    try:
+        best = study.best_trial
+    except ValueError:
+        rows.append(("Best", "no trial has completed yet"))
+    else:
+        rows.append(("Best", f"validation accuracy {best.value:.4f} (trial {best.number})"))
+        params = {**best.params, **fixed_params(cfg)}
+        rows += [(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
+                 for k, v in params.items()]
+    if result is not None:
+        plural = "" if result.ran == 1 else "s"
+        rows.append(("Wall time",
+                     f"{result.seconds:.1f} s for {result.ran} trial{plural} this run"))
+        if result.lock_retries:
+            rows.append(("Lock retries", f"{result.lock_retries} (the SQLite store was busy "
+                                         f"for over a second each time; nothing was lost)"))
+    rows.append(("Store", store))
+    print()
+    for label, value in rows:
+        print(f"{label:<14} {value}")
+
+
+# --- the result commands ------------------------------------------------------------------
+
+
+def table(rows: list) -> None:
+    """Rows of strings in columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+
+
+# --- the end of the process ---------------------------------------------------------------
+
+
+def output_failed(err: OSError) -> bool:
+    """Whether writing the output failed: only this module prints, so an error raised by a
+    line of it, with no file named, is the output's (a full disk, a closed terminal)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return err.filename is None and tb is not None and tb.tb_frame.f_code.co_filename == __file__
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device, so that the last flush of what could not be written
+    raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def exit_fast(code: int) -> None:
+    """End the process as Python's exit would, without the interpreter's teardown.
+
+    The teardown frees every module, torch's libraries last, one by one: longer than a
+    default study's trial, and nothing of it reaches the disk. What an exit must do is done
+    here: threads that are not daemons finish, the stores' connections close (SQLite folds
+    its write-ahead log back into the store file then), the exit handlers run (logging's
+    flush among them), and the output is flushed. Not done: a garbage collection, which only
+    matters for files left open, and hpsearch closes every file it writes."""
+    from hpsearch import private
+    from hpsearch.storage import close_stores
+
+    private.finish_threads()
+    # Explicitly, not left to the collector: a study can outlive its command, held by a
+    # traceback that Optuna keeps of an optional import that failed (boto3's, for artifacts).
+    close_stores()
+    private.run_exit_handlers()
+    code = code if isinstance(code, int) else 0
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the stream closed
+            continue
+        try:
+            stream.flush()
+        except BrokenPipeError:  # a reader that stopped reading (`| head`): nothing is lost
+            pass
+        except (OSError, ValueError):  # a full disk, say: the output is lost, so say so
+            code = code or EXIT_UNWRITABLE  # as Python's own exit does when it cannot flush
+    os._exit(code)

@@ -1,0 +1,29 @@
+"""Bad input: each of these is shown to the user as one line, with exit status 2, never as a
+traceback. Messages say what is wrong and how to fix it, and never hold a password."""
+
+
+class ConfigError(ValueError):
+    """A study file or an override holds a value hpsearch cannot use."""
+
+
+class DataError(ValueError):
+    """A dataset cannot be found, read or split."""
+
+
+class StorageError(ValueError):
+    """A storage URL or store hpsearch cannot use."""
+
+
+class DeviceError(ValueError):
+    """The requested device or precision does not exist on this machine."""
+
+
+class SettingsMismatch(ValueError):
+    """A resumed study was created with other settings than this run's."""
+
+
+class ReportError(ValueError):
+    """A study the results cannot be read from (no such study, not made by hpsearch)."""
+
+
+USER_ERRORS = (ConfigError, DataError, StorageError, DeviceError, SettingsMismatch, ReportError)

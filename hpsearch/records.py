@@ -1,0 +1,229 @@
+"""What hpsearch writes into a study and its trials, and how to read it back.
+
+Writers (the objective, the study) and readers (the report, `best`, `status`) share this
+module and no other: a reader never imports a writer. A study holds its run's settings; a
+trial holds its owner (the process and device that ran it), its model size, its per-epoch
+history, why it was pruned or failed, the epoch it resumed from, its weights (an artifact
+named WEIGHTS_FILE) and, for a retry, the chain of trials it replaces.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import metadata
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch import private
+from hpsearch.config import build_config
+
+SETTINGS_ATTR = "hpsearch"  # study: the settings a resumed run must share (see Config)
+OWNER_ATTR = "owner"  # trial: who runs it (see owner.py), first thing in the trial
+N_PARAMS_ATTR = "n_params"  # trial: the model's parameter count
+HISTORY_ATTR = "history"  # trial: per-epoch scalars (train.History), stored when it ends
+PRUNE_REASON_ATTR = "prune_reason"  # trial: why it was pruned other than by the pruner
+FAIL_REASON_ATTR = "fail_reason"  # trial: why it failed, in one line
+RESUMED_ATTR = "resumed_from_epoch"  # trial: the checkpoint's epoch it went on from
+WEIGHTS_FILE = "weights.pt"  # trial artifact: a completed trial's state dict
+# Older stores: the weights' artifact id, a trial's seed and its device as attributes.
+LEGACY_WEIGHTS_ATTR, LEGACY_SEED_ATTR, LEGACY_DEVICE_ATTR = "weights", "seed", "device"
+# What a trial found out about its own run: a retry inherits these from the trial it
+# replaces (Optuna copies every attribute), so a retry clears them when it starts.
+OUTCOME_ATTRS = (HISTORY_ATTR, PRUNE_REASON_ATTR, FAIL_REASON_ATTR, RESUMED_ATTR,
+                 LEGACY_WEIGHTS_ATTR)
+ARTIFACT_KEY_PREFIX = "artifacts:"  # Optuna keeps a trial's artifact records as system attrs
+RETRY_HISTORY_KEY = "retry_history"  # and a retry's chain of trial numbers, the origin first
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+VERSIONED = ("hpsearch", "optuna", "torch", "torchvision", "numpy", "scikit-learn")
+
+
+# --- the study -------------------------------------------------------------------------
+
+
+def settings_record(cfg, data) -> dict:
+    """What a study keeps about how it was run: never a storage URL or a password."""
+    versions = {}
+    for package in VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
+            "versions": versions}
+
+
+def write_settings(study: optuna.Study, record: dict) -> None:
+    study.set_user_attr(SETTINGS_ATTR, record)
+
+
+def stored_settings(study: optuna.Study) -> Optional[dict]:
+    """The settings hpsearch stored on the study, or None for a study it did not make."""
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    return settings if isinstance(settings, dict) and "config" in settings else None
+
+
+def config_of(settings: dict, data_dir: Optional[str] = None):
+    """The study's Config as it was run, rebuilt from the settings stored on the study."""
+    raw = {k: dict(v) for k, v in settings["config"].items()}
+    if data_dir is not None:
+        raw["data"]["data_dir"] = data_dir
+    return build_config(raw)
+
+
+def state_counts(study: optuna.Study) -> dict:
+    """Trials by state name."""
+    counts: dict = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def status_row(study: optuna.Study) -> tuple:
+    """`hpsearch status`'s line of a study: its name, trials by state (complete, pruned,
+    failed, running, waiting), the best value and the last activity, as strings."""
+    counts = state_counts(study)
+    trials = study.get_trials(deepcopy=False)
+    times = [t.datetime_complete or t.datetime_start for t in trials]
+    times = [t for t in times if t is not None]
+    try:
+        best = f"{study.best_value:.4f}"
+    except ValueError:
+        best = "-"
+    return (study.study_name, *(str(counts.get(k, 0)) for k in
+                                ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
+            best, max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-")
+
+
+# --- a trial: writing ------------------------------------------------------------------
+
+
+def start_record(trial: optuna.Trial, owner: dict) -> None:
+    """The owner first (so that a later start can prove this process dead), then a clean
+    slate: what a retry inherited of its original's outcome is cleared."""
+    trial.set_user_attr(OWNER_ATTR, owner)
+    for key in OUTCOME_ATTRS:
+        if trial.user_attrs.get(key) is not None:
+            trial.set_user_attr(key, None)
+
+
+def write_n_params(trial: optuna.Trial, n: int) -> None:
+    trial.set_user_attr(N_PARAMS_ATTR, n)
+
+
+def write_history(trial: optuna.Trial, history: dict) -> None:
+    trial.set_user_attr(HISTORY_ATTR, history)
+
+
+def write_prune_reason(trial: optuna.Trial, why: str) -> None:
+    trial.set_user_attr(PRUNE_REASON_ATTR, why)
+
+
+def write_fail_reason(trial: optuna.Trial, why: str) -> None:
+    trial.set_user_attr(FAIL_REASON_ATTR, why)
+
+
+def write_resumed_from(trial: optuna.Trial, epoch: int) -> None:
+    trial.set_user_attr(RESUMED_ATTR, epoch)
+
+
+def fail_dead_trial(study: optuna.Study, trial) -> Optional[optuna.trial.FrozenTrial]:
+    """Mark a RUNNING trial whose process died as failed, saying so. Returns the failed
+    trial, or None when another process finished or failed it first."""
+    storage, tid = private.storage_of(study), private.trial_id(trial)
+    try:
+        storage.set_trial_user_attr(tid, FAIL_REASON_ATTR, "its process died")
+        if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    return storage.get_trial(tid)
+
+
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial (same parameters and attributes, the chain of numbers
+    in `retry_history`), without the failed trial's artifact records: the retry uploads its
+    own weights, and an inherited record (of a dead trial's file, or of one never written when
+    the upload was cut short) would be taken for them."""
+
+    def __call__(self, study: optuna.Study, trial) -> None:
+        kept = {key: list(value) if key == RETRY_HISTORY_KEY else value
+                for key, value in trial.system_attrs.items()
+                if not key.startswith(ARTIFACT_KEY_PREFIX)}
+        trial = copy.copy(trial)
+        trial.system_attrs = kept
+        super().__call__(study, trial)
+
+
+# --- a trial: reading ------------------------------------------------------------------
+
+
+def owner_of(trial) -> dict:
+    owner = trial.user_attrs.get(OWNER_ATTR)
+    return owner if isinstance(owner, dict) else {}
+
+
+def device_of(trial) -> Optional[str]:
+    """Where the trial trained, with the precision when recorded (`cpu (bf16)`)."""
+    owner = owner_of(trial)
+    found = owner.get("device") or trial.user_attrs.get(LEGACY_DEVICE_ATTR)
+    precision = owner.get("precision")
+    return f"{found} ({precision})" if found and precision else found
+
+
+def history_of(trial) -> dict:
+    return trial.user_attrs.get(HISTORY_ATTR) or {}
+
+
+def n_params_of(trial) -> Optional[int]:
+    return trial.user_attrs.get(N_PARAMS_ATTR)
+
+
+def fail_reason_of(trial) -> Optional[str]:
+    return trial.user_attrs.get(FAIL_REASON_ATTR)
+
+
+def retry_chain(trial) -> list:
+    """The numbers of the trials a retry replaces, its origin first and the trial it retried
+    last; empty for a trial that retries none."""
+    frozen = private.running_frozen_trial(trial)
+    return getattr(frozen, "system_attrs", {}).get(RETRY_HISTORY_KEY) or []
+
+
+def origin_of(trial) -> int:
+    """The number of the first trial of a retry chain, whose checkpoint and seed every retry
+    shares."""
+    chain = retry_chain(trial)
+    return chain[0] if chain else trial.number
+
+
+def trial_seed(study_seed: int, trial) -> int:
+    """The seed of a trial's initialisation and shuffling: its origin's, so that a retry
+    trains as the trial it replaces. Older stores hold it as an attribute."""
+    seed = trial.user_attrs.get(LEGACY_SEED_ATTR)
+    return seed if isinstance(seed, int) else study_seed * 100_003 + origin_of(trial)
+
+
+def weights_artifact(trial, study) -> Optional[str]:
+    """The id of the trial's own weights artifact, if it uploaded one. Older stores name it in
+    an attribute; otherwise it is the trial's WEIGHTS_FILE record that the trial it retried
+    does not also hold (retries queued by earlier versions inherited their original's)."""
+    from optuna.artifacts import get_all_artifact_meta
+
+    named = trial.user_attrs.get(LEGACY_WEIGHTS_ATTR)
+    if isinstance(named, str) and named:
+        return named
+    storage = private.storage_of(study)
+    own = {m.artifact_id for m in get_all_artifact_meta(trial, storage=storage)
+           if m.filename == WEIGHTS_FILE}
+    chain = retry_chain(trial)
+    if own and chain:
+        retried = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+            private.study_id(study), chain[-1]))
+        own -= {m.artifact_id for m in get_all_artifact_meta(retried, storage=storage)}
+    return min(own) if own else None

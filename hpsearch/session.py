@@ -1,0 +1,139 @@
+"""A run assembled once: device, precision, data, store, study and objective.
+
+`hpsearch run`, each worker process of `--workers` and the benchmarks build their runs here,
+in the same order: everything that can be refused (the device, the precision, the store's
+URL and file) is checked before the data is loaded, and the data before the store is opened.
+A Ctrl-C between these steps stops the run there (see interrupts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import optuna
+import torch
+
+from hpsearch import interrupts
+from hpsearch.backup import Backup, refuse_network_sqlite
+from hpsearch.config import Config
+from hpsearch.data import Dataset, load_dataset
+from hpsearch.objective import make_objective
+from hpsearch.records import count_finished, settings_record
+from hpsearch.sqlite import sync_finished_trials, use_wal
+from hpsearch.storage import (DEFAULT_STORAGE, StorageSpec, artifact_folder, beside_store,
+                              check_store_file, open_artifacts, open_storage, parse_storage)
+from hpsearch.study import (RunResult, grid_is_exhausted, open_study, recover_dead_trials, run,
+                            runs_alone)
+from hpsearch.train import choose_precision, configure_threads, resolve_device
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this machine runs a study: what the study file does not say."""
+
+    storage: str = DEFAULT_STORAGE  # a storage URL (see storage.parse_storage)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    workers: int = 1  # processes on this machine sharing the study
+    artifacts: Optional[str] = None  # the weights folder; default: artifacts/ beside the store
+    checkpoints: Optional[str] = None  # running trials' checkpoints; default: beside the store
+    timeout: Optional[float] = None  # seconds this run may take; the study can be resumed
+
+
+def worker_device(name: str, worker: Optional[int]) -> torch.device:
+    """The device a process trains on. `auto` and `cuda` without an index put worker i on
+    GPU i modulo the visible count; an explicit device must exist."""
+    device = resolve_device(name)
+    if worker is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", worker % torch.cuda.device_count())
+    return device
+
+
+def training_setup(cfg: Config, device: torch.device, workers: int = 1) -> tuple:
+    """(CPU threads or None, dataset) of a process that trains on `device`: the CPU's cores
+    shared among the workers, the study's data loaded onto the device once."""
+    threads = configure_threads(workers) if device.type == "cpu" else None
+    interrupts.check()
+    return threads, load_dataset(cfg.data, cfg.study.seed, device)
+
+
+@dataclass
+class Session:
+    """One process's share of a study: what it trains on and the study it runs."""
+
+    cfg: Config
+    options: RunOptions
+    spec: StorageSpec
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16: what `train.precision` means here
+    threads: Optional[int]  # CPU threads per process; None on a GPU
+    data: Dataset
+    study: optuna.Study
+    artifacts: Path
+    checkpoints: Path
+    backup: Optional[Backup] = None
+    worker: Optional[int] = None  # the index of a --workers process; None for the run itself
+    notes: list = field(default_factory=list)  # what happened while opening, for the user
+    restored: bool = False  # the store was copied back from the backup just now
+
+    @classmethod
+    def open(cls, cfg: Config, options: RunOptions = RunOptions(),
+             worker: Optional[int] = None) -> "Session":
+        """Check, load and open everything a run needs. The run itself (worker None) also
+        restores a missing store from its backup and switches SQLite to write-ahead
+        logging; its workers find both done."""
+        device = worker_device(options.device, worker)
+        precision = choose_precision(device, cfg.train.precision).name  # refused before work
+        spec = parse_storage(options.storage)
+        refuse_network_sqlite(spec)
+        artifacts = artifact_folder(spec, options.artifacts)
+        checkpoints = (Path(options.checkpoints).expanduser().resolve() if options.checkpoints
+                       else beside_store(spec, "checkpoints"))
+        backup = Backup.of(cfg.study, spec, artifacts, checkpoints)
+        note = backup.restore_if_missing() if backup and worker is None else None
+        check_store_file(spec)  # before any work, so that a wrong path fails fast
+        interrupts.check()
+        threads, data = training_setup(cfg, device, options.workers)
+        interrupts.check()
+        storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
+                               grace_period=cfg.study.grace_period)
+        study = open_study(storage, cfg, settings_record(cfg, data), worker=worker or 0,
+                           alone=runs_alone(spec, options.workers))
+        if worker is None:
+            use_wal(spec, storage)
+        interrupts.check()
+        return cls(cfg, options, spec, device, precision, threads, data, study, artifacts,
+                   checkpoints, backup, worker, notes=[note] if note else [],
+                   restored=bool(note) and note.startswith("restored"))
+
+    @property
+    def alone(self) -> bool:
+        """This process runs the study's only trials (see study.runs_alone)."""
+        return runs_alone(self.spec, self.options.workers)
+
+    def finished(self) -> int:
+        return count_finished(self.study)
+
+    def nothing_to_do(self) -> bool:
+        return self.finished() >= self.cfg.study.trials or grid_is_exhausted(self.study)
+
+    def recover_dead_trials(self) -> list:
+        """(trial number, retry queued) of each trial a dead process left running."""
+        return recover_dead_trials(self.study, restored=self.restored)
+
+    def objective(self, trainer: Optional[Callable] = None):
+        return make_objective(self.cfg, self.data, self.device, open_artifacts(self.artifacts),
+                              self.checkpoints, self.backup, trainer)
+
+    def run(self, callbacks: tuple = (), objective: Optional[Callable] = None) -> RunResult:
+        """Trials in this process until the study holds its target (see study.run), of
+        `objective` (default: the session's own)."""
+        return run(self.study, objective or self.objective(), self.cfg.study.trials,
+                   timeout=self.options.timeout,
+                   callbacks=(sync_finished_trials(self.spec), *callbacks), alone=self.alone)
+
+    def close(self) -> None:
+        """A last backup, however the run ended."""
+        if self.backup is not None:
+            self.backup.sync(force=True)
