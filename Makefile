@@ -1,5 +1,6 @@
 # hpsearch: `make study` runs the default study, `make test` runs the tests.
 # Both create .venv and install the project into it when needed.
+# Another Python in its own venv: make test PYTHON=python3.12 VENV=.venv-3.12
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) ## create .venv and install hpsearch with its test tools
+install: $(STAMP) ## create .venv and install hpsearch with its test tools (VENV=, PYTHON= for another)
 
 study: $(STAMP) ## run the default study (50 trials on digits; ARGS="--trials 10" to change)
 	$(PY) run_study.py $(ARGS)
@@ -33,7 +34,7 @@ dashboard: $(STAMP) ## open optuna-dashboard on studies/hpsearch.db at http://12
 	$(PY) -m hpsearch.cli dashboard $(ARGS)
 
 bench: $(STAMP) ## hpsearch against the canonical recipe: one trial and a study (ARGS="--repeats 3")
-	$(PY) -m hpsearch.cli bench $(ARGS)
+	$(PY) -m hpsearch.bench $(ARGS)
 
 clean: ## remove the virtual environment and caches (studies/ keeps its stores)
 	rm -rf $(VENV) .pytest_cache build *.egg-info

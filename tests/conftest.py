@@ -59,6 +59,58 @@ def private_cache(tmp_path_factory):
     os.environ["HPSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
+def studies_snapshot(folder: Path) -> dict:
+    """Every path under `folder`, folders included (an empty one left behind counts), with
+    its kind, size and modification time."""
+    snapshot = {}
+    if folder.is_dir():
+        for path in [folder, *folder.rglob("*")]:
+            try:
+                st = path.lstat()
+            except FileNotFoundError:  # removed while listed
+                continue
+            kind = "dir" if path.is_dir() and not path.is_symlink() else "file"
+            snapshot[path.relative_to(ROOT).as_posix()] = (kind, st.st_size, st.st_mtime_ns)
+    return snapshot
+
+
+@pytest.fixture(autouse=True, scope="session")
+def repository_studies_untouched():
+    """The tests write only into their own temporary folders: the repository's studies/ holds
+    the user's stores, weights and reports, and the session must leave it exactly as it found
+    it. Fails the session, naming each path added, changed or removed there and the test after
+    which it was seen."""
+    folder = ROOT / "studies"
+    watch = {"start": studies_snapshot(folder), "culprits": {}}
+    watch["last"] = watch["start"]
+    yield watch
+    before, after = watch["start"], studies_snapshot(folder)
+    diff = {"added": sorted(set(after) - set(before)),
+            "changed": sorted(p for p in set(before) & set(after) if before[p] != after[p]),
+            "removed": sorted(set(before) - set(after))}
+    lines = [f"  {what}: {path}  (seen after {watch['culprits'].get(path, 'the last test')})"
+             for what, paths in diff.items() for path in paths]
+    if lines:
+        pytest.fail(f"the tests wrote into the repository's {folder}/, which must stay as the "
+                    f"session found it: a test writes only into its own temporary folder "
+                    f"(cwd=tmp_path, --storage and --artifacts under tmp_path). "
+                    + ", ".join(f"{len(v)} {k}" for k, v in diff.items()) + ":\n"
+                    + "\n".join(lines[:50]) + ("\n  ..." if len(lines) > 50 else ""),
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _studies_watch(repository_studies_untouched, request):
+    """After each test, which paths of studies/ changed, so the session's failure names it."""
+    yield
+    watch = repository_studies_untouched
+    now = studies_snapshot(ROOT / "studies")
+    for path in set(now) ^ set(watch["last"]) | {
+            p for p in set(now) & set(watch["last"]) if now[p] != watch["last"][p]}:
+        watch["culprits"].setdefault(path, request.node.nodeid)
+    watch["last"] = now
+
+
 def cli_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("HPSEARCH_") or k == "HPSEARCH_CACHE_DIR"}

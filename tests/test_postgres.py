@@ -38,12 +38,15 @@ def postgres_study():
     storage.engine.dispose()
 
 
-def test_study_runs_and_resumes_on_postgresql(study_file, postgres_study):
+def test_study_runs_and_resumes_on_postgresql(study_file, postgres_study, tmp_path):
+    # A database server has no store file to put the weights and checkpoints beside: they go
+    # under the working folder's studies/, so the run works in the test's own folder.
     args = ("--config", study_file, "--storage", URL, "--study-name", postgres_study)
-    assert run_cli(*args, "--trials", 2).returncode == 0
-    out = run_cli(*args, "--trials", 3)
+    assert run_cli(*args, "--trials", 2, cwd=tmp_path).returncode == 0
+    out = run_cli(*args, "--trials", 3, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     study = optuna.load_study(study_name=postgres_study,
                               storage=URL.replace("postgresql://", "postgresql+psycopg://"))
     assert states(study) == {"COMPLETE": 3}
     assert "Store: postgresql+psycopg://postgres@127.0.0.1:5432/test" in out.stdout
+    assert len(list((tmp_path / "studies" / "artifacts").iterdir())) == 3  # a weight file each

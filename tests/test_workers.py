@@ -50,7 +50,7 @@ def test_four_workers_on_one_file_store(study_file, tmp_path, kind):
 
 def test_four_workers_on_postgresql(study_file, postgres_study):  # noqa: F811
     out = run_cli("--config", study_file, "--storage", URL, "--study-name", postgres_study,
-                  "--trials", TARGET, "--workers", WORKERS)
+                  "--trials", TARGET, "--workers", WORKERS, cwd=study_file.parent)
     check_workers_run(out, URL.replace("postgresql://", "postgresql+psycopg://"), postgres_study)
 
 
