@@ -158,11 +158,11 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
         interrupts.install()  # first thing: a Ctrl-C is never lost, nor acted on mid-write
-    if argv[:1] == ["bench"]:
-        return bench(argv[1:])
-    args = build_parser().parse_args(argv)
-    console.configure_logging(verbose=getattr(args, "verbose", False))
     try:
+        if argv[:1] == ["bench"]:
+            return bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        console.configure_logging(verbose=getattr(args, "verbose", False))
         return args.func(args)
     except KeyboardInterrupt:
         console.interrupted()
@@ -203,7 +203,8 @@ def bench(argv: list) -> int:
         console.error("this installation has no benchmark suite (hpsearch/bench); run it from "
                       "a clone of the repository: make bench")
         return EXIT_USAGE
-    return subprocess.call([sys.executable, "-m", "hpsearch.bench", *argv])
+    code = subprocess.call([sys.executable, "-m", "hpsearch.bench", *argv])
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -216,19 +217,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     interrupts.check()
     options = RunOptions(storage=args.storage, device=args.device, workers=args.workers,
                          artifacts=args.artifacts, timeout=args.timeout)
-    session = Session.open(cfg, options)
-    for note in session.notes:
-        console.say(note)
+    session = Session.open(cfg, options, on_note=console.say)
     console.skipped_images(session.data.skipped)
     done = session.finished()
     console.header(session, done)
     if session.nothing_to_do():
+        interrupts.check()
         console.nothing_to_do(session, done)
         return 0
     for number, queued in session.recover_dead_trials():
         console.recovered(number, queued)
     try:
         result = run_trials(session, done, args.quiet)
+        interrupts.check()  # a stop the trials finished before: still an interrupted run
     finally:
         session.close()
     return finish(session, result)

@@ -6,7 +6,8 @@ drops it: the run goes on as if nothing was pressed. So the handler only records
 request; the run checks it at points where stopping is clean (between the steps of its
 start-up, after every training batch, after every trial) and raises KeyboardInterrupt
 there. A second signal that finds the first still unheeded after PATIENCE seconds raises at
-once, wherever it lands.
+once, wherever it lands; once a safe point has acted on the first, further signals wait
+for the clean stop it began (queueing the trial again, the last backup).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ PATIENCE = 5.0  # seconds a request may wait for a safe point before a second on
 
 _requested: Optional[int] = None  # the signal number of the pending request
 _since = 0.0
+_heeded = False  # a safe point has acted on it: the run is stopping cleanly
 
 
 def install() -> None:
@@ -33,7 +35,7 @@ def _record(signum, frame) -> None:
     now = time.monotonic()
     if _requested is None:
         _requested, _since = signum, now
-    elif now - _since > PATIENCE:
+    elif not _heeded and now - _since > PATIENCE:
         raise KeyboardInterrupt  # the first request was never acted on: stop here
 
 
@@ -44,7 +46,9 @@ def requested() -> bool:
 
 def check() -> None:
     """A safe point: raise KeyboardInterrupt if a stop was asked for."""
+    global _heeded
     if _requested is not None:
+        _heeded = True
         raise KeyboardInterrupt
 
 
@@ -56,5 +60,5 @@ def stop_study(study, trial) -> None:
 
 def forget() -> None:
     """Drop a pending request (for a process that goes on after handling it)."""
-    global _requested
-    _requested = None
+    global _requested, _heeded
+    _requested, _heeded = None, False

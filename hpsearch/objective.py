@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import optuna
 import torch
 
-from hpsearch import records
+from hpsearch import interrupts, records
 from hpsearch.build import fit_settings, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
@@ -63,6 +63,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
+            interrupts.check()  # asked for while the trial was being set up
             history = trainer(model, data, settings, device, on_epoch_end=report,
                               resume=resume, save_state=save_state if ckpt else None)
         except Diverged as err:
@@ -104,6 +105,8 @@ def start_trial(trial: optuna.Trial, cfg: Config, device,
     """Record the owner, its device and precision first, clear what a retry inherited of its
     original's outcome, and draw the parameters. Returns (params, seed); the seed is not
     stored: it follows from the study's seed and the origin (see records.trial_seed)."""
+    if precision is None:
+        precision = choose_precision(torch.device(device), cfg.train.precision).name
     records.start_record(trial, owner_record(trial.number, str(device), precision))
     return suggest_params(trial, cfg), records.trial_seed(cfg.study.seed, trial)
 

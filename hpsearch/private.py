@@ -2,15 +2,14 @@
 
 Each may change with a minor release of its library, so each is called from here alone, with
 the reason the public API does not serve and the versions it was checked against. Checked:
-Optuna 5.0.0 and 5.1.0, torch 2.4 to 2.14, CPython 3.10 to 3.13.
+Optuna 5.0.0 and 5.1.0, torch 2.4 to 2.14, CPython 3.10 to 3.13. torch is imported by the
+calls that need it, so that the commands that never train (`--help`, `status`) load none.
 """
 
 from __future__ import annotations
 
 import atexit
 import threading
-
-import torch
 
 # --- Optuna -------------------------------------------------------------------------------
 
@@ -64,22 +63,30 @@ def fused_adam_(*args, adamw: bool = False, **kwargs) -> None:
     """torch.optim's fused Adam or AdamW kernel (`torch._fused_adam_`, `_fused_adamw_`): the
     kernel `torch.optim.Adam(fused=True)` runs, without torch.optim's per-step regrouping of
     the tensors and its import of torch's compiler (see hpsearch.optim)."""
+    import torch
+
     (torch._fused_adamw_ if adamw else torch._fused_adam_)(*args, **kwargs)
 
 
 def fused_sgd_(*args, **kwargs) -> None:
     """torch.optim's fused SGD kernel (`torch._fused_sgd_`), for the same reason."""
+    import torch
+
     torch._fused_sgd_(*args, **kwargs)
 
 
 def foreach_add_(tensors: list, other) -> None:
     """One kernel adding to a list of tensors (`torch._foreach_add_`), as torch.optim counts
     its Adam steps."""
+    import torch
+
     torch._foreach_add_(tensors, other)
 
 
 def foreach_sub_(tensors: list, others: list) -> None:
     """One kernel subtracting from a list of tensors (`torch._foreach_sub_`)."""
+    import torch
+
     torch._foreach_sub_(tensors, others)
 
 
@@ -87,6 +94,8 @@ def cpu_has_native_bf16() -> bool:
     """Whether the processor computes bfloat16 natively: AVX512-BF16 or AMX tiles
     (`torch.cpu._is_avx512_bf16_supported`, `_is_amx_tile_supported`). The public check,
     `torch.backends.mkldnn`'s, also says yes where oneDNN emulates bf16, slower than fp32."""
+    import torch
+
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):

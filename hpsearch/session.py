@@ -8,7 +8,7 @@ A Ctrl-C between these steps stops the run there (see interrupts).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -74,15 +74,14 @@ class Session:
     checkpoints: Path
     backup: Optional[Backup] = None
     worker: Optional[int] = None  # the index of a --workers process; None for the run itself
-    notes: list = field(default_factory=list)  # what happened while opening, for the user
     restored: bool = False  # the store was copied back from the backup just now
 
     @classmethod
-    def open(cls, cfg: Config, options: RunOptions = RunOptions(),
-             worker: Optional[int] = None) -> "Session":
+    def open(cls, cfg: Config, options: RunOptions = RunOptions(), worker: Optional[int] = None,
+             on_note: Optional[Callable[[str], None]] = None) -> "Session":
         """Check, load and open everything a run needs. The run itself (worker None) also
-        restores a missing store from its backup and switches SQLite to write-ahead
-        logging; its workers find both done."""
+        restores a missing store from its backup, telling `on_note` at once, and switches
+        SQLite to write-ahead logging; its workers find both done."""
         device = worker_device(options.device, worker)
         precision = choose_precision(device, cfg.train.precision).name  # refused before work
         spec = parse_storage(options.storage)
@@ -92,6 +91,8 @@ class Session:
                        else beside_store(spec, "checkpoints"))
         backup = Backup.of(cfg.study, spec, artifacts, checkpoints)
         note = backup.restore_if_missing() if backup and worker is None else None
+        if note and on_note is not None:
+            on_note(note)
         check_store_file(spec)  # before any work, so that a wrong path fails fast
         interrupts.check()
         threads, data = training_setup(cfg, device, options.workers)
@@ -104,7 +105,7 @@ class Session:
             use_wal(spec, storage)
         interrupts.check()
         return cls(cfg, options, spec, device, precision, threads, data, study, artifacts,
-                   checkpoints, backup, worker, notes=[note] if note else [],
+                   checkpoints, backup, worker,
                    restored=bool(note) and note.startswith("restored"))
 
     @property

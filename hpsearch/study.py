@@ -297,6 +297,7 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
     from hpsearch.sqlite import lock_retries
     from hpsearch.train import release_device_memory
 
+    interrupts.check()  # asked for since the last start-up step: no trial starts
     streak = FailStreak()
     ran = []
     start = time.perf_counter()

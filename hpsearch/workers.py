@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import time
 from dataclasses import asdict
 from typing import Callable
@@ -48,13 +49,20 @@ def run_workers(cfg: Config, options: RunOptions, poll: Callable[[], None]) -> R
     procs = [ctx.Process(target=worker_main, args=(cfg, options, i, results),
                          name=f"hpsearch-{i}") for i in range(options.workers)]
     start = time.perf_counter()
-    for p in procs:
-        p.start()
+    # Started with Ctrl-C ignored, until each has installed its own handler: a worker still
+    # importing torch would otherwise die of it with a traceback. The parent stops them.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         while any(p.is_alive() for p in procs):
             poll()
             interrupts.check()
             time.sleep(0.5)
+        interrupts.check()  # asked for while the last workers were stopping
     except KeyboardInterrupt:
         _stop(procs)
         raise

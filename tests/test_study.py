@@ -184,15 +184,17 @@ def test_a_signal_is_recorded_and_acted_on_at_the_next_safe_point(monkeypatch):
     from hpsearch import interrupts
 
     monkeypatch.setattr(interrupts, "_requested", None)
+    monkeypatch.setattr(interrupts, "_heeded", False)
     interrupts.check()  # nothing asked for: goes on
     interrupts._record(signal.SIGTERM, None)
     assert interrupts.requested()
     interrupts._record(signal.SIGINT, None)  # a second one, soon after: still only recorded
-    with pytest.raises(KeyboardInterrupt):
-        interrupts.check()
     monkeypatch.setattr(interrupts, "_since", interrupts._since - interrupts.PATIENCE - 1)
     with pytest.raises(KeyboardInterrupt):  # the first went unheeded too long: at once
         interrupts._record(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):  # a safe point acts on it
+        interrupts.check()
+    interrupts._record(signal.SIGINT, None)  # heeded: the clean stop is not cut short
     interrupts.forget()
     assert not interrupts.requested()
 

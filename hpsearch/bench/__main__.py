@@ -25,8 +25,15 @@ def counts(text: str) -> tuple:
     return tuple(whole_number(part.strip()) for part in text.split(","))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m hpsearch.bench", allow_abbrev=False,
         description="Training throughput, achieved compute, the whole study against the "
                     "canonical Optuna + PyTorch recipe, pruners, workers and framework "
