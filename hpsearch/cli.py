@@ -153,7 +153,6 @@ def add_result_commands(sub) -> None:
     dash.add_argument("--port", type=whole_number(1), default=8080, metavar="N")
 
 
-
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
@@ -221,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.skipped_images(session.data.skipped)
     done = session.finished()
     console.header(session, done)
-    if session.nothing_to_do():
+    if session.nothing_to_do(done):
         interrupts.check()
         console.nothing_to_do(session, done)
         return 0

@@ -73,7 +73,6 @@ class Session:
     artifacts: Path
     checkpoints: Path
     backup: Optional[Backup] = None
-    worker: Optional[int] = None  # the index of a --workers process; None for the run itself
     restored: bool = False  # the store was copied back from the backup just now
 
     @classmethod
@@ -105,8 +104,7 @@ class Session:
             use_wal(spec, storage)
         interrupts.check()
         return cls(cfg, options, spec, device, precision, threads, data, study, artifacts,
-                   checkpoints, backup, worker,
-                   restored=bool(note) and note.startswith("restored"))
+                   checkpoints, backup, restored=bool(note) and note.startswith("restored"))
 
     @property
     def alone(self) -> bool:
@@ -116,8 +114,10 @@ class Session:
     def finished(self) -> int:
         return count_finished(self.study)
 
-    def nothing_to_do(self) -> bool:
-        return self.finished() >= self.cfg.study.trials or grid_is_exhausted(self.study)
+    def nothing_to_do(self, finished: int) -> bool:
+        """Whether a study with `finished` trials needs no more: its target met, or its grid
+        tried."""
+        return finished >= self.cfg.study.trials or grid_is_exhausted(self.study)
 
     def recover_dead_trials(self) -> list:
         """(trial number, retry queued) of each trial a dead process left running."""

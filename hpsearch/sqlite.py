@@ -92,8 +92,9 @@ def close_connections() -> None:
             pass
 
 
-def use_wal(spec: StorageSpec, storage=None) -> None:
-    """Write-ahead logging lets readers (the dashboard, reports) work while a trial writes.
+def use_wal(spec, storage=None) -> None:
+    """Write-ahead logging for the store of `spec` (a storage.StorageSpec): readers (the
+    dashboard, reports) work while a trial writes.
     The mode is stored in the file, so setting it once is enough; it is set only after the
     study's settings were accepted, so a refused resume leaves the file as it was. The
     connections `storage` opened before are closed, so that the next ones write as WAL allows
@@ -113,7 +114,7 @@ def use_wal(spec: StorageSpec, storage=None) -> None:
         storage.engine.dispose()
 
 
-def sync_finished_trials(spec: StorageSpec):
+def sync_finished_trials(spec):
     """A study callback that makes every finished trial durable: an fsync of a WAL store's
     log once the trial is told (its writes commit without one, see _RetryingConnection).
     Other stores sync each commit themselves: nothing to do."""
