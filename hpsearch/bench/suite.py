@@ -220,7 +220,7 @@ def postgres_answers(url: str) -> bool:
 
 def bench_overhead(at: tuple = (50, 1000), repeats: int = 3,
                    postgres_url: str = POSTGRES_URL) -> dict:
-    """hpsearch.overhead on SQLite, a journal file and PostgreSQL (when one answers), each
+    """bench.overhead on SQLite, a journal file and PostgreSQL (when one answers), each
     also with the bare objective under Optuna's own loop: Optuna's floor on that store. One
     study per side runs to the largest count; the smallest count, which the target is set at,
     is measured in `repeats` studies per side, alternating, and the median one is kept.
