@@ -43,10 +43,6 @@ def error(line: str) -> None:
     print(f"hpsearch: error: {line}", file=sys.stderr)
 
 
-def warn(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 # --- the run ------------------------------------------------------------------------------
 
 

@@ -72,12 +72,17 @@ def config_of(settings: dict, data_dir: Optional[str] = None):
     return build_config(raw)
 
 
-def state_counts(study: optuna.Study) -> dict:
+def count_states(trials: list) -> dict:
     """Trials by state name."""
     counts: dict = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+def state_counts(study: optuna.Study) -> dict:
+    """The study's trials by state name."""
+    return count_states(study.get_trials(deepcopy=False))
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -87,8 +92,8 @@ def count_finished(study: optuna.Study) -> int:
 def status_row(study: optuna.Study) -> tuple:
     """`hpsearch status`'s line of a study: its name, trials by state (complete, pruned,
     failed, running, waiting), the best value and the last activity, as strings."""
-    counts = state_counts(study)
     trials = study.get_trials(deepcopy=False)
+    counts = count_states(trials)
     times = [t.datetime_complete or t.datetime_start for t in trials]
     times = [t for t in times if t is not None]
     try:

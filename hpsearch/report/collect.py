@@ -88,9 +88,7 @@ class Summary:
 
 
 def summarize(study, trials: list, settings: dict) -> Summary:
-    states: dict = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+    states = records.count_states(trials)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
