@@ -17,7 +17,7 @@ from hpsearch.build import fit_settings, model_for
 from hpsearch.data import Dataset
 from hpsearch.model import cpu_state_dict
 from hpsearch.records import weights_artifact
-from hpsearch.train import fit
+from hpsearch.train import eval_batch_size, fit
 
 
 @dataclass(frozen=True)
@@ -68,25 +68,29 @@ def loaded_model(params: dict, data: Dataset, state: dict) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def predict(model: torch.nn.Module, data: Dataset, x: torch.Tensor) -> np.ndarray:
+    """The predicted class of each uint8 image of x (on the host or the device), in batches
+    sized to the memory."""
     model.eval()
     device = next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-           for i in range(0, len(x), batch_size)]
+    size = eval_batch_size(model, data.image_size, device)
+    out = [model(data.normalized(x[i:i + size].to(device))).argmax(1).cpu()
+           for i in range(0, len(x), size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
 def predictions_on_test(model: torch.nn.Module, data: Dataset) -> Predictions:
     """The model on the held-out test split, measured once, after the search chose it."""
-    return Predictions(predict(model, data.x_test), data.y_test.cpu().numpy())
+    return Predictions(predict(model, data, data.x_test), data.y_test.cpu().numpy())
 
 
 def with_validation_in_training(data: Dataset) -> Dataset:
     """Train and validation pooled for the final fit (normalised as the study normalised
     them); validation scores then read the test split, which nothing is chosen by any more."""
-    return replace(data, x_train=torch.cat([data.x_train, data.x_val]),
-                   y_train=torch.cat([data.y_train, data.y_val]),
-                   x_val=data.x_test, y_val=data.y_test)
+    device = data.device
+    x_train = torch.cat([data.x_train, data.x_val]).contiguous(memory_format=torch.channels_last)
+    return replace(data, x_train=x_train, y_train=torch.cat([data.y_train, data.y_val]),
+                   x_val=data.x_test, y_val=data.y_test.to(device), _stats={})
 
 
 def read_best_config(path: Path) -> dict:

@@ -216,7 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     interrupts.check()
     options = RunOptions(storage=args.storage, device=args.device, workers=args.workers,
                          artifacts=args.artifacts, timeout=args.timeout)
-    session = Session.open(cfg, options, on_note=console.say)
+    console.nothing_searched(cfg)
+    session = Session.open(cfg, options, on_note=console.say,
+                           on_progress=console.decode_progress(args.quiet))
     console.skipped_images(session.data.skipped)
     done = session.finished()
     console.header(session, done)

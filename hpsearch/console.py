@@ -62,6 +62,38 @@ def header(session, done: int) -> None:
           f"{len(data.classes)} classes; training on {where}")
 
 
+def nothing_searched(cfg) -> None:
+    """A study whose space fixes every parameter: its trials differ by their seeds alone."""
+    from hpsearch.space import searched_names
+
+    if not searched_names(cfg) and cfg.study.trials > 1:
+        print(f"Note: [space] fixes every parameter, so the {cfg.study.trials} trials differ "
+              f"only by their seeds; name a range or a list in [space] to search it.")
+
+
+# Folders with more images than this show a bar while they decode.
+DECODE_BAR_FROM = 300
+
+
+class decode_progress:
+    """A tqdm bar over the images of a folder being decoded, shown from DECODE_BAR_FROM
+    images (a cache read shows none); `quiet` hides it."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="image", desc="Decoding images", file=sys.stderr,
+                            disable=self.quiet or total < DECODE_BAR_FROM, dynamic_ncols=True,
+                            mininterval=0.5)
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.bar.close()
+
+
 def skipped_images(skipped: list) -> None:
     if skipped:
         logging.getLogger("hpsearch").warning(

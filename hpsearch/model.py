@@ -9,20 +9,29 @@ import torch
 from torch import nn
 
 
-def block_widths(depth: int, width: int) -> list:
-    """Channels per conv block: `width` in every block. Doubling per block (as in VGG) was
-    much slower on 16-pixel digits for no accuracy."""
-    return [width] * depth
+# Growth stops widening blocks here (or at `width`, if wider): a depth-4 net of width 64 that
+# doubles ends at 256 channels, not 512, which would quadruple the last block's work.
+WIDTH_CAP = 256
+
+
+def block_widths(depth: int, width: int, growth: int = 1) -> list:
+    """Channels per conv block: `width` times `growth` per block, up to WIDTH_CAP. Growth 1
+    (every block as wide) suits small images; 2 (as in VGG) gives the deeper blocks of
+    larger images room for more features where their maps are small."""
+    cap = max(width, WIDTH_CAP)
+    return [min(width * growth ** i, cap) for i in range(depth)]
 
 
 def build_cnn(*, in_channels: int, num_classes: int, image_size: int, depth: int, width: int,
-              dropout: float = 0.0) -> nn.Sequential:
-    """`depth` blocks of conv 3x3 -> batch norm -> ReLU -> 2x2 max pool, then dropout and a
-    linear classifier on the flattened feature map.
+              dropout: float = 0.0, head: str = "flatten", growth: int = 1) -> nn.Sequential:
+    """`depth` blocks of conv 3x3 -> batch norm -> ReLU -> 2x2 max pool, then the head:
+    dropout and a linear classifier on the flattened feature map ("flatten") or on its
+    per-channel means ("gap", global average pooling).
 
-    Pooling stops once the feature map is 1 pixel wide, so any depth fits any image size. The
-    classifier sees every position (no global average pooling): a shallow net keeps the
-    spatial layout that tells a 6 from a 9.
+    Pooling stops once the feature map is 1 pixel wide, so any depth fits any image size.
+    Flatten sees every position: a shallow net keeps the spatial layout that tells a 6 from a
+    9. Global pooling keeps the classifier small whatever the image size, and a shape
+    counts wherever it is in the photo.
 
     The pool runs before the ReLU: max and ReLU commute, so the function and its gradients
     are the same, and the ReLU touches a quarter of the values. The layers keep their
@@ -30,7 +39,7 @@ def build_cnn(*, in_channels: int, num_classes: int, image_size: int, depth: int
     """
     layers: list = []
     size, channels = image_size, in_channels
-    for out in block_widths(depth, width):
+    for out in block_widths(depth, width, growth):
         # No conv bias: the batch norm that follows has its own shift.
         layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out)]
         if size >= 2:
@@ -38,6 +47,9 @@ def build_cnn(*, in_channels: int, num_classes: int, image_size: int, depth: int
             size //= 2
         layers.append(nn.ReLU(inplace=True))
         channels = out
+    if head == "gap":
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        size = 1
     layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * size * size, num_classes)]
     return nn.Sequential(*layers)
 
@@ -159,7 +171,8 @@ def _is_array(t) -> bool:
 
 def _is_plain_cnn(model: nn.Module, width: int) -> bool:
     """Whether `model` is a net as build_cnn makes them, the only kind PaddedNet widens."""
-    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU, nn.Flatten, nn.Dropout, nn.Linear)
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Flatten,
+             nn.Dropout, nn.Linear)
     return (isinstance(model, nn.Sequential) and len(model) > 1
             and isinstance(model[0], nn.Conv2d) and isinstance(model[-1], nn.Linear)
             and all(isinstance(m, kinds) for m in model)

@@ -19,7 +19,7 @@ from hpsearch.data import Dataset
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
-from hpsearch.train import Diverged, choose_precision, fit
+from hpsearch.train import TRAINING_ADVICE, Diverged, OutOfMemory, choose_precision, fit
 
 log = logging.getLogger("hpsearch")
 
@@ -72,11 +72,13 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             raise
-        except torch.OutOfMemoryError:
+        except (OutOfMemory, torch.OutOfMemoryError) as err:
             # This trial's model or batch does not fit the device; the next one may.
-            why = (f"out of memory on {device} at batch size {settings.batch_size}, depth "
-                   f"{params['depth']}, width {params['width']}; a smaller train.batch_size or "
-                   f"width range fits")
+            if not isinstance(err, OutOfMemory):  # outside an epoch: the model, its optimizer
+                err = OutOfMemory(f"training at batch size {settings.batch_size}",
+                                  TRAINING_ADVICE)
+            why = (f"out of memory on {device} in {err.phase} (depth {params['depth']}, width "
+                   f"{params['width']}, {data.image_size} px); {err.advice}")
             records.write_fail_reason(trial, why)
             raise RuntimeError(why) from None
         except KeyboardInterrupt:

@@ -64,9 +64,28 @@ def stored_settings(study: optuna.Study) -> Optional[dict]:
     return settings if isinstance(settings, dict) and "config" in settings else None
 
 
+# Settings added after studies were already stored, with the value those studies ran with.
+LATER_SETTINGS = {("train", "precision"): "auto", ("train", "augment"): "auto",
+                  ("space", "head"): "flatten", ("space", "growth"): 1,
+                  ("space", "augment"): "none"}
+
+
+def with_later_defaults(stored: dict) -> dict:
+    """A stored record completed by the settings it predates, so that a study made by an
+    earlier hpsearch resumes as long as this run keeps their defaults."""
+    config = stored.get("config")
+    if not isinstance(config, dict):
+        return stored
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for (section, key), value in LATER_SETTINGS.items():
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(key, value)
+    return {**stored, "config": config}
+
+
 def config_of(settings: dict, data_dir: Optional[str] = None):
     """The study's Config as it was run, rebuilt from the settings stored on the study."""
-    raw = {k: dict(v) for k, v in settings["config"].items()}
+    raw = {k: dict(v) for k, v in with_later_defaults(settings)["config"].items()}
     if data_dir is not None:
         raw["data"]["data_dir"] = data_dir
     return build_config(raw)

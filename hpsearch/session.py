@@ -18,7 +18,7 @@ import torch
 from hpsearch import interrupts
 from hpsearch.backup import Backup, refuse_network_sqlite
 from hpsearch.config import Config
-from hpsearch.data import Dataset, load_dataset
+from hpsearch.data import Dataset, Progress, load_dataset
 from hpsearch.objective import make_objective
 from hpsearch.records import count_finished, settings_record
 from hpsearch.sqlite import sync_finished_trials, use_wal
@@ -50,12 +50,14 @@ def worker_device(name: str, worker: Optional[int]) -> torch.device:
     return device
 
 
-def training_setup(cfg: Config, device: torch.device, workers: int = 1) -> tuple:
+def training_setup(cfg: Config, device: torch.device, workers: int = 1,
+                   on_progress: Progress = None) -> tuple:
     """(CPU threads or None, dataset) of a process that trains on `device`: the CPU's cores
-    shared among the workers, the study's data loaded onto the device once."""
+    shared among the workers, the study's data loaded onto the device once (a folder's
+    decoding reported to `on_progress`)."""
     threads = configure_threads(workers) if device.type == "cpu" else None
     interrupts.check()
-    return threads, load_dataset(cfg.data, cfg.study.seed, device)
+    return threads, load_dataset(cfg.data, cfg.study.seed, device, on_progress)
 
 
 @dataclass
@@ -77,10 +79,12 @@ class Session:
 
     @classmethod
     def open(cls, cfg: Config, options: RunOptions = RunOptions(), worker: Optional[int] = None,
-             on_note: Optional[Callable[[str], None]] = None) -> "Session":
+             on_note: Optional[Callable[[str], None]] = None,
+             on_progress: Progress = None) -> "Session":
         """Check, load and open everything a run needs. The run itself (worker None) also
         restores a missing store from its backup, telling `on_note` at once, and switches
-        SQLite to write-ahead logging; its workers find both done."""
+        SQLite to write-ahead logging; its workers find both done. `on_progress` hears how
+        far a folder's decoding is."""
         device = worker_device(options.device, worker)
         precision = choose_precision(device, cfg.train.precision).name  # refused before work
         spec = parse_storage(options.storage)
@@ -94,7 +98,7 @@ class Session:
             on_note(note)
         check_store_file(spec)  # before any work, so that a wrong path fails fast
         interrupts.check()
-        threads, data = training_setup(cfg, device, options.workers)
+        threads, data = training_setup(cfg, device, options.workers, on_progress)
         interrupts.check()
         storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)

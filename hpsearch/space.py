@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from hpsearch.config import PARAM_DEFAULTS, PARAM_KINDS, Choice, Config, Fixed, Param, Range
+from hpsearch.config import Config
+from hpsearch.params import PARAM_DEFAULTS, PARAM_KINDS, Choice, Fixed, Param, Range
 
 
 def suggest_params(trial: optuna.Trial, cfg: Config) -> dict:

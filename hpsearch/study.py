@@ -13,7 +13,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import interrupts, private, records
-from hpsearch.config import Config, Fixed, grid_values
+from hpsearch.config import Config
+from hpsearch.params import Fixed, grid_values
 from hpsearch.errors import SettingsMismatch
 from hpsearch.owner import is_mine, is_provably_dead
 from hpsearch.records import FINISHED, RetryStaleTrial, count_finished, retry_chain
@@ -123,7 +124,7 @@ def check_settings(study: optuna.Study, record: dict) -> None:
         raise SettingsMismatch(f"study {study.study_name!r} was not made by hpsearch; "
                                f"pass --study-name NEW to start a new one")
     # Package versions are kept for the record; a newer torch on a resumed Colab is fine.
-    stored = _with_later_defaults(stored)
+    stored = records.with_later_defaults(stored)
     diffs = _differences({k: v for k, v in stored.items() if k != "versions"},
                          {k: v for k, v in record.items() if k != "versions"})
     if diffs:
@@ -134,27 +135,17 @@ def check_settings(study: optuna.Study, record: dict) -> None:
             f"rerun with the original settings or pass --study-name NEW for a new study")
 
 
-# Settings added after studies were already stored, with the value those studies ran with.
-LATER_SETTINGS = {("train", "precision"): "auto"}
-
-
-def _with_later_defaults(stored: dict) -> dict:
-    """A stored record completed by the settings it predates, so that a study made by an
-    earlier hpsearch resumes as long as this run keeps their defaults."""
-    config = stored.get("config")
-    if not isinstance(config, dict):
-        return stored
-    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for (section, key), value in LATER_SETTINGS.items():
-        if isinstance(config.get(section), dict):
-            config[section].setdefault(key, value)
-    return {**stored, "config": config}
+# Follow from what is compared (the data's fingerprint, the split seed, the image size); their
+# last digits depend on how they were summed, which a newer hpsearch may do otherwise.
+DERIVED_SETTINGS = ("data.normalization",)
 
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list:
     diffs = []
     for key in sorted(set(stored) | set(now), key=str):
         a, b, name = stored.get(key), now.get(key), f"{prefix}{key}"
+        if name in DERIVED_SETTINGS:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += _differences(a, b, name + ".")
         elif not _same(a, b):

@@ -16,10 +16,24 @@ import torch
 from torch import nn
 
 from hpsearch import interrupts, private
+from hpsearch.augment import Augment, apply
+from hpsearch.batches import Rows
 from hpsearch.checkpoint import rng_state, set_rng_state
 from hpsearch.errors import DeviceError
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory in one phase of a trial: `phase` says where and at what
+    size ("training at batch size 64"), `advice` what to lower."""
+
+    def __init__(self, phase: str, advice: str):
+        super().__init__(f"out of memory in {phase}; {advice}")
+        self.phase, self.advice = phase, advice
+
+
+TRAINING_ADVICE = "a smaller train.batch_size or width range fits"
 
 
 class Diverged(ArithmeticError):
@@ -48,8 +62,9 @@ class FitSettings:
     lr: float
     optimizer: str = "adam"  # adam | adamw | sgd (with Nesterov momentum 0.9)
     weight_decay: float = 0.0
-    seed: int = 0  # initialisation and shuffling
+    seed: int = 0  # initialisation, shuffling and augmentation
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; see choose_precision
+    augment: str = "none"  # none | crop | flip | crop+flip (see augment.py)
 
 
 @dataclass
@@ -156,6 +171,11 @@ class Precision:
     @property
     def name(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype batches are normalised into: what the first convolution computes in."""
+        return self.dtype or torch.float32
 
     def autocast(self):
         if self.dtype is None:
@@ -282,12 +302,16 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
               epoch: int, history: History) -> None:
     """Train one epoch, score it on the validation images and append it to `history`."""
     start = time.perf_counter()
-    loss, acc = train_epoch(net, data.x_train, data.y_train, optimizer, precision,
-                            s.batch_size, gen)
+    augment = Augment.named(s.augment, data.image_size)
+    try:
+        loss, acc = train_epoch(net, data, optimizer, precision, s.batch_size, gen, augment)
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(f"training at batch size {s.batch_size}",
+                          TRAINING_ADVICE) from None
     chance = math.log(max(2, len(data.classes)))
     if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
         raise Diverged(epoch, loss, chance)
-    val_loss, val_acc = evaluate(net, data.x_val, data.y_val, precision=precision)
+    val_loss, val_acc = evaluate(net, data, data.x_val, data.y_val, precision)
     history.add(loss, acc, val_loss, val_acc, time.perf_counter() - start)
 
 
@@ -305,37 +329,91 @@ def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
     return loss.detach(), logits.detach()
 
 
-def train_epoch(model, x, y, optimizer, precision: Precision, batch_size: int, gen) -> tuple:
-    """One pass over shuffled (x, y) by indexing; returns (mean loss, accuracy)."""
+def train_epoch(model, data, optimizer, precision: Precision, batch_size: int, gen,
+                augment: Augment = Augment()) -> tuple:
+    """One pass over the shuffled training images by indexing, each batch augmented and
+    normalised on the device; returns (mean loss, accuracy)."""
     model.train()
-    n = len(y)
-    order = torch.randperm(n, generator=gen).to(x.device)
+    x, y = data.x_train, data.y_train
+    n, device = len(y), y.device
+    order = torch.randperm(n, generator=gen)  # drawn first: then the augmentations
+    draws = augment.draw(n, gen)
+    draws = draws.to(device) if draws is not None else None
+    rows, order_x, order_y = Rows(x, device, batch_size), order.to(x.device), order.to(device)
+    dtype = precision.input_dtype
     # Sums stay on the device: reading them every step would stall a GPU.
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) < 2:  # batch norm cannot train on a single image
+        stop = min(start + batch_size, n)
+        if stop - start < 2:  # batch norm cannot train on a single image
             break
         interrupts.check()  # a Ctrl-C stops the trial here, between two steps
-        yb = y[idx]
-        loss, logits = train_step(model, x[idx], yb, optimizer, precision)
-        loss_sum += loss.float() * len(idx)
+        xb = rows.take(order_x[start:stop])
+        if draws is not None:
+            xb = apply(xb, draws.part(start, stop))
+        yb = y[order_y[start:stop]]
+        loss, logits = train_step(model, data.normalized(xb, dtype), yb, optimizer, precision)
+        loss_sum += loss.float() * (stop - start)
         correct += (logits.argmax(1) == yb).sum()
-        seen += len(idx)
+        seen += stop - start
     return loss_sum.item() / seen, correct.item() / seen
 
 
+# The memory one evaluation batch's activations may take: a share of the device's free memory,
+# at most EVAL_BYTES (and on the CPU, EVAL_BYTES).
+EVAL_SHARE, EVAL_BYTES = 0.25, 512 * 2**20
+EVAL_BATCH_MAX = 1024
+
+
+def eval_batch_size(model: nn.Module, image_size: int, device: torch.device,
+                    element_bytes: int = 4) -> int:
+    """Images per evaluation batch: as many as fit the memory budget, estimated from the
+    largest two consecutive activations of one image (inference frees the others), up to
+    EVAL_BATCH_MAX."""
+    budget = EVAL_BYTES
+    if device.type == "cuda":
+        budget = min(budget, int(EVAL_SHARE * torch.cuda.mem_get_info(device)[0]))
+    size, largest = image_size, 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            largest = max(largest, m.out_channels * size * size)
+        elif isinstance(m, nn.MaxPool2d):
+            size = max(1, size // 2)
+    per_image = max(1, 2 * largest * element_bytes)
+    return max(1, min(EVAL_BATCH_MAX, budget // per_image))
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
-             precision: Optional[Precision] = None):
-    """(mean loss, accuracy) over (x, y) in large batches, in the training's precision."""
+def evaluate(model: nn.Module, data, x: torch.Tensor, y: torch.Tensor,
+             precision: Optional[Precision] = None, batch_size: Optional[int] = None) -> tuple:
+    """(mean loss, accuracy) over the uint8 images x and labels y, wherever they live, in
+    batches sized to the memory (see eval_batch_size) and the training's precision. Out of
+    memory, the batch halves and evaluation starts over; at one image it raises OutOfMemory."""
     model.eval()
+    device = next(model.parameters()).device
+    dtype = precision.input_dtype if precision is not None else torch.float32
+    size = batch_size or eval_batch_size(model, data.image_size, device,
+                                         torch.finfo(dtype).bits // 8)
+    while True:
+        try:
+            return _evaluate(model, data, x, y.to(device), precision, size, dtype)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise OutOfMemory("evaluation, even one image at a time",
+                                  "a smaller width range or data.image_size fits") from None
+            size = max(1, size // 2)
+            release_device_memory()
+
+
+def _evaluate(model, data, x, y, precision, batch_size: int, dtype) -> tuple:
+    rows = Rows(x, y.device)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
+        xb = data.normalized(rows.span(start, start + batch_size), dtype)
         with precision.autocast() if precision is not None else nullcontext():
-            logits = model(x[start:start + batch_size]).float()
+            logits = model(xb).float()
         yb = y[start:start + batch_size]
         loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()

@@ -20,15 +20,22 @@ def new_model(data):
                      dropout=0.3)
 
 
-@pytest.mark.parametrize("padding", [(1, None), (16, None)], ids=["plain", "padded"])
-def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path, monkeypatch, padding):
+@pytest.mark.parametrize("padding,augment", [((1, None), "none"), ((16, None), "none"),
+                                             ((1, None), "crop+flip")],
+                         ids=["plain", "padded", "augmented"])
+def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path, monkeypatch, padding,
+                                                                augment):
     """With the conv channels trained as they are and padded (the checkpoint keeps the
-    model's own shapes either way)."""
+    model's own shapes either way), and with crops and flips: the resumed epochs draw the
+    augmentations the uninterrupted ones drew."""
+    from dataclasses import replace
+
     from hpsearch import train
 
     monkeypatch.setattr(train, "channel_padding", lambda device: padding)
     data = load_dataset(DataConfig(image_size=8), 0)
-    whole = fit(new_model(data), data, SETTINGS, torch.device("cpu"))
+    settings = replace(SETTINGS, augment=augment)
+    whole = fit(new_model(data), data, settings, torch.device("cpu"))
 
     ckpt = TrialCheckpoint.under(tmp_path, "s", 3, {"lr": 0.01})
     saved = []
@@ -39,14 +46,14 @@ def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path, monkey
             raise KeyboardInterrupt  # the process dies here; the checkpoint of epoch 2 stays
 
     try:
-        fit(new_model(data), data, SETTINGS, torch.device("cpu"),
+        fit(new_model(data), data, settings, torch.device("cpu"),
             on_epoch_end=die_in_epoch_three, save_state=ckpt.save)
     except KeyboardInterrupt:
         pass
     state, why = ckpt.load()
     assert why is None and state["epoch"] == 2
     assert state["model"]["0.weight"].shape == (6, 1, 3, 3)  # the model's width, never padded
-    resumed = fit(new_model(data), data, SETTINGS, torch.device("cpu"), resume=state)
+    resumed = fit(new_model(data), data, settings, torch.device("cpu"), resume=state)
     assert resumed.val_acc == whole.val_acc
     assert resumed.train_loss == whole.train_loss
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT, cli_env, load, run_cli, states
 from hpsearch.config import DataConfig
-from hpsearch.data import (DataError, cache_dir, digits_images, folder_images, load_images,
-                           split_and_normalize, split_indices)
+from hpsearch.data import DataError, load_images, split, split_indices
+from hpsearch.images import cache_dir, digits_images, folder_images
 
 RNG = np.random.default_rng(0)
 
@@ -165,14 +166,17 @@ def test_folder_with_one_class_is_refused(tmp_path):
 def test_splits_are_stratified_fixed_by_seed_and_normalised_on_train(tmp_path):
     cfg = DataConfig(image_size=8)
     images = load_images(cfg)
-    a = split_and_normalize(images, cfg, seed=3, device="cpu")
-    b = split_and_normalize(images, cfg, seed=3, device="cpu")
-    c = split_and_normalize(images, cfg, seed=4, device="cpu")
+    a = split(images, cfg, seed=3, device=torch.device("cpu"))
+    b = split(images, cfg, seed=3, device=torch.device("cpu"))
+    c = split(images, cfg, seed=4, device=torch.device("cpu"))
     assert a.x_val.equal(b.x_val) and not a.x_val.equal(c.x_val)
     assert len(a.y_train) + len(a.y_val) + len(a.y_test) == len(images.y)
     shares = np.bincount(a.y_val.numpy()) / len(a.y_val)
     assert np.allclose(shares, np.bincount(images.y) / len(images.y), atol=0.02)
-    assert abs(float(a.x_train.mean())) < 1e-4 and abs(float(a.x_train.std()) - 1) < 1e-2
+    assert a.x_train.dtype == torch.uint8 and a.x_train.is_contiguous(
+        memory_format=torch.channels_last)
+    x = a.normalized(a.x_train)
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-2
 
 
 def test_a_study_runs_on_an_image_folder(study_file, store, tmp_path):

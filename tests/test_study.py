@@ -97,7 +97,8 @@ def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monk
     result = run(study, make_objective(cfg, data, torch.device("cpu")), target=2)
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and not result.stopped_by_failures
-    assert failed[0].user_attrs["fail_reason"].startswith("out of memory on cpu at batch size 64")
+    assert failed[0].user_attrs["fail_reason"].startswith(
+        "out of memory on cpu in training at batch size 64 (depth")
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
 
 

@@ -83,13 +83,13 @@ def epoch_flops(data, model_fn, batch_size: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     model = model_fn().to(memory_format=torch.channels_last)
-    xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
+    xb, yb = data.normalized(data.x_train[:batch_size]), data.y_train[:batch_size]
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.cross_entropy(model(xb), yb).backward()
     per_train_image = counter.get_total_flops() / batch_size
     model.eval()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(data.x_val[:batch_size])
+        model(data.normalized(data.x_val[:batch_size]))
     per_val_image = counter.get_total_flops() / batch_size
     return {"train": per_train_image * len(data.y_train), "eval": per_val_image * len(data.y_val)}
 

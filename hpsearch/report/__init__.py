@@ -242,9 +242,7 @@ def _grid(preds, data):
     n_right = min(len(right), N_SAMPLES - len(wrong))
     picked = np.concatenate([wrong, np.sort(rng.choice(right, n_right, replace=False))])
     picked = picked.astype(np.int64)
-    mean = np.asarray(data.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(data.std, dtype=np.float32)[:, None, None]
-    images = data.x_test[picked].cpu().numpy() * std + mean  # back to 0..1 pixels
+    images = data.x_test[picked].cpu().numpy() / 255.0  # 0..1 pixels, as the file showed them
     n_wrong = int((preds.predicted != preds.true).sum())
     title = (f"{n_wrong} of {len(preds.true)} test images wrong"
              + (f"; {len(wrong)} shown first" if n_wrong else ""))

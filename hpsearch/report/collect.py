@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import records
-from hpsearch.config import PARAM_DEFAULTS
+from hpsearch.params import PARAM_DEFAULTS
 from hpsearch.errors import ReportError
 from hpsearch.records import device_of, trial_seed
 
