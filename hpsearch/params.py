@@ -46,16 +46,15 @@ def default_space() -> tuple:
 
 
 def shape_defaults(data) -> dict:
-    """head, growth and augment when the study file leaves them out, by dataset and image size.
+    """head, growth and augment when the study file leaves them out, by dataset.
 
-    Measured (BENCHMARKS.md): up to 24 pixels a flattened feature map with constant width
-    trained as well as global pooling with doubling widths, and faster; from 32 pixels pooling
-    and doubling were more accurate on photos. Crop and flip help photos and CIFAR-10; a
-    flipped digit or letter is another glyph, and on the digits cropping cost accuracy."""
-    small = data.image_size < 32
+    Measured (BENCHMARKS.md, "Choosing the defaults"): on a folder of photos at 32 and 64
+    pixels and on the digits at 16, the flattened head with constant width was as accurate as
+    global pooling with doubling widths or more, at a third of the time; crops and flips
+    raised the photos' accuracy, and cost the digits some (a flipped digit is another
+    glyph). CIFAR-10 takes the photos' defaults."""
     glyphs = data.dataset in ("digits", "mnist", "fashion-mnist")
-    return {"head": "flatten" if small else "gap", "growth": 1 if small else 2,
-            "augment": "none" if glyphs else "crop+flip"}
+    return {"head": "flatten", "growth": 1, "augment": "none" if glyphs else "crop+flip"}
 
 
 @dataclass(frozen=True)

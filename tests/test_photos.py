@@ -51,9 +51,11 @@ def test_head_growth_and_augment_default_by_dataset_and_image_size():
     assert fixed(load_config(None)) == {"head": "flatten", "growth": 1, "augment": "none"}
     photos = load_config(ROOT / "studies" / "photos.toml")
     assert photos.data.image_size == 64
-    assert fixed(photos) == {"head": "gap", "growth": 2, "augment": "crop+flip"}
+    assert fixed(photos) == {"head": "flatten", "growth": 1, "augment": "crop+flip"}
     cifar = load_config(ROOT / "studies" / "cifar10.toml")
-    assert cifar.data.dataset == "cifar10" and fixed(cifar)["augment"] == "crop+flip"
+    assert cifar.data.dataset == "cifar10" and fixed(cifar) == {"augment": "crop+flip"}
+    folder = load_config(None, ["data.dataset='folder:x'", "data.image_size=64"])
+    assert fixed(folder) == {"head": "flatten", "growth": 1, "augment": "crop+flip"}
     listed = load_config(None, ["train.augment=['flip', 'crop']"])
     assert fixed(listed)["augment"] == "crop+flip"
     searched = load_config(None, ["space.augment=[[], ['crop', 'flip']]"])
