@@ -69,8 +69,9 @@ class Rows:
     def _send(self, buf: torch.Tensor) -> torch.Tensor:
         out = buf.to(self.device, non_blocking=buf.is_pinned())
         if self.device.type == "cuda":
+            # On the stream the copy went to: the target GPU's, which need not be the current.
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             self._copied[self._turn] = event
         elif out.data_ptr() == buf.data_ptr():
             out = out.clone()  # the same memory (a CPU "device"): the buffer is reused next

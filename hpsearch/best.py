@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hpsearch.build import fit_settings, model_for
-from hpsearch.data import Dataset
+from hpsearch.data import Dataset, pooled
 from hpsearch.model import cpu_state_dict
 from hpsearch.records import weights_artifact
 from hpsearch.train import eval_batch_size, fit
@@ -87,10 +87,9 @@ def predictions_on_test(model: torch.nn.Module, data: Dataset) -> Predictions:
 def with_validation_in_training(data: Dataset) -> Dataset:
     """Train and validation pooled for the final fit (normalised as the study normalised
     them); validation scores then read the test split, which nothing is chosen by any more."""
-    device = data.device
-    x_train = torch.cat([data.x_train, data.x_val]).contiguous(memory_format=torch.channels_last)
-    return replace(data, x_train=x_train, y_train=torch.cat([data.y_train, data.y_val]),
-                   x_val=data.x_test, y_val=data.y_test.to(device), _stats={})
+    return replace(data, x_train=pooled(data.x_train, data.x_val),
+                   y_train=torch.cat([data.y_train, data.y_val]), x_val=data.x_test,
+                   y_val=data.y_test.to(data.device), _stats={})
 
 
 def read_best_config(path: Path) -> dict:

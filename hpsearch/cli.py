@@ -11,7 +11,7 @@ import sys
 from typing import Optional
 
 from hpsearch import console, interrupts
-from hpsearch.errors import USER_ERRORS
+from hpsearch.errors import USER_ERRORS, OutOfMemory
 
 EXIT_USAGE = 2  # bad input: a flag, a config value, a store, a device
 EXIT_FAILED = 1  # the study stopped because its trials kept crashing
@@ -169,6 +169,9 @@ def main(argv: Optional[list] = None) -> int:
     except USER_ERRORS as err:
         console.error(str(err))
         return EXIT_USAGE
+    except OutOfMemory as err:  # training outside a study: train --best, report --retrain
+        console.error(str(err))
+        return EXIT_FAILED
     except OSError as err:
         if not console.output_failed(err):  # a file's, a socket's, a worker's pipe
             raise

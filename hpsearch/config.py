@@ -25,6 +25,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take 32-bit seeds
 
+
 @dataclass(frozen=True)
 class StudyConfig:
     name: str = "digits-cnn"
@@ -198,16 +199,16 @@ def _check_study(s: StudyConfig) -> None:
     need(bool(s.name.strip()), "study.name must not be empty")
     need(s.trials >= 1, f"study.trials must be at least 1, got {s.trials}")
     need(s.sampler in SAMPLERS,
-          f"study.sampler must be one of {names(SAMPLERS)}, got {s.sampler!r}")
+         f"study.sampler must be one of {names(SAMPLERS)}, got {s.sampler!r}")
     need(s.pruner in PRUNERS, f"study.pruner must be one of {names(PRUNERS)}, got {s.pruner!r}")
     need(0 <= s.seed <= MAX_SEED, f"study.seed must be 0..{MAX_SEED}, got {s.seed}")
     need(s.heartbeat_interval >= 1,
-          f"study.heartbeat_interval must be at least 1 second, got {s.heartbeat_interval}")
+         f"study.heartbeat_interval must be at least 1 second, got {s.heartbeat_interval}")
     need(s.backup_interval >= 0,
-          f"study.backup_interval must be 0 or more seconds, got {s.backup_interval}")
+         f"study.backup_interval must be 0 or more seconds, got {s.backup_interval}")
     need(s.grace_period > s.heartbeat_interval,
-          f"study.grace_period must exceed study.heartbeat_interval ({s.heartbeat_interval}),"
-          f" got {s.grace_period}")
+         f"study.grace_period must exceed study.heartbeat_interval ({s.heartbeat_interval}),"
+         f" got {s.grace_period}")
 
 
 def _check_data(d: DataConfig) -> None:
@@ -223,18 +224,21 @@ def _check_train(t: TrainConfig) -> None:
     need(1 <= t.epochs <= 10_000, f"train.epochs must be 1..10000, got {t.epochs}")
     need(t.batch_size >= 2, f"train.batch_size must be at least 2, got {t.batch_size}")
     need(t.precision in PRECISIONS,
-          f"train.precision must be one of {' | '.join(PRECISIONS)}, got {t.precision!r}")
+         f"train.precision must be one of {' | '.join(PRECISIONS)}, got {t.precision!r}")
 
 
 _CHECKS = {"study": _check_study, "data": _check_data, "train": _check_train}
 
-# The values each parameter may take: (test, description).
+
 def _check_grid(cfg: Config) -> None:
     if cfg.study.sampler != "grid":
         return
+    defaults = {p.name: p for p in default_space()}
     for p in cfg.space:
+        where = " (the default space's: [space] does not name it)" \
+            if defaults.get(p.name) == p else ""
         need(not isinstance(p, Range) or p.step is not None,
-              f"study.sampler=grid needs a list or a step for every parameter; space.{p.name} is "
-              f"a range without step (add step = ... or list the values)")
+             f"study.sampler=grid needs a list or a step for every parameter; space.{p.name} is "
+             f"a range without step{where}; add step = ..., list the values or fix one")
 
 

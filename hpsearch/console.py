@@ -55,6 +55,8 @@ def header(session, done: int) -> None:
     if workers > 1:
         where = f"{workers} worker processes on {where.replace(' threads', ' threads each')}"
     where += f" in {session.precision}"  # auto differs by device
+    if data.on_host:
+        where += "; the images stay in host memory (too large for the device's free memory)"
     print(f"Store: {session.spec.display}")
     print(f"Study {cfg.study.name!r}: {done} of {cfg.study.trials} trials finished; "
           f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {cfg.train.epochs} epochs")

@@ -246,6 +246,21 @@ def _empty(shape: tuple, pinned: bool) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.uint8)
 
 
+def pooled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two splits' images as one (train + validation for the final fit), where a lives; in
+    pinned host memory when the device has no room for the copy (the study's own splits stay
+    cached on it)."""
+    _, c, h, w = a.shape
+    shape = (len(a) + len(b), h, w, c)
+    try:
+        out = torch.empty(shape, dtype=torch.uint8, device=a.device, pin_memory=a.is_pinned())
+    except torch.cuda.OutOfMemoryError:
+        out = _empty(shape, pinned=True)
+    out[:len(a)].copy_(a.permute(0, 2, 3, 1))
+    out[len(a):].copy_(b.permute(0, 2, 3, 1))
+    return out.permute(0, 3, 1, 2)
+
+
 def channel_stats(nhwc: torch.Tensor, train: np.ndarray) -> tuple:
     """(mean, std) per channel of the training images, in [0, 1] pixel units: exact, from a
     count of each channel's 256 values, a thousand images at a time (no float copy)."""

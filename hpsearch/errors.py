@@ -26,4 +26,14 @@ class ReportError(ValueError):
     """A study the results cannot be read from (no such study, not made by hpsearch)."""
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory in one phase of training: `phase` says where and at what
+    size ("training at batch size 64"), `advice` what to lower. In a study it fails that trial
+    alone; elsewhere (`train --best`, `report --retrain`) it is one line, exit status 1."""
+
+    def __init__(self, phase: str, advice: str):
+        super().__init__(f"out of memory in {phase}; {advice}")
+        self.phase, self.advice = phase, advice
+
+
 USER_ERRORS = (ConfigError, DataError, StorageError, DeviceError, SettingsMismatch, ReportError)

@@ -41,7 +41,6 @@ class Images:
     skipped: tuple = ()  # files that could not be decoded (folder datasets only)
 
 
-
 def digits_images(image_size: int) -> Images:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 0..16 grey levels), cached
     on local disk after the first load: importing scikit-learn's loaders takes as long as one
@@ -67,13 +66,20 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def resize(x: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), antialiased when shrinking."""
-    if x.shape[-2:] == (size, size):
-        return x
-    t = torch.from_numpy(x).float()
-    out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8).numpy()
+def resize(x: np.ndarray, size: int, chunk: int = 1024) -> np.ndarray:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), antialiased when shrinking, as a view
+    of (N, size, size, C) memory, the layout the tensors take. A chunk of images at a time
+    goes through float32, so that the host never holds the dataset as floats."""
+    n, c = x.shape[:2]
+    out = np.empty((n, size, size, c), dtype=np.uint8)
+    for start in range(0, n, chunk):
+        part = x[start:start + chunk]
+        if part.shape[-2:] != (size, size):
+            t = F.interpolate(torch.from_numpy(part).float(), size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)
+            part = t.round_().clamp_(0, 255).to(torch.uint8).numpy()
+        out[start:start + chunk] = part.transpose(0, 2, 3, 1)
+    return out.transpose(0, 3, 1, 2)
 
 
 _MNIST_FILES = (

@@ -16,10 +16,11 @@ from hpsearch.build import fit_settings, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
+from hpsearch.errors import OutOfMemory
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
-from hpsearch.train import TRAINING_ADVICE, Diverged, OutOfMemory, choose_precision, fit
+from hpsearch.train import TRAINING_ADVICE, Diverged, choose_precision, fit
 
 log = logging.getLogger("hpsearch")
 
@@ -72,7 +73,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             raise
-        except (OutOfMemory, torch.OutOfMemoryError) as err:
+        except (OutOfMemory, torch.cuda.OutOfMemoryError) as err:
             # This trial's model or batch does not fit the device; the next one may.
             if not isinstance(err, OutOfMemory):  # outside an epoch: the model, its optimizer
                 err = OutOfMemory(f"training at batch size {settings.batch_size}",

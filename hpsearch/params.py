@@ -82,7 +82,7 @@ class Fixed:
 
 Param = Union[Range, Choice, Fixed]
 
-
+# The values each parameter may take: (test, description).
 _PARAM_LIMITS = {
     "lr": (lambda v: 0 < v <= 1e6, "a positive number"),
     "depth": (lambda v: 1 <= v <= 8, "1..8"),
@@ -190,6 +190,9 @@ def grid_values(p: Param) -> list:
 def param_to_toml(p: Param) -> Any:
     if isinstance(p, Fixed):
         return p.value
+    if isinstance(p, Choice) and p.name == "augment":
+        # As lists of augmentations: ["crop", "flip"] would read back as one fixed set.
+        return [[] if v == "none" else v.split("+") for v in p.values]
     if isinstance(p, Choice):
         return list(p.values)
     table = {"low": p.low, "high": p.high, "log": p.log}

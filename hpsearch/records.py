@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from hpsearch import private
 from hpsearch.config import build_config
+from hpsearch.params import PARAM_DEFAULTS, default_space
 
 SETTINGS_ATTR = "hpsearch"  # study: the settings a resumed run must share (see Config)
 OWNER_ATTR = "owner"  # trial: who runs it (see owner.py), first thing in the trial
@@ -77,6 +78,11 @@ def with_later_defaults(stored: dict) -> dict:
     if not isinstance(config, dict):
         return stored
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    space = config.get("space")
+    if isinstance(space, dict) and "head" not in space:
+        # Stored before the default space: what its [space] left out was fixed at its default.
+        for p in default_space():
+            space.setdefault(p.name, PARAM_DEFAULTS[p.name])
     for (section, key), value in LATER_SETTINGS.items():
         if isinstance(config.get(section), dict):
             config[section].setdefault(key, value)

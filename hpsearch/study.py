@@ -135,9 +135,10 @@ def check_settings(study: optuna.Study, record: dict) -> None:
             f"rerun with the original settings or pass --study-name NEW for a new study")
 
 
-# Follow from what is compared (the data's fingerprint, the split seed, the image size); their
-# last digits depend on how they were summed, which a newer hpsearch may do otherwise.
-DERIVED_SETTINGS = ("data.normalization",)
+# Follow from what is compared. The normalisation from the data's fingerprint, split seed and
+# image size (its last digits depend on how it was summed, which a newer hpsearch may do
+# otherwise); train.augment from config.space.augment, which holds the value it resolved to.
+DERIVED_SETTINGS = ("data.normalization", "config.train.augment")
 
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list:

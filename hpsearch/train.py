@@ -19,18 +19,9 @@ from hpsearch import interrupts, private
 from hpsearch.augment import Augment, apply
 from hpsearch.batches import Rows
 from hpsearch.checkpoint import rng_state, set_rng_state
-from hpsearch.errors import DeviceError
+from hpsearch.errors import DeviceError, OutOfMemory
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer
-
-
-class OutOfMemory(RuntimeError):
-    """The device ran out of memory in one phase of a trial: `phase` says where and at what
-    size ("training at batch size 64"), `advice` what to lower."""
-
-    def __init__(self, phase: str, advice: str):
-        super().__init__(f"out of memory in {phase}; {advice}")
-        self.phase, self.advice = phase, advice
 
 
 TRAINING_ADVICE = "a smaller train.batch_size or width range fits"
@@ -254,6 +245,8 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
         # Every trial's shapes stay fixed, so cuDNN's one-off kernel search pays off.
         torch.backends.cudnn.benchmark = True
     precision = choose_precision(device, s.precision)
+    # Sized once: a size that changed with the free memory would give cuDNN new shapes.
+    eval_size = eval_batch_size(net, data.image_size, device, _bytes(precision.input_dtype))
     scaler = precision.scaler
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
     history, first = History(), 1
@@ -265,7 +258,7 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
         history, first = History(**resume["history"]), resume["epoch"] + 1
     try:
         for epoch in range(first, s.epochs + 1):
-            fit_epoch(net, data, s, optimizer, precision, gen, epoch, history)
+            fit_epoch(net, data, s, optimizer, precision, gen, epoch, history, eval_size)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
             # Saved after the hook, so that an epoch that ends the trial (the last, or one the
@@ -299,19 +292,19 @@ def training_state(padded: PaddedNet, net: nn.Module, optimizer, scaler_state: d
 
 
 def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precision, gen,
-              epoch: int, history: History) -> None:
+              epoch: int, history: History, eval_size: Optional[int] = None) -> None:
     """Train one epoch, score it on the validation images and append it to `history`."""
     start = time.perf_counter()
     augment = Augment.named(s.augment, data.image_size)
     try:
         loss, acc = train_epoch(net, data, optimizer, precision, s.batch_size, gen, augment)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         raise OutOfMemory(f"training at batch size {s.batch_size}",
                           TRAINING_ADVICE) from None
     chance = math.log(max(2, len(data.classes)))
     if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
         raise Diverged(epoch, loss, chance)
-    val_loss, val_acc = evaluate(net, data, data.x_val, data.y_val, precision)
+    val_loss, val_acc = evaluate(net, data, data.x_val, data.y_val, precision, eval_size)
     history.add(loss, acc, val_loss, val_acc, time.perf_counter() - start)
 
 
@@ -334,8 +327,9 @@ def train_epoch(model, data, optimizer, precision: Precision, batch_size: int, g
     """One pass over the shuffled training images by indexing, each batch augmented and
     normalised on the device; returns (mean loss, accuracy)."""
     model.train()
-    x, y = data.x_train, data.y_train
-    n, device = len(y), y.device
+    device = next(model.parameters()).device  # the data may have been loaded elsewhere
+    x, y = data.x_train, data.y_train.to(device)
+    n = len(y)
     order = torch.randperm(n, generator=gen)  # drawn first: then the augmentations
     draws = augment.draw(n, gen)
     draws = draws.to(device) if draws is not None else None
@@ -385,6 +379,10 @@ def eval_batch_size(model: nn.Module, image_size: int, device: torch.device,
     return max(1, min(EVAL_BATCH_MAX, budget // per_image))
 
 
+def _bytes(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits // 8
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, data, x: torch.Tensor, y: torch.Tensor,
              precision: Optional[Precision] = None, batch_size: Optional[int] = None) -> tuple:
@@ -394,17 +392,17 @@ def evaluate(model: nn.Module, data, x: torch.Tensor, y: torch.Tensor,
     model.eval()
     device = next(model.parameters()).device
     dtype = precision.input_dtype if precision is not None else torch.float32
-    size = batch_size or eval_batch_size(model, data.image_size, device,
-                                         torch.finfo(dtype).bits // 8)
+    size = batch_size or eval_batch_size(model, data.image_size, device, _bytes(dtype))
+    y = y.to(device)
     while True:
         try:
-            return _evaluate(model, data, x, y.to(device), precision, size, dtype)
-        except torch.OutOfMemoryError:
+            return _evaluate(model, data, x, y, precision, size, dtype)
+        except torch.cuda.OutOfMemoryError:
             if size == 1:
                 raise OutOfMemory("evaluation, even one image at a time",
                                   "a smaller width range or data.image_size fits") from None
-            size = max(1, size // 2)
-            release_device_memory()
+        size = max(1, size // 2)
+        release_device_memory()  # out of the handler: its traceback held the failed batch
 
 
 def _evaluate(model, data, x, y, precision, batch_size: int, dtype) -> tuple:

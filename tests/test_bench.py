@@ -10,10 +10,11 @@ from hpsearch.config import load_config
 
 def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
     out = hpsearch("bench", "--trials", 1, "--repeats", 1, "--epochs", 1, "--overhead-at", "2,4",
-                   "--out", tmp_path, timeout=900)
+                   "--photo-per-class", 8, "--photo-trials", 1, "--out", tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert {"throughput", "compute", "study", "pruning", "workers", "overhead"} <= set(result)
+    assert {"throughput", "compute", "study", "pruning", "workers", "overhead",
+            "photos"} <= set(result)
     assert all(v["images_per_second"] > 0 for v in result["throughput"]["median"].values())
     compute = result["compute"]
     assert 0 < compute["share_of_fp32_peak"] < 1
@@ -30,14 +31,25 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
     # Optuna's floor: the bare objective writes nothing of hpsearch's.
     alone = result["overhead"]["optuna_alone"]["sqlite"]["ms_per_trial"]["4"]
     assert alone["total"] > 0 and alone["of which checkpoints"] == 0
+    photos = result["photos"]
+    assert photos["images"] == 6 * 8 and len(photos["classes"]) == 6
+    assert set(photos["fixed"]) == {"32", "64"}
+    assert all(side["images_per_second"] > 0 for size in photos["fixed"].values()
+               for side in size["median"].values())
+    assert photos["study"]["runs"][0]["recipe"]["states"]
+    assert photos["study"]["runs"][0]["hpsearch"]["states"]
+    assert len(photos["targets"]) == 3
     table = (tmp_path / "bench.md").read_text()
     for heading in ("Training throughput", "Achieved compute", "Whole study", "Pruning",
-                    "Workers", "Framework overhead"):
+                    "Workers", "Framework overhead", "**Photos**"):
         assert heading in table
     assert "Optuna alone" in table and "mean trial at 2 trials" in table
     assert "Totals at 2 trials, study by study" in table
-    # Each run's store, weights and checkpoints went with it: only the tables stay.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md"]
+    assert "48 images in 6 classes" in table and "Targets met" in table
+    # Each run's store, weights and checkpoints went with it: only the tables and the drawn
+    # photo folder, kept for the next run, stay.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md",
+                                                          "photo-folder"]
 
 
 def test_overhead_keeps_the_median_study_at_the_smallest_count():
@@ -64,3 +76,48 @@ def test_the_peak_is_the_faster_library_and_onednn_computes_the_same_product():
     torch.testing.assert_close(out.reshape(80, 128).t(), a @ b, rtol=1e-4, atol=1e-4)
     peak = matmul_peak(torch.float32, size=128, repeats=1)
     assert peak["peak"] == max(peak["mm"], peak["conv1x1"]) > 0
+
+
+def test_the_photo_folder_is_mixed_like_real_photos_and_drawn_once(tmp_path):
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from hpsearch.bench.photo_folder import ORIENTATION, SHAPES, draw_photo, make_photo_folder
+    from hpsearch.bench.photo_recipe import image_folder, photo_split
+
+    root = make_photo_folder(tmp_path / "photos", per_class=12, seed=3)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(SHAPES[:6])
+    files = sorted(p for p in root.glob("*/*"))
+    assert len(files) == 6 * 12
+    kinds, shown, oriented = set(), set(), []
+    for path in files:
+        with Image.open(path) as img:
+            kinds.add((path.suffix, img.format, img.mode))
+            tag = img.getexif().get(ORIENTATION)
+            shown.add(ImageOps.exif_transpose(img).size)
+            if tag:
+                assert img.format == "JPEG" and tag in (3, 6, 8)
+                oriented.append((path, tag))
+    assert {(".jpg", "JPEG"), (".png", "PNG")} <= {k[:2] for k in kinds}
+    assert {"RGB", "L"} <= {k[2] for k in kinds}
+    assert len(shown) > 30 and all(72 <= v <= 200 for size in shown for v in size)
+    # Shown as its tag says, a rotated photo is the upright drawing (JPEG's loss aside).
+    assert {6, 8} & {tag for _, tag in oriented}
+    for path, _ in oriented:
+        label, index = SHAPES.index(path.parent.name), int(path.stem)
+        drawn = draw_photo(np.random.default_rng([3, label, index]), path.parent.name)
+        with Image.open(path) as img:
+            upright = ImageOps.exif_transpose(img).convert("L")
+        assert upright.size == drawn.size
+        diff = np.abs(np.asarray(upright, float) - np.asarray(drawn.convert("L"), float))
+        assert diff.mean() < 12, path
+    # Complete folders are reused as they are; other settings draw it again.
+    stamp = files[0].stat().st_mtime_ns
+    assert make_photo_folder(root, per_class=12, seed=3) == root
+    assert files[0].stat().st_mtime_ns == stamp
+    make_photo_folder(root, per_class=10, seed=3)
+    assert len(list(root.glob("*/*"))) == 6 * 10
+    # The photo recipe's ImageFolder lists the images in hpsearch's order.
+    listed, train, val = photo_split(root, 0)
+    assert len(image_folder(root, None, listed)) == len(listed) == 60
+    assert len(train) + len(val) < 60

@@ -23,7 +23,8 @@ from hpsearch.data import DataError, load_dataset, placement
 from hpsearch.images import folder_images
 from hpsearch.model import block_widths, build_cnn, count_params
 from hpsearch.space import searched_names, suggest_params
-from hpsearch.train import FitSettings, OutOfMemory, evaluate, fit
+from hpsearch.errors import OutOfMemory
+from hpsearch.train import FitSettings, evaluate, fit
 
 CPU = torch.device("cpu")
 
@@ -267,3 +268,24 @@ def test_a_photo_study_file_runs_on_a_folder(tmp_path):
                   "--set", "data.image_size=16", "--set", "train.epochs=1",
                   HPSEARCH_CACHE_DIR=str(tmp_path / "cache"))
     assert out.returncode == 0, out.stderr
+
+
+def test_a_study_stored_before_the_default_space_rebuilds_as_it_ran():
+    """Its record names only what its [space] named: the rest was fixed at the defaults."""
+    from hpsearch.records import config_of
+
+    old = {"config": {"study": {"name": "old"}, "data": {"image_size": 64,
+                                                         "dataset": "folder:x"},
+                      "train": {}, "space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}}
+    cfg = config_of(old)
+    assert searched_names(cfg) == ["lr"]
+    fixed = {p.name: p.value for p in cfg.space if isinstance(p, Fixed)}
+    assert fixed == {"depth": 2, "width": 32, "dropout": 0.0, "optimizer": "adam",
+                     "head": "flatten", "growth": 1, "augment": "none"}
+
+
+def test_a_searched_augmentation_choice_survives_the_stored_record():
+    from hpsearch.config import build_config
+
+    cfg = load_config(None, ["space.augment=[['crop'], ['flip']]"])
+    assert build_config(cfg.settings()).space == cfg.space

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hpsearch.bench.suite import PARTS, run_all
+from hpsearch.bench.suite import PARTS, PHOTOS_STUDY, PhotoOptions, run_all
 from hpsearch.bench.tables import markdown
 
 
@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m hpsearch.bench", allow_abbrev=False,
         description="Training throughput, achieved compute, the whole study against the "
-                    "canonical Optuna + PyTorch recipe, pruners, workers and framework "
-                    "overhead, each run as its own process (about 30 minutes on 2 cores).")
+                    "canonical Optuna + PyTorch recipe, pruners, workers, framework "
+                    "overhead and a folder of photos against the canonical photo recipe, each "
+                    "run as its own process.")
     p.add_argument("--trials", type=whole_number, default=50, metavar="N",
                    help="trials per study (default 50)")
     p.add_argument("--repeats", type=whole_number, default=3, metavar="N",
@@ -45,9 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", nargs="+", choices=("all",) + PARTS, default=["all"],
                    metavar="PART", help="all (default) or some of: " + ", ".join(PARTS))
     p.add_argument("--epochs", type=whole_number, default=10, metavar="N",
-                   help="epochs of the fixed trial of throughput and compute (default 10)")
+                   help="epochs of the fixed trials of throughput, compute and photos "
+                        "(default 10)")
     p.add_argument("--overhead-at", type=counts, default=(50, 1000), metavar="N,N",
                    help="study sizes at which overhead is measured (default 50,1000)")
+    p.add_argument("--photo-folder", type=Path, metavar="DIR",
+                   help="photos: a folder of class sub-folders of images (default: one drawn "
+                        "under --out, photo-folder/, and kept there for the next run)")
+    p.add_argument("--photo-per-class", type=whole_number, default=500, metavar="N",
+                   help="photos: images per class of the drawn folder (default 500)")
+    p.add_argument("--photo-trials", type=whole_number, default=20, metavar="N",
+                   help="photos: trials per study (default 20)")
+    p.add_argument("--photo-config", type=Path, default=PHOTOS_STUDY, metavar="PATH",
+                   help="photos: hpsearch's study file (default: studies/photos.toml)")
     p.add_argument("--out", default="studies/bench", metavar="DIR",
                    help="where bench.json and bench.md are written (default: studies/bench)")
     return p
@@ -63,8 +74,10 @@ def main() -> int:
         (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "bench.md").write_text(markdown(result) + "\n")
 
+    photos = PhotoOptions(args.photo_trials, args.photo_folder, args.photo_per_class,
+                          args.photo_config)
     run_all(parts, args.trials, args.repeats, args.epochs, out, args.overhead_at,
-            say=lambda line: print(line, flush=True), done=save)
+            say=lambda line: print(line, flush=True), done=save, photos=photos)
     print((out / "bench.md").read_text(), end="")
     print(f"Written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0

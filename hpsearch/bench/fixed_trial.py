@@ -1,7 +1,10 @@
-"""hpsearch's side of the throughput benchmark: one trial of the fixed configuration.
+"""hpsearch's side of the throughput benchmarks: one trial of a fixed configuration.
 
 `python -m hpsearch.bench.fixed_trial --epochs 10 --precision fp32 --number 0` prints, as
-JSON, the seconds of the trial, the images it trained on and its final validation accuracy.
+JSON, the seconds of the trial, the images it trained on and its final validation accuracy:
+by default the default study's trial of bench.recipe.FIXED. `--config PATH` with `--set
+KEY=VALUE` overrides and `--params JSON` times another study's trial instead (the photos
+part: studies/photos.toml on a folder, with `--device auto` as `hpsearch run` chooses it).
 The run is set up as `hpsearch run` sets it up (session.training_setup): threads configured,
 the data loaded once per process; then the objective runs one trial, timed.
 """
@@ -10,22 +13,30 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Optional
 
 import optuna
-import torch
 
 from hpsearch.bench.recipe import FIXED
 from hpsearch.config import load_config
 from hpsearch.objective import make_objective
 from hpsearch.session import training_setup
+from hpsearch.train import resolve_device
 
 
-def time_fixed_trial(epochs: int = 10, precision: str = "fp32", number: int = 0) -> dict:
-    cfg = load_config(None, [f"train.epochs={epochs}", f"train.precision='{precision}'"])
-    device = torch.device("cpu")
-    _, data = training_setup(cfg, device)
-    objective = make_objective(cfg, data, device)
-    trial = optuna.trial.FixedTrial(FIXED, number=number)
+def time_fixed_trial(epochs: int = 10, precision: Optional[str] = "fp32", number: int = 0,
+                     config: Optional[str] = None, sets: tuple = (),
+                     params: Optional[dict] = None, device: str = "cpu") -> dict:
+    """One trial of `params` (default: FIXED) in the study of `config` (default: the default
+    study) with `sets` applied; `precision` None keeps the study's train.precision."""
+    overrides = [*sets, f"train.epochs={epochs}"]
+    if precision is not None:
+        overrides.append(f"train.precision='{precision}'")
+    cfg = load_config(config, overrides)
+    dev = resolve_device(device)
+    _, data = training_setup(cfg, dev)
+    objective = make_objective(cfg, data, dev)
+    trial = optuna.trial.FixedTrial(FIXED if params is None else params, number=number)
     start = time.perf_counter()
     accuracy = objective(trial)
     return {"seconds": time.perf_counter() - start, "images": len(data.y_train) * epochs,
@@ -37,11 +48,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", help="default: fp32 for the default study, the study "
+                                            "file's train.precision with --config")
     parser.add_argument("--number", type=int, default=0)
+    parser.add_argument("--config", metavar="PATH", help="a study file (default: the default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a study file's key; repeat for more")
+    parser.add_argument("--params", type=json.loads, metavar="JSON",
+                        help="the trial's parameters (default: bench.recipe.FIXED)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, ...")
     args = parser.parse_args()
+    precision = args.precision or (None if args.config else "fp32")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(json.dumps(time_fixed_trial(args.epochs, args.precision, args.number)))
+    print(json.dumps(time_fixed_trial(args.epochs, precision, args.number, args.config,
+                                      tuple(args.set), args.params, args.device)))
 
 
 if __name__ == "__main__":

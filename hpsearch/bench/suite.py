@@ -15,12 +15,15 @@ Parts (`python -m hpsearch.bench --what PART`):
 - pruning: the default study under each pruner;
 - workers: the default study with 1 and 2 worker processes;
 - overhead: milliseconds per trial outside training at 50 and 1,000 trials, per storage
-  (bench.overhead), in this process after a warm-up, since start-up is not per trial.
+  (bench.overhead), in this process after a warm-up, since start-up is not per trial;
+- photos: a folder of photos (bench.photo_folder) through the photo recipe (bench.photo_recipe)
+  and studies/photos.toml: the fixed trial at 32 and 64 pixels, a 20-trial study at 32.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -28,12 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import optuna
 
-PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead")
+PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead", "photos")
 PRUNERS = ("none", "median", "hyperband", "sha")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -53,6 +57,20 @@ def last_json(stdout: str) -> dict:
 
 def median_of(runs: list, key: str) -> float:
     return statistics.median(r[key] for r in runs)
+
+
+def alternate_fixed_trials(sides: dict, repeats: int) -> tuple:
+    """(runs, medians) by side of each side's fixed trial, in turn, `repeats` rounds."""
+    runs: dict = {side: [] for side in sides}
+    for number in range(repeats):
+        for side, cmd in sides.items():
+            _, stdout = timed(cmd + ["--number", str(number)])
+            r = last_json(stdout)
+            runs[side].append({"images_per_second": r["images"] / r["seconds"],
+                               "val_acc": r["val_acc"]})
+    median = {side: {key: median_of(v, key) for key in ("images_per_second", "val_acc")}
+              for side, v in runs.items()}
+    return runs, median
 
 
 # --- throughput -------------------------------------------------------------------------
@@ -75,15 +93,7 @@ def bench_throughput(repeats: int = 3, epochs: int = 10) -> dict:
         "hpsearch fp32": hpsearch_side + ["--precision", "fp32"],
         "hpsearch bf16": hpsearch_side + ["--precision", "bf16"],
     }
-    runs: dict = {side: [] for side in sides}
-    for number in range(repeats):
-        for side, cmd in sides.items():
-            _, stdout = timed(cmd + ["--number", str(number)])
-            r = last_json(stdout)
-            runs[side].append({"images_per_second": r["images"] / r["seconds"],
-                               "val_acc": r["val_acc"]})
-    median = {side: {key: median_of(v, key) for key in ("images_per_second", "val_acc")}
-              for side, v in runs.items()}
+    runs, median = alternate_fixed_trials(sides, repeats)
     rate = {side: m["images_per_second"] for side, m in median.items()}
     default = choose_precision(torch.device("cpu")).name
     return {"epochs": epochs, "repeats": repeats, "runs": runs, "median": median,
@@ -103,31 +113,35 @@ def bench_compute(epochs: int = 10) -> dict:
 # --- studies ----------------------------------------------------------------------------
 
 
-def run_recipe(trials: int, seed: int) -> dict:
-    seconds, stdout = timed([sys.executable, "-m", "hpsearch.bench.recipe", "--trials",
-                             str(trials), "--seed", str(seed)])
+def run_recipe(trials: int, seed: int, module: str = "hpsearch.bench.recipe",
+               args: tuple = ()) -> dict:
+    """A recipe's study (`module` with `args`) in a process of its own."""
+    seconds, stdout = timed([sys.executable, "-m", module, *args, "--trials", str(trials),
+                             "--seed", str(seed)])
     result = last_json(stdout)
     return {"wall_seconds": seconds, "best_value": result["best_value"],
             "states": result["states"], "epochs_run": result["epochs_run"]}
 
 
 def run_hpsearch(trials: int, seed: int, workdir: Path, sets: tuple = (),
-                 workers: int = 1) -> dict:
-    """One `hpsearch run` of the default study (with `--set` overrides) on a new store, in a
-    folder of its own under `workdir` that goes once the store is read: the run's weights
-    and checkpoints land beside its store (48 MB of artifacts in a `make bench`)."""
+                 workers: int = 1, config: Optional[Path] = None) -> dict:
+    """One `hpsearch run` of the study file `config` (default study: None), `--set` overrides
+    applied, on a new store in a folder of its own under `workdir` that goes once the store is
+    read: the run's weights and checkpoints land beside it (48 MB in a `make bench`)."""
     folder = Path(tempfile.mkdtemp(prefix=f"run-{seed}-", dir=workdir))
     try:
-        return _run_hpsearch_in(folder, trials, seed, sets, workers)
+        return _run_hpsearch_in(folder, trials, seed, sets, workers, config)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_hpsearch_in(folder: Path, trials: int, seed: int, sets: tuple, workers: int) -> dict:
+def _run_hpsearch_in(folder: Path, trials: int, seed: int, sets: tuple, workers: int,
+                     config: Optional[Path] = None) -> dict:
     url = f"sqlite:///{folder / 'bench.db'}"
     cmd = [sys.executable, "-m", "hpsearch.cli", "run", "--trials", str(trials), "--seed",
            str(seed), "--storage", url, "--quiet", "--study-name", "bench",
            "--workers", str(workers)]
+    cmd += ["--config", str(config)] if config is not None else []
     for item in sets:
         cmd += ["--set", item]
     seconds, _ = timed(cmd)
@@ -155,12 +169,16 @@ def bench_study(trials: int = 50, repeats: int = 1, workdir: Path = Path("studie
     for seed in range(repeats):
         runs.append({"seed": seed, "recipe": run_recipe(trials, seed),
                      "hpsearch": run_hpsearch(trials, seed, workdir)})
+    return {"trials": trials, "repeats": repeats, **study_medians(runs)}
+
+
+def study_medians(runs: list) -> dict:
+    """The runs, each side's medians and the ratio of the median wall times."""
     median = {side: {key: statistics.median(r[side][key] for r in runs)
                      for key in ("wall_seconds", "best_value", "epochs_run")}
               for side in ("recipe", "hpsearch")}
     ratio = median["recipe"]["wall_seconds"] / median["hpsearch"]["wall_seconds"]
-    return {"trials": trials, "repeats": repeats, "runs": runs, "median": median,
-            "speedup": ratio}
+    return {"runs": runs, "median": median, "speedup": ratio}
 
 
 def bench_pruning(trials: int, repeats: int, workdir: Path,
@@ -228,8 +246,6 @@ def bench_overhead(at: tuple = (50, 1000), repeats: int = 3,
     Unlike the other parts this one runs in this process, after a short warm-up study on
     each side: imports and first uses are paid once per run, not per trial, and would
     otherwise fall on the first store measured."""
-    import tempfile
-
     from hpsearch.bench.overhead import measure
 
     stores = {"sqlite": "sqlite:///{tmp}/overhead.db", "journal": "journal:{tmp}/overhead.log"}
@@ -268,11 +284,84 @@ def with_median_first(runs: list, first: str) -> dict:
     return chosen
 
 
+# --- photos -----------------------------------------------------------------------------
+
+PHOTO_SIZES = (32, 64)  # pixels per side of the fixed trial; the study runs at the first
+PHOTOS_STUDY = Path(__file__).resolve().parents[1] / "studies" / "photos.toml"  # packaged
+TARGET_SPEEDUP, TARGET_ACCURACY = 5.0, 0.85  # see photo_targets
+
+
+@dataclass(frozen=True)
+class PhotoOptions:
+    trials: int = 20  # per study
+    folder: Optional[Path] = None  # default: one drawn under the output folder, kept there
+    per_class: int = 500  # images per class of the drawn folder
+    config: Path = PHOTOS_STUDY  # hpsearch's study file
+
+
+def bench_photos(trials: int, repeats: int, workdir: Path, folder: Optional[Path] = None,
+                 per_class: int = 500, epochs: int = 10, config: Path = PHOTOS_STUDY) -> dict:
+    """One folder through the photo recipe and through hpsearch run as a user runs it
+    (`--config studies/photos.toml --set data.dataset=folder:DIR`), alternating: the fixed
+    trial at each of PHOTO_SIZES, then the study at the first, `repeats` times each. hpsearch
+    decodes a folder once per size and caches it, as for a user's next study on it."""
+    from hpsearch.bench.photo_folder import make_photo_folder
+    from hpsearch.images import list_image_files
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = Path(folder or make_photo_folder(workdir / "photo-folder", per_class)).resolve()
+    files, _, classes = list_image_files(root)
+    fixed = {str(size): photo_fixed_trials(root, size, repeats, epochs, config)
+             for size in PHOTO_SIZES}
+    recipe = ("hpsearch.bench.photo_recipe", ("--folder", str(root), "--size",
+                                              str(PHOTO_SIZES[0])))
+    runs = [{"seed": seed, "recipe": run_recipe(trials, seed, *recipe),
+             "hpsearch": run_hpsearch(trials, seed, workdir, photo_sets(root), config=config)}
+            for seed in range(repeats)]  # in this order: the sides alternate
+    study = {"size": PHOTO_SIZES[0], **study_medians(runs)}
+    return {"folder": str(root), "images": len(files), "classes": list(classes),
+            "trials": trials, "repeats": repeats, "epochs": epochs, "config": str(config),
+            "fixed": fixed, "study": study, "targets": photo_targets(fixed, study)}
+
+
+def photo_sets(root: Path, size: int = PHOTO_SIZES[0]) -> tuple:
+    return (f"data.dataset='folder:{root}'", f"data.image_size={size}")
+
+
+def photo_fixed_trials(root: Path, size: int, repeats: int, epochs: int, config: Path) -> dict:
+    from hpsearch.bench.photo_recipe import FIXED_PHOTOS
+
+    sides = {"recipe": [sys.executable, "-m", "hpsearch.bench.photo_recipe", "--fixed-trial",
+                        "--folder", str(root), "--size", str(size), "--epochs", str(epochs)],
+             "hpsearch": [sys.executable, "-m", "hpsearch.bench.fixed_trial", "--config",
+                          str(config), *(f"--set={s}" for s in photo_sets(root, size)),
+                          "--params", json.dumps(FIXED_PHOTOS), "--device", "auto",
+                          "--epochs", str(epochs)]}
+    runs, median = alternate_fixed_trials(sides, repeats)
+    rate = {side: m["images_per_second"] for side, m in median.items()}
+    return {"params": FIXED_PHOTOS, "runs": runs, "median": median,
+            "speedup": rate["hpsearch"] / rate["recipe"]}
+
+
+def photo_targets(fixed: dict, study: dict) -> dict:
+    """Each target: what it asks, the measured value and whether it is met."""
+    best, speed = study["median"]["hpsearch"]["best_value"], f">= {TARGET_SPEEDUP:g}x"
+    floor = max(study["median"]["recipe"]["best_value"], TARGET_ACCURACY)
+    rate = fixed[str(PHOTO_SIZES[-1])]["speedup"]
+    return {"study": {"target": speed, "value": study["speedup"],
+                      "met": study["speedup"] >= TARGET_SPEEDUP},
+            "study best val acc": {"target": f">= the recipe's and >= {TARGET_ACCURACY}",
+                                   "value": best, "met": best >= floor},
+            f"fixed trial {PHOTO_SIZES[-1]} px": {"target": speed, "value": rate,
+                                                 "met": rate >= TARGET_SPEEDUP}}
+
+
 # --- the whole run ----------------------------------------------------------------------
 
 
 def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
-            overhead_at: tuple = (50, 1000), say=print, done=lambda result: None) -> dict:
+            overhead_at: tuple = (50, 1000), say=print, done=lambda result: None,
+            photos: PhotoOptions = PhotoOptions()) -> dict:
     """The parts in order; `done(result)` after each, so a long run keeps what it measured."""
     result: dict = {"commit": commit(), "machine": machine()}
 
@@ -302,6 +391,11 @@ def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
         start(f"Overhead: {max(overhead_at)} trials without training per storage, "
               f"{min(overhead_at)} trials {repeats}x.")
         result["overhead"] = bench_overhead(overhead_at, repeats)
+    if "photos" in parts:
+        start(f"Photos: the photo recipe and hpsearch on a folder, fixed trials and a "
+              f"{photos.trials}-trial study, {repeats}x each.")
+        result["photos"] = bench_photos(photos.trials, repeats, workdir, photos.folder,
+                                        photos.per_class, epochs, photos.config)
     done(result)
     return result
 
@@ -319,8 +413,6 @@ def commit() -> str:
 
 
 def machine() -> dict:
-    import os
-
     import torch
 
     model = platform.processor() or platform.machine()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Optional
 
 from hpsearch.bench.suite import PARTS
@@ -131,8 +132,47 @@ def _overhead(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _photos(r: dict) -> str:
+    fixed = next(iter(r["fixed"].values()))["params"]
+    params = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in fixed.items())
+    rows = [f"**Photos**: `{r['folder']}`, {r['images']} images in {len(r['classes'])} "
+            f"classes ({', '.join(r['classes'])}), through the canonical photo recipe "
+            f"(ImageFolder, per-sample transforms, 2 loader workers) and through `hpsearch run "
+            f"--config {Path(r['config']).name}`; the fixed trial is {params}, batch 64, "
+            f"{r['epochs']} epochs; median of {r['repeats']}:", "",
+            "| measure | recipe | hpsearch | hpsearch speed-up | target |",
+            "|---|---|---|---|---|"]
+    targets = r["targets"]
+
+    def row(label: str, recipe: str, hpsearch: str, ratio: str = "", target: str = "") -> None:
+        goal = targets.get(target)
+        mark = f"{goal['target']}: **{'met' if goal['met'] else 'missed'}**" if goal else ""
+        rows.append(f"| {label} | {recipe} | {hpsearch} | {ratio} | {mark} |")
+
+    for size, v in r["fixed"].items():
+        m = v["median"]
+        row(f"fixed trial {size} px, images/s", f"{m['recipe']['images_per_second']:.0f}",
+            f"{m['hpsearch']['images_per_second']:.0f}", f"{v['speedup']:.2f}x",
+            f"fixed trial {size} px")
+        row(f"fixed trial {size} px, final val acc", f"{m['recipe']['val_acc']:.4f}",
+            f"{m['hpsearch']['val_acc']:.4f}")
+    st, m = r["study"], r["study"]["median"]
+    study = f"{r['trials']}-trial study {st['size']} px"
+    row(f"{study}, wall s", f"{m['recipe']['wall_seconds']:.1f}",
+        f"{m['hpsearch']['wall_seconds']:.1f}", f"{st['speedup']:.2f}x", "study")
+    row(f"{study}, best val acc", f"{m['recipe']['best_value']:.4f}",
+        f"{m['hpsearch']['best_value']:.4f}", "", "study best val acc")
+    row(f"{study}, trials by state", *("; ".join(
+        ", ".join(f"{n} {k.lower()}" for k, n in sorted(run[side]["states"].items()))
+        for run in st["runs"]) for side in ("recipe", "hpsearch")))
+    met = sum(t["met"] for t in targets.values())
+    rows += ["", f"Targets met: **{met} of {len(targets)}**."]
+    return "\n".join(rows)
+
+
 TABLES = {"throughput": _throughput, "compute": _compute, "study": _study,
-          "pruning": _pruning, "workers": _workers, "overhead": _overhead}
+          "pruning": _pruning, "workers": _workers, "overhead": _overhead, "photos": _photos}
 
 
 def overhead_share(result: dict) -> Optional[str]:
