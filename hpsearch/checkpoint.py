@@ -67,16 +67,35 @@ class TrialCheckpoint:
             stray.unlink(missing_ok=True)
 
 
-def rng_state(gen: torch.Generator) -> dict:
-    """Every random stream a CPU or CUDA epoch draws from, as tensors."""
+def rng_state(gen: torch.Generator, device: torch.device) -> dict:
+    """The random streams a trial's epoch draws from, as tensors: the CPU's, its shuffle and
+    augmentation generator's, and those of the trial's own device (one CUDA GPU or mps), named
+    by its kind so that a retry elsewhere knows whether they apply."""
     state = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        state["device"], state["device_type"] = torch.cuda.get_rng_state(device), "cuda"
+    elif device.type == "mps":
+        state["device"], state["device_type"] = torch.mps.get_rng_state(), "mps"
     return state
 
 
-def set_rng_state(state: dict, gen: torch.Generator) -> None:
+def set_rng_state(state: dict, gen: torch.Generator, device: torch.device) -> None:
+    """The streams of `rng_state`, the device's restored onto `device` when it is of the same
+    kind (a trial checkpointed on the CPU and retried on a GPU, or the reverse, draws its
+    device's numbers afresh). Checkpoints of earlier versions keep every GPU's state: the one
+    of the same index is taken, when there is one."""
     torch.set_rng_state(state["torch"])
     gen.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    own = state.get("device")
+    if own is None and device.type == "cuda" and "cuda" in state:
+        states, index = state["cuda"], device.index or 0
+        own = states[index] if index < len(states) else None
+        kind = "cuda"
+    else:
+        kind = state.get("device_type")
+    if own is None or kind != device.type:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(own, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(own)

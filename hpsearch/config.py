@@ -52,7 +52,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 6
     batch_size: int = 64  # used unless [space] names batch_size
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see train.choose_precision)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see precision.choose_precision)
     # auto (by dataset: see shape_defaults) | none | crop | flip | crop+flip; the file may
     # give a list (["crop", "flip"]). [space] augment searches or fixes it instead.
     augment: str = "auto"

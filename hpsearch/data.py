@@ -225,7 +225,12 @@ def split(images: Images, cfg: DataConfig, seed: int, device: torch.device,
         x = _empty((len(idx), *nhwc.shape[1:]), pinned=to == "pinned")
         torch.index_select(nhwc, 0, index, out=x)
         if to == "device":
-            x = x.to(device)
+            try:
+                x = x.to(device)
+            except torch.cuda.OutOfMemoryError:
+                raise DataError(f"out of memory on {device} while loading the images "
+                                f"({_gb(x.numel())} of them); free the GPU (another process "
+                                f"may hold it) or lower data.image_size") from None
         return x.permute(0, 3, 1, 2), torch.from_numpy(images.y[idx]).to(
             device if to != "test" else "cpu")
 

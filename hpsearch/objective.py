@@ -20,7 +20,8 @@ from hpsearch.errors import OutOfMemory
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
-from hpsearch.train import TRAINING_ADVICE, Diverged, choose_precision, fit
+from hpsearch.precision import choose_precision
+from hpsearch.train import TRAINING_ADVICE, Diverged, fit
 
 log = logging.getLogger("hpsearch")
 
@@ -43,7 +44,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         records.write_n_params(trial, count_params(model))
         settings = fit_settings(params, cfg.train.epochs, seed, cfg.train.precision)
         ckpt = checkpoint_of(trial, cfg, params, checkpoints)
-        resume = resume_from(trial, ckpt)
+        resume = resume_from(trial, ckpt, f"{precision} on {torch.device(device).type}")
         if backup is not None:
             backup.sync()
 
@@ -121,9 +122,12 @@ def checkpoint_of(trial: optuna.Trial, cfg: Config, params: dict,
     return TrialCheckpoint.under(folder, cfg.study.name, records.origin_of(trial), params)
 
 
-def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optional[dict]:
+def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint],
+                here: str = "") -> Optional[dict]:
     """The checkpoint to continue from, its epochs reported again under the same step numbers
-    so the pruner and the dashboard see one uninterrupted curve."""
+    so the pruner and the dashboard see one uninterrupted curve. When it was written in
+    another precision or on another kind of device than `here` ("fp16 on cuda": a new Colab
+    runtime), the log says so once."""
     if ckpt is None:
         return None
     state, why = ckpt.load()
@@ -132,6 +136,11 @@ def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint]) -> Optiona
     if state is None:
         return None
     records.write_resumed_from(trial, state["epoch"])
+    there = f"{state.get('precision', 'fp32')} on {state.get('device', 'cpu')}"
+    if here and there != here:
+        log.warning("trial %d resumes from epoch %d in %s; its checkpoint was written in %s "
+                    "(the gradient scaler, if any, starts afresh)", trial.number,
+                    state["epoch"] + 1, here, there)
     for epoch, value in enumerate(state["history"]["val_acc"], start=1):
         trial.report(value, step=epoch)
     return state

@@ -26,7 +26,8 @@ from hpsearch.storage import (DEFAULT_STORAGE, StorageSpec, artifact_folder, bes
                               check_store_file, open_artifacts, open_storage, parse_storage)
 from hpsearch.study import (RunResult, grid_is_exhausted, open_study, recover_dead_trials, run,
                             runs_alone)
-from hpsearch.train import choose_precision, configure_threads, resolve_device
+from hpsearch.precision import choose_precision
+from hpsearch.train import configure_threads, resolve_device
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ class Session:
         SQLite to write-ahead logging; its workers find both done. `on_progress` hears how
         far a folder's decoding is."""
         device = worker_device(options.device, worker)
-        precision = choose_precision(device, cfg.train.precision).name  # refused before work
+        chosen = choose_precision(device, cfg.train.precision)  # refused before any work
+        if chosen.note and on_note is not None and worker is None:
+            on_note(chosen.note)
+        precision = chosen.name
         spec = parse_storage(options.storage)
         refuse_network_sqlite(spec)
         artifacts = artifact_folder(spec, options.artifacts)

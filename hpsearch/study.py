@@ -135,10 +135,11 @@ def check_settings(study: optuna.Study, record: dict) -> None:
             f"rerun with the original settings or pass --study-name NEW for a new study")
 
 
-# Follow from what is compared. The normalisation from the data's fingerprint, split seed and
-# image size (its last digits depend on how it was summed, which a newer hpsearch may do
-# otherwise); train.augment from config.space.augment, which holds the value it resolved to.
-DERIVED_SETTINGS = ("data.normalization", "config.train.augment")
+# Not compared. The normalisation follows from the data's fingerprint, split seed and image
+# size (its last digits depend on how it was summed, which a newer hpsearch may do otherwise);
+# train.augment from config.space.augment, which holds the value it resolved to; and the
+# precision may change with the machine, as the device may (a trial resumes in another one).
+DERIVED_SETTINGS = ("data.normalization", "config.train.augment", "config.train.precision")
 
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import math
 import os
-import platform
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -15,13 +13,14 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from hpsearch import interrupts, private
+from hpsearch import interrupts
 from hpsearch.augment import Augment, apply
 from hpsearch.batches import Rows
 from hpsearch.checkpoint import rng_state, set_rng_state
 from hpsearch.errors import DeviceError, OutOfMemory
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer
+from hpsearch.precision import Precision, choose_precision, cpu_vendor
 
 
 TRAINING_ADVICE = "a smaller train.batch_size or width range fits"
@@ -150,76 +149,18 @@ def make_optimizer(model: nn.Module, s: FitSettings, device: Optional[torch.devi
     return cls(model.parameters(), **kwargs)
 
 
-@dataclass(frozen=True)
-class Precision:
-    """How the training step computes: autocast to `dtype` (None: full float32) and a gradient
-    scaler, which only float16 needs (its small range underflows gradients)."""
-
-    device_type: str
-    dtype: Optional[torch.dtype]
-    scaler: torch.amp.GradScaler
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    @property
-    def input_dtype(self) -> torch.dtype:
-        """The dtype batches are normalised into: what the first convolution computes in."""
-        return self.dtype or torch.float32
-
-    def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-
-def cpu_bf16_is_fast() -> bool:
-    """Whether `auto` trains in bf16 on this CPU: on AMD processors that compute it natively
-    (Zen 4 and 5), the only CPUs where it was faster than float32 at the same accuracy; on
-    Intel's it was slower or no faster per epoch (BENCHMARKS.md)."""
-    return private.cpu_has_native_bf16() and "AuthenticAMD" in cpu_vendor()
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_vendor() -> str:
-    """The processor's vendor string ("AuthenticAMD", "GenuineIntel"), or "" if unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()  # Windows names the vendor here; Linux has /proc/cpuinfo
-
-
-def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
-    """`auto`: on CUDA bf16 from compute capability 8.0 and fp16 with a scaler below it (a T4
-    says it supports bf16, but emulates it); on the CPU bf16 where `cpu_bf16_is_fast`, else
-    float32; float32 on mps. `fp32`, `bf16` and `fp16` force a choice."""
-    kind = device.type
-    if wanted == "auto":
-        if kind == "cuda":
-            wanted = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
-        else:
-            wanted = "bf16" if kind == "cpu" and cpu_bf16_is_fast() else "fp32"
-    if wanted == "fp16" and kind != "cuda":
-        raise DeviceError(f"train.precision = fp16 needs a CUDA device, not {kind}; "
-                          f"use auto, fp32 or bf16")
-    if wanted == "bf16" and kind == "mps":
-        raise DeviceError("train.precision = bf16 is not supported on mps; use auto or fp32")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[wanted]
-    scaler_device = "cuda" if kind == "cuda" else "cpu"
-    return Precision(kind, dtype, torch.amp.GradScaler(scaler_device, enabled=wanted == "fp16"))
-
-
 def release_device_memory() -> None:
-    """Hand the GPU memory of a finished trial back, so that the next trial, of another
-    size, starts from an empty cache instead of a fragmented one. Nothing to do on the CPU."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    """Hand the GPU (or mps) memory of a finished trial back, so that the next trial, of
+    another size, starts from an empty cache instead of a fragmented one. Nothing to do on
+    the CPU."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    mps = torch.backends.mps.is_available()
+    if cuda or mps:
         gc.collect()  # the finished trial's exception traceback may hold its tensors
+    if cuda:
         torch.cuda.empty_cache()
+    if mps:
+        torch.mps.empty_cache()
 
 
 EpochHook = Callable[[int, History], None]
@@ -242,8 +183,10 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     """
     padded, net, optimizer = training_net(model, s, device)
     if device.type == "cuda":
-        # Every trial's shapes stay fixed, so cuDNN's one-off kernel search pays off.
-        torch.backends.cudnn.benchmark = True
+        # Off until measured on a GPU (make gpu-check): its per-shape search is paid again for
+        # every depth, width and batch size a study samples, and may pick other kernels for a
+        # resumed trial than for the uninterrupted one, whose results it must repeat.
+        torch.backends.cudnn.benchmark = False
     precision = choose_precision(device, s.precision)
     # Sized once: a size that changed with the free memory would give cuDNN new shapes.
     eval_size = eval_batch_size(net, data.image_size, device, _bytes(precision.input_dtype))
@@ -253,8 +196,12 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     if resume is not None:
         net.load_state_dict(padded.pad(resume["model"]))
         optimizer.load_state_dict(padded.pad(resume["optimizer"]))
-        scaler.load_state_dict(resume["scaler"])
-        set_rng_state(resume["rng"], gen)
+        if scaler.is_enabled() and resume.get("scaler"):
+            # An fp16 checkpoint's scale goes on; one written in bf16, fp32 or on the CPU has
+            # none ({}), and an fp16 run resumed in another precision needs none: the scaler
+            # then starts afresh (the objective says so).
+            scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"], gen, device)
         history, first = History(**resume["history"]), resume["epoch"] + 1
     try:
         for epoch in range(first, s.epochs + 1):
@@ -264,8 +211,8 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
             # Saved after the hook, so that an epoch that ends the trial (the last, or one the
             # hook stops at) writes no checkpoint that would only be deleted.
             if save_state is not None and epoch < s.epochs:
-                save_state(epoch, training_state(padded, net, optimizer, scaler.state_dict(),
-                                                 gen, history))
+                save_state(epoch, training_state(padded, net, optimizer, precision, gen,
+                                                 history, device))
     finally:
         padded.copy_back()  # the caller's model holds what was trained, however it ended
     return history
@@ -282,13 +229,14 @@ def training_net(model: nn.Module, s: FitSettings, device: torch.device) -> tupl
     return padded, net, make_optimizer(net, s, device)
 
 
-def training_state(padded: PaddedNet, net: nn.Module, optimizer, scaler_state: dict, gen,
-                   history: History) -> dict:
-    """What a checkpoint needs to go on after an epoch, in the model's own shapes: the padding
-    is this process's business."""
+def training_state(padded: PaddedNet, net: nn.Module, optimizer, precision: Precision, gen,
+                   history: History, device: torch.device) -> dict:
+    """What a checkpoint needs to go on after an epoch, in the model's own shapes (the padding
+    is this process's business), with the precision and device it was written in."""
     return {"model": padded.unpad(net.state_dict()),
-            "optimizer": padded.unpad(optimizer.state_dict()), "scaler": scaler_state,
-            "rng": rng_state(gen), "history": history.as_dict()}
+            "optimizer": padded.unpad(optimizer.state_dict()),
+            "scaler": precision.scaler.state_dict(), "precision": precision.name,
+            "device": device.type, "rng": rng_state(gen, device), "history": history.as_dict()}
 
 
 def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precision, gen,
@@ -335,8 +283,13 @@ def train_epoch(model, data, optimizer, precision: Precision, batch_size: int, g
     draws = draws.to(device) if draws is not None else None
     rows, order_x, order_y = Rows(x, device, batch_size), order.to(x.device), order.to(device)
     dtype = precision.input_dtype
+    # fp16's scaler skips a step whose loss or gradients overflowed and lowers its scale: such
+    # a step changed nothing, so its loss is left out of the mean. Without a scaler every step
+    # counts: one non-finite loss has already spoilt the weights.
+    skips = precision.scaler.is_enabled()
     # Sums stay on the device: reading them every step would stall a GPU.
     loss_sum = torch.zeros((), device=device)
+    counted = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for start in range(0, n, batch_size):
@@ -349,10 +302,17 @@ def train_epoch(model, data, optimizer, precision: Precision, batch_size: int, g
             xb = apply(xb, draws.part(start, stop))
         yb = y[order_y[start:stop]]
         loss, logits = train_step(model, data.normalized(xb, dtype), yb, optimizer, precision)
-        loss_sum += loss.float() * (stop - start)
+        loss, weight = loss.float(), stop - start
+        if skips:
+            weight = torch.isfinite(loss).float() * weight
+            loss = torch.nan_to_num(loss, nan=0.0, posinf=0.0)
+        loss_sum += loss * weight
+        counted += weight
         correct += (logits.argmax(1) == yb).sum()
         seen += stop - start
-    return loss_sum.item() / seen, correct.item() / seen
+    # Every step skipped: the loss stayed non-finite, and the caller prunes the trial.
+    mean = loss_sum.item() / counted.item() if counted.item() > 0 else math.nan
+    return mean, correct.item() / seen
 
 
 # The memory one evaluation batch's activations may take: a share of the device's free memory,

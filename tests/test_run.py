@@ -15,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import ROOT, cli_env, hpsearch, load, run_cli, start_cli, states
-from hpsearch.train import choose_precision
+from hpsearch.precision import choose_precision
 
 
 def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
@@ -151,12 +151,12 @@ def _running_trial_with_an_epoch(db: Path):
     return row[0] if row else None
 
 
-def _start_and_wait_for_an_epoch(study_file, db: Path) -> tuple:
+def _start_and_wait_for_an_epoch(study_file, db: Path, extra: tuple = ()) -> tuple:
     """A run with trials long enough that a signal lands mid-trial, after a reported epoch:
     (its arguments, the process, the running trial's number)."""
     # Five trials: a signal sent during the last epoch of the third still finds trials to stop.
     args = ("--config", study_file, "--storage", f"sqlite:///{db}", "--trials", 5,
-            "--epochs", 40)
+            "--epochs", 40, *extra)
     proc = start_cli(*args)
     deadline = time.monotonic() + 240
     number = None
@@ -190,6 +190,26 @@ def test_a_killed_run_resumes_and_retries_the_dead_trial(study_file, tmp_path):
     assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
     assert list((tmp_path / "checkpoints").rglob("*.pt")) == []  # finished trials keep none
+
+
+def test_a_trial_killed_in_bf16_resumes_in_fp32_and_the_study_reaches_its_target(
+        study_file, tmp_path):
+    """A new Colab runtime may change the precision: the interrupted trial resumes from its
+    checkpoint in the new one, says so once, and nothing else fails."""
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args, proc, killed = _start_and_wait_for_an_epoch(
+        study_file, tmp_path / "store.db", ("--set", "train.precision='bf16'"))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = run_cli(*args[:-2], "--set", "train.precision='fp32'")
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == killed)
+    assert retry.user_attrs["resumed_from_epoch"] > 0
+    assert retry.user_attrs["owner"]["precision"] == "fp32"
+    assert out.stderr.count("its checkpoint was written in bf16 on cpu") == 1
+    assert [t.number for t in study.trials if t.state == TrialState.FAIL] == [killed]
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
 
 
 def test_a_damaged_checkpoint_means_a_restart_from_the_first_epoch(study_file, tmp_path):

@@ -63,17 +63,20 @@ def test_settings_differences_are_named(tmp_path):
 def test_a_study_stored_before_a_setting_existed_resumes_with_its_default(tmp_path):
     cfg, study = tiny_study(tmp_path)
     older = cfg.settings()
-    del older["train"]["precision"]
+    del older["space"]["head"]
     check_settings(study, {"config": cfg.settings()})  # the run's own record: same settings
     study.set_user_attr("hpsearch", {"config": older})
-    check_settings(study, {"config": cfg.settings()})  # "auto", as the older study ran
-    forced = load_config(None, ["study.name='s'", "data.image_size=8", "train.precision='fp32'"])
+    check_settings(study, {"config": cfg.settings()})  # "flatten", as the older study ran
+    forced = load_config(None, ["study.name='s'", "data.image_size=8", "space.head='gap'"])
     try:
         check_settings(study, {"config": forced.settings()})
     except SettingsMismatch as err:
-        assert "config.train.precision was 'auto', now 'fp32'" in str(err)
+        assert "config.space.head was 'flatten', now 'gap'" in str(err)
     else:
-        raise AssertionError("a changed precision was resumed")
+        raise AssertionError("a changed head was resumed")
+    # The precision may change on resume, as the device may.
+    fp32 = load_config(None, ["study.name='s'", "data.image_size=8", "train.precision='fp32'"])
+    check_settings(study, {"config": fp32.settings()})
 
 
 def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monkeypatch):

@@ -232,7 +232,7 @@ def test_the_mixed_precision_step_runs_on_the_cpu_in_bf16(digits8):
 
 
 def test_precision_auto_is_bf16_only_on_cpus_where_it_was_measured_faster(monkeypatch):
-    from hpsearch import private, train
+    from hpsearch import precision, private
 
     cpu = torch.device("cpu")
     for native_bf16, vendor, expected in ((True, "AuthenticAMD", "bf16"),
@@ -240,7 +240,7 @@ def test_precision_auto_is_bf16_only_on_cpus_where_it_was_measured_faster(monkey
                                           (True, "GenuineIntel", "fp32"),
                                           (False, "GenuineIntel", "fp32")):
         monkeypatch.setattr(private, "cpu_has_native_bf16", lambda: native_bf16)
-        monkeypatch.setattr(train, "cpu_vendor", lambda: vendor)
+        monkeypatch.setattr(precision, "cpu_vendor", lambda: vendor)
         assert choose_precision(cpu).name == expected, (native_bf16, vendor)
     assert choose_precision(cpu, "bf16").name == "bf16"
     assert choose_precision(cpu, "fp32").name == "fp32"

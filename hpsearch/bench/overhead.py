@@ -88,6 +88,7 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
     "training", which is not overhead), set up and saved by fit's own helpers."""
     import torch
 
+    from hpsearch.precision import choose_precision
     from hpsearch.train import History, training_net, training_state
 
     begin = time.perf_counter()
@@ -96,6 +97,7 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
         p.grad = torch.zeros_like(p)
     optimizer.step()  # the moments a real epoch leaves behind, for an honest checkpoint size
     gen = torch.Generator().manual_seed(s.seed)
+    precision = choose_precision(device, s.precision)
     if timers is not None:
         timers.add("training", time.perf_counter() - begin)
     history = History()
@@ -105,7 +107,8 @@ def synthetic_fit(model, data, s, device, on_epoch_end=None, resume=None, save_s
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
             if save_state is not None and epoch < s.epochs:
-                save_state(epoch, training_state(padded, net, optimizer, {}, gen, history))
+                save_state(epoch, training_state(padded, net, optimizer, precision, gen,
+                                                 history, device))
     finally:
         padded.copy_back()  # as fit does, however the trial ends
     return history

@@ -83,7 +83,7 @@ def bench_throughput(repeats: int = 3, epochs: int = 10) -> dict:
     precision `auto` takes on this machine."""
     import torch
 
-    from hpsearch.train import choose_precision
+    from hpsearch.precision import choose_precision
 
     hpsearch_side = [sys.executable, "-m", "hpsearch.bench.fixed_trial", "--epochs",
                      str(epochs)]

@@ -1,0 +1,93 @@
+"""The precision a trial computes in: what the hardware computes natively, or what the study
+file forces, refused or noted where the hardware lacks or emulates it."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from hpsearch import private
+from hpsearch.errors import DeviceError
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the training step computes: autocast to `dtype` (None: full float32) and a gradient
+    scaler, which only float16 needs (its small range underflows gradients)."""
+
+    device_type: str
+    dtype: Optional[torch.dtype]
+    scaler: torch.amp.GradScaler
+    note: str = ""  # a forced choice the hardware only emulates: said once before the trials
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype batches are normalised into: what the first convolution computes in."""
+        return self.dtype or torch.float32
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether `auto` trains in bf16 on this CPU: on AMD processors that compute it natively
+    (Zen 4 and 5), the only CPUs where it was faster than float32 at the same accuracy; on
+    Intel's it was slower or no faster per epoch (BENCHMARKS.md)."""
+    return private.cpu_has_native_bf16() and "AuthenticAMD" in cpu_vendor()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """The processor's vendor string ("AuthenticAMD", "GenuineIntel"), or "" if unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()  # Windows names the vendor here; Linux has /proc/cpuinfo
+
+
+def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
+    """What the hardware computes natively. `auto`: on CUDA bf16 from compute capability 8.0,
+    fp16 with a scaler from 7.0 (tensor cores; a T4 says it supports bf16, but emulates it),
+    fp32 below; on the CPU bf16 where `cpu_bf16_is_fast`, else fp32; fp32 on mps. `fp32`,
+    `bf16` and `fp16` force a choice: one the GPU only emulates runs with a `note` to show
+    before the first trial, one it lacks is refused."""
+    kind, note = device.type, ""
+    major = torch.cuda.get_device_capability(device)[0] if kind == "cuda" else 0
+    if wanted == "auto":
+        if kind == "cuda":
+            wanted = "bf16" if major >= 8 else "fp16" if major >= 7 else "fp32"
+        else:
+            wanted = "bf16" if kind == "cpu" and cpu_bf16_is_fast() else "fp32"
+    if wanted == "fp16" and kind != "cuda":
+        raise DeviceError(f"train.precision = fp16 needs a CUDA device, not {kind}; "
+                          f"use auto, fp32 or bf16")
+    if wanted == "bf16" and kind == "mps":
+        raise DeviceError("train.precision = bf16 is not supported on mps; use auto or fp32")
+    if kind == "cuda" and wanted == "bf16" and major < 8:
+        if major < 7:
+            raise DeviceError(f"train.precision = bf16: this GPU (compute capability {major}.x) "
+                              f"has no bf16; use auto or fp32")
+        note = (f"note: this GPU (compute capability {major}.x) emulates bf16, slowly; "
+                f"train.precision = auto trains in fp16 here")
+    if kind == "cuda" and wanted == "fp16" and major < 7:
+        note = (f"note: this GPU (compute capability {major}.x) has no fp16 tensor cores; "
+                f"train.precision = auto trains in fp32 here, likely faster")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[wanted]
+    scaler_device = "cuda" if kind == "cuda" else "cpu"
+    return Precision(kind, dtype, torch.amp.GradScaler(scaler_device, enabled=wanted == "fp16"),
+                     note)

@@ -1,0 +1,161 @@
+"""The GPU's precisions on the CPU: fp16 with its gradient scaler forced through torch's CPU
+autocast, checkpoints that resume in any other precision, random streams of the trial's own
+device, and a divergence check that ignores the steps the scaler skipped."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hpsearch import train
+from hpsearch.checkpoint import TrialCheckpoint, rng_state, set_rng_state
+from hpsearch.config import DataConfig
+from hpsearch.data import load_dataset
+from hpsearch.model import build_cnn
+from hpsearch.precision import Precision
+from hpsearch.train import Diverged, FitSettings, fit
+
+CPU = torch.device("cpu")
+PRECISIONS = ("fp32", "bf16", "fp16")
+real_choose = train.choose_precision
+
+
+def cpu_precision(device, wanted="auto"):
+    """choose_precision with fp16 allowed on the CPU: float16 autocast and an enabled scaler,
+    the path a T4 takes."""
+    if wanted == "fp16":
+        return Precision("cpu", torch.float16, torch.amp.GradScaler("cpu", enabled=True))
+    return real_choose(device, wanted)
+
+
+@pytest.fixture
+def fp16_on_cpu(monkeypatch):
+    monkeypatch.setattr(train, "choose_precision", cpu_precision)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DataConfig(image_size=8), 0)
+
+
+def new_model():
+    torch.manual_seed(7)
+    return build_cnn(in_channels=1, num_classes=10, image_size=8, depth=2, width=6, dropout=0.2)
+
+
+def interrupted_after_epoch_two(data, settings, tmp_path) -> dict:
+    ckpt = TrialCheckpoint.under(tmp_path, "s", 0, {"p": settings.precision})
+
+    def stop(epoch, history):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), data, settings, CPU, on_epoch_end=stop, save_state=ckpt.save)
+    state, why = ckpt.load()
+    assert why is None and state["epoch"] == 2
+    return state
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_a_checkpoint_resumes_in_every_other_precision(fp16_on_cpu, data, tmp_path, kind):
+    """Every pair of precisions, fp16 with its scaler included: the same precision repeats the
+    uninterrupted run exactly; another one goes on from the checkpoint with a fresh scaler."""
+    base = FitSettings(epochs=4, batch_size=64, lr=0.01, optimizer=kind, weight_decay=0.01,
+                       seed=3)
+    for before, after in itertools.product(PRECISIONS, PRECISIONS):
+        first = replace(base, precision=before)
+        state = interrupted_after_epoch_two(data, first, tmp_path / f"{before}-{after}")
+        assert state["precision"] == before and state["device"] == "cpu"
+        assert bool(state["scaler"]) == (before == "fp16")
+        resumed = fit(new_model(), data, replace(base, precision=after), CPU, resume=state)
+        assert len(resumed.val_acc) == 4 and resumed.val_acc[-1] > 0.3, (before, after)
+        if before == after:
+            whole = fit(new_model(), data, first, CPU)
+            assert resumed.val_acc == whole.val_acc and resumed.train_loss == whole.train_loss
+
+
+def test_an_fp16_checkpoint_keeps_its_scale(fp16_on_cpu, data, tmp_path, monkeypatch):
+    settings = FitSettings(epochs=4, batch_size=64, lr=0.01, seed=3, precision="fp16")
+    state = interrupted_after_epoch_two(data, settings, tmp_path)
+    state["scaler"]["scale"] = 1024.0  # as if it had backed off twice
+    seen = []
+    real_load = torch.amp.GradScaler.load_state_dict
+
+    def spy(self, s):
+        seen.append(s["scale"])
+        return real_load(self, s)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict", spy)
+    fit(new_model(), data, settings, CPU, resume=state)
+    assert seen == [1024.0]
+
+
+def test_random_streams_are_of_the_trials_own_device_only():
+    gen = torch.Generator().manual_seed(1)
+    state = rng_state(gen, CPU)
+    assert set(state) == {"torch", "shuffle"}  # a CPU trial has no device stream to keep
+    # A GPU's stream (or an older checkpoint's list of every GPU's) is not restored onto the
+    # CPU, and restoring the rest repeats the draws.
+    foreign = {**state, "device": torch.zeros(16, dtype=torch.uint8), "device_type": "cuda",
+               "cuda": [torch.zeros(16, dtype=torch.uint8)]}
+    first = torch.rand(3), torch.rand(3, generator=gen)
+    set_rng_state(foreign, gen, CPU)
+    again = torch.rand(3), torch.rand(3, generator=gen)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.fixture
+def unpadded(monkeypatch):
+    """The net that trains is the model itself (no channel padding), so its forward is ours."""
+    monkeypatch.setattr(train, "channel_padding", lambda device: (1, None))
+
+
+def poisoned_once(model):
+    """The model with one forward pass (the third) returning infinities: an fp16 overflow."""
+    forward, calls = model.forward, {"n": 0}
+
+    def once(x):
+        calls["n"] += 1
+        out = forward(x)
+        return out * float("inf") if calls["n"] == 3 else out
+
+    model.forward = once
+    return model
+
+
+def test_a_step_the_scaler_skipped_is_not_divergence(fp16_on_cpu, unpadded, data):
+    settings = FitSettings(epochs=2, batch_size=64, lr=0.01, seed=3, precision="fp16")
+    history = fit(poisoned_once(new_model()), data, settings, CPU)
+    assert all(map(lambda v: v == v and v < 10, history.train_loss))  # finite: step skipped
+    assert history.val_acc[-1] > 0.3
+
+
+def test_without_a_scaler_one_non_finite_loss_is_divergence(unpadded, data):
+    settings = FitSettings(epochs=2, batch_size=64, lr=0.01, seed=3, precision="fp32")
+    with pytest.raises(Diverged):
+        fit(poisoned_once(new_model()), data, settings, CPU)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a CUDA scaler without CUDA disables itself
+@pytest.mark.parametrize("capability,auto", [((9, 0), "bf16"), ((8, 0), "bf16"),
+                                             ((7, 5), "fp16"), ((7, 0), "fp16"),
+                                             ((6, 1), "fp32"), ((3, 7), "fp32")])
+def test_precision_by_what_the_gpu_computes_natively(monkeypatch, capability, auto):
+    from hpsearch.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    gpu = torch.device("cuda")
+    chosen = train.choose_precision(gpu, "auto")
+    assert chosen.name == auto and not chosen.note
+    if capability[0] >= 8:
+        assert not train.choose_precision(gpu, "bf16").note
+    elif capability[0] == 7:
+        assert "emulates bf16" in train.choose_precision(gpu, "bf16").note
+    else:
+        with pytest.raises(DeviceError, match="has no bf16"):
+            train.choose_precision(gpu, "bf16")
+        assert "no fp16 tensor cores" in train.choose_precision(gpu, "fp16").note
