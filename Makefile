@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help study test bench report dashboard install clean
+.PHONY: help study test bench gpu-check report dashboard install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ study: $(STAMP) ## run the default study (50 trials on digits; ARGS="--trials 10
 
 test: $(STAMP) ## run the tests
 	$(PY) -m pytest $(ARGS)
+
+gpu-check: $(STAMP) ## the GPU path on this machine's GPU, one table (a few minutes; no GPU: says so)
+	$(PY) -m hpsearch.bench.gpu_check
 
 report: $(STAMP) ## write the default study's report under studies/reports/ (ARGS for more)
 	$(PY) -m hpsearch.cli report $(ARGS)

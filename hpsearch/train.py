@@ -24,6 +24,7 @@ from hpsearch.precision import Precision, choose_precision, cpu_vendor
 
 
 TRAINING_ADVICE = "a smaller train.batch_size or width range fits"
+CUDNN_BENCHMARK = False  # see fit; `make gpu-check` measures it on and off
 
 
 class Diverged(ArithmeticError):
@@ -186,7 +187,7 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
         # Off until measured on a GPU (make gpu-check): its per-shape search is paid again for
         # every depth, width and batch size a study samples, and may pick other kernels for a
         # resumed trial than for the uninterrupted one, whose results it must repeat.
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     precision = choose_precision(device, s.precision)
     # Sized once: a size that changed with the free memory would give cuDNN new shapes.
     eval_size = eval_batch_size(net, data.image_size, device, _bytes(precision.input_dtype))

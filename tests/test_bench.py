@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from conftest import hpsearch
+from conftest import ROOT, cli_env, hpsearch
 from hpsearch.config import load_config
 
 
@@ -121,3 +123,9 @@ def test_the_photo_folder_is_mixed_like_real_photos_and_drawn_once(tmp_path):
     listed, train, val = photo_split(root, 0)
     assert len(image_folder(root, None, listed)) == len(listed) == 60
     assert len(train) + len(val) < 60
+
+
+def test_the_gpu_check_without_a_gpu_says_so_and_exits_0():
+    out = subprocess.run([sys.executable, "-m", "hpsearch.bench.gpu_check"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=cli_env())
+    assert out.returncode == 0 and "no CUDA GPU on this machine" in out.stdout
