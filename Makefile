@@ -27,7 +27,7 @@ study: $(STAMP) ## run the default study (50 trials on digits; ARGS="--trials 10
 test: $(STAMP) ## run the tests
 	$(PY) -m pytest $(ARGS)
 
-gpu-check: $(STAMP) ## the GPU path on this machine's GPU, one table (a few minutes; no GPU: says so)
+gpu-check: $(STAMP) ## the GPU path on this machine's GPU, one table (no GPU: says so)
 	$(PY) -m hpsearch.bench.gpu_check
 
 report: $(STAMP) ## write the default study's report under studies/reports/ (ARGS for more)

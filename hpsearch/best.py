@@ -15,6 +15,7 @@ import torch
 
 from hpsearch.build import fit_settings, model_for
 from hpsearch.data import Dataset, pooled
+from hpsearch.precision import usable
 from hpsearch.model import cpu_state_dict
 from hpsearch.records import weights_artifact
 from hpsearch.train import eval_batch_size, fit
@@ -123,7 +124,8 @@ def final_model(best: dict, data: Dataset, device: torch.device) -> tuple:
     """(model, its test predictions, the record saved beside it): the best configuration
     trained from scratch on train + validation with its seed, then tested once."""
     model = retrain(best["params"], best["epochs"], best["seed"],
-                    with_validation_in_training(data), device, best.get("precision", "auto"))
+                    with_validation_in_training(data), device,
+                    usable(device, best.get("precision", "auto")))
     preds = predictions_on_test(model, data)
     saved = {**{k: v for k, v in best.items() if k != "confusion_matrix"},
              "trained_on": "train+validation", "test_accuracy": round(preds.accuracy, 6),

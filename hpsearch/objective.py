@@ -136,8 +136,8 @@ def resume_from(trial: optuna.Trial, ckpt: Optional[TrialCheckpoint],
     if state is None:
         return None
     records.write_resumed_from(trial, state["epoch"])
-    there = f"{state.get('precision', 'fp32')} on {state.get('device', 'cpu')}"
-    if here and there != here:
+    there = f"{state.get('precision')} on {state.get('device')}"
+    if here and "precision" in state and there != here:  # older checkpoints do not say
         log.warning("trial %d resumes from epoch %d in %s; its checkpoint was written in %s "
                     "(the gradient scaler, if any, starts afresh)", trial.number,
                     state["epoch"] + 1, here, there)

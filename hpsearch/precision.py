@@ -40,6 +40,16 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
+def usable(device: torch.device, wanted: str) -> str:
+    """`wanted` if this device can train in it, else "auto": a study run in fp16 on a GPU,
+    retrained on a CPU."""
+    try:
+        choose_precision(device, wanted)
+        return wanted
+    except DeviceError:
+        return "auto"
+
+
 def cpu_bf16_is_fast() -> bool:
     """Whether `auto` trains in bf16 on this CPU: on AMD processors that compute it natively
     (Zen 4 and 5), the only CPUs where it was faster than float32 at the same accuracy; on
@@ -64,8 +74,8 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
     """What the hardware computes natively. `auto`: on CUDA bf16 from compute capability 8.0,
     fp16 with a scaler from 7.0 (tensor cores; a T4 says it supports bf16, but emulates it),
     fp32 below; on the CPU bf16 where `cpu_bf16_is_fast`, else fp32; fp32 on mps. `fp32`,
-    `bf16` and `fp16` force a choice: one the GPU only emulates runs with a `note` to show
-    before the first trial, one it lacks is refused."""
+    `bf16` and `fp16` force a choice: fp16 without tensor cores runs with a `note` to show
+    before the first trial, bf16 without native support is refused."""
     kind, note = device.type, ""
     major = torch.cuda.get_device_capability(device)[0] if kind == "cuda" else 0
     if wanted == "auto":
@@ -79,11 +89,11 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
     if wanted == "bf16" and kind == "mps":
         raise DeviceError("train.precision = bf16 is not supported on mps; use auto or fp32")
     if kind == "cuda" and wanted == "bf16" and major < 8:
-        if major < 7:
-            raise DeviceError(f"train.precision = bf16: this GPU (compute capability {major}.x) "
-                              f"has no bf16; use auto or fp32")
-        note = (f"note: this GPU (compute capability {major}.x) emulates bf16, slowly; "
-                f"train.precision = auto trains in fp16 here")
+        # Autocast would accept it (torch counts emulation as support), but cuDNN has no
+        # bf16 convolutions before 8.0: every trial would fail.
+        raise DeviceError(f"train.precision = bf16: this GPU (compute capability {major}.x) "
+                          f"has no native bf16; use auto ({'fp16' if major >= 7 else 'fp32'} "
+                          f"here) or fp32")
     if kind == "cuda" and wanted == "fp16" and major < 7:
         note = (f"note: this GPU (compute capability {major}.x) has no fp16 tensor cores; "
                 f"train.precision = auto trains in fp32 here, likely faster")

@@ -306,7 +306,7 @@ def train_epoch(model, data, optimizer, precision: Precision, batch_size: int, g
         loss, weight = loss.float(), stop - start
         if skips:
             weight = torch.isfinite(loss).float() * weight
-            loss = torch.nan_to_num(loss, nan=0.0, posinf=0.0)
+            loss = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
         loss_sum += loss * weight
         counted += weight
         correct += (logits.argmax(1) == yb).sum()

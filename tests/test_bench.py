@@ -127,5 +127,6 @@ def test_the_photo_folder_is_mixed_like_real_photos_and_drawn_once(tmp_path):
 
 def test_the_gpu_check_without_a_gpu_says_so_and_exits_0():
     out = subprocess.run([sys.executable, "-m", "hpsearch.bench.gpu_check"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, env=cli_env())
+                         capture_output=True, text=True, timeout=120,
+                         env=cli_env(CUDA_VISIBLE_DEVICES=""))
     assert out.returncode == 0 and "no CUDA GPU on this machine" in out.stdout

@@ -189,6 +189,7 @@ def _optuna_section(result: ReportResult, study, trials: list) -> Section:
 def _model_section(result: ReportResult, best, cfg, artifacts, study, load_data,
                    retrain_device) -> Section:
     from hpsearch import best as best_model
+    from hpsearch.precision import usable
 
     title = "The best model on the test split"
     if best is None:
@@ -204,7 +205,7 @@ def _model_section(result: ReportResult, best, cfg, artifacts, study, load_data,
         source = f"the weights trial {best.number} saved"
     elif retrain_device is not None:
         model = best_model.retrain(params, cfg.train.epochs, result.best["seed"], data,
-                                   retrain_device, cfg.train.precision)
+                                   retrain_device, usable(retrain_device, cfg.train.precision))
         source = f"trial {best.number} retrained with its seed (--retrain), as it had no weights"
     else:
         result.notes.append(f"prediction grid and confusion matrix: {why}; run "
