@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from hpsearch.bench.recipe import train_and_report
 from hpsearch.config import DataConfig
 from hpsearch.data import split_indices
 from hpsearch.images import list_image_files
@@ -148,28 +148,7 @@ def objective(trial: optuna.Trial, root: Path, size: int, split_seed: int = 0,
     valid_loader = DataLoader(valid_set, batch_size=BATCHSIZE, shuffle=False,
                               num_workers=WORKERS, persistent_workers=False)
 
-    for epoch in range(epochs):
-        model.train()
-        for data, target in train_loader:
-            data, target = data.to(dev), target.to(dev)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(data), target)
-            loss.backward()
-            optimizer.step()
-
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for data, target in valid_loader:
-                data, target = data.to(dev), target.to(dev)
-                pred = model(data).argmax(dim=1, keepdim=True)
-                correct += pred.eq(target.view_as(pred)).sum().item()
-        accuracy = correct / len(valid_loader.dataset)
-
-        trial.report(accuracy, epoch)
-        if trial.should_prune():
-            raise optuna.exceptions.TrialPruned()
-    return accuracy
+    return train_and_report(trial, model, optimizer, train_loader, valid_loader, epochs, dev)
 
 
 def run_recipe(root: Path, size: int = 32, trials: int = 20, seed: int = 0) -> dict:

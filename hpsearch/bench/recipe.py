@@ -84,9 +84,17 @@ def objective(trial: optuna.Trial, split_seed: int = 0, epochs: int = EPOCHS) ->
     train_loader = DataLoader(train_set, batch_size=BATCHSIZE, shuffle=True)
     valid_loader = DataLoader(valid_set, batch_size=BATCHSIZE, shuffle=False)
 
+    return train_and_report(trial, model, optimizer, train_loader, valid_loader, epochs)
+
+
+def train_and_report(trial: optuna.Trial, model, optimizer, train_loader, valid_loader,
+                     epochs: int, device: torch.device = torch.device("cpu")) -> float:
+    """The example's loops: an epoch of training, the validation accuracy reported, pruning
+    asked; each batch moved to `device` (a no-op on the CPU). Returns the last accuracy."""
     for epoch in range(epochs):
         model.train()
         for data, target in train_loader:
+            data, target = data.to(device), target.to(device)
             optimizer.zero_grad()
             loss = F.cross_entropy(model(data), target)
             loss.backward()
@@ -96,6 +104,7 @@ def objective(trial: optuna.Trial, split_seed: int = 0, epochs: int = EPOCHS) ->
         correct = 0
         with torch.no_grad():
             for data, target in valid_loader:
+                data, target = data.to(device), target.to(device)
                 pred = model(data).argmax(dim=1, keepdim=True)
                 correct += pred.eq(target.view_as(pred)).sum().item()
         accuracy = correct / len(valid_loader.dataset)
