@@ -51,10 +51,13 @@ def header(session, done: int) -> None:
     cfg, data, workers = session.cfg, session.data, session.options.workers
     sizes = f"{len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test"
     threads = session.threads
-    where = f"{session.device} ({threads} threads)" if threads else str(session.device)
+    plural = "thread" if threads == 1 else "threads"
+    where = f"{session.device} ({threads} {plural})" if threads else str(session.device)
     if workers > 1:
-        where = f"{workers} worker processes on {where.replace(' threads', ' threads each')}"
+        where = f"{workers} worker processes on {where.replace(plural, plural + ' each')}"
     where += f" in {session.precision}"  # auto differs by device
+    if workers > 1 and session.shares_images:
+        where += "; the workers on one device share one copy of the images"
     if data.on_host:
         where += "; the images stay in host memory (too large for the device's free memory)"
     print(f"Store: {session.spec.display}")

@@ -139,12 +139,31 @@ def host_free_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
+# {cuda:N: bytes} this process's allocator may hold there, where workers share the GPU
+# (see sharing.cap).
+_CAPS: dict = {}
+
+
+def cap_device_memory(device: torch.device, limit: int) -> None:
+    _CAPS[_cuda_key(device)] = limit
+
+
 def device_free_bytes(device: torch.device) -> Optional[int]:
-    """Free memory of a CUDA device; None where the data shares the host's memory (the CPU,
-    and mps's unified memory)."""
+    """Memory this process may still take on a CUDA device: the device's free memory, or
+    less where this process is capped; None where the data shares the host's memory (the
+    CPU, and mps's unified memory)."""
     if device.type != "cuda":
         return None
-    return int(torch.cuda.mem_get_info(device)[0])
+    free = int(torch.cuda.mem_get_info(device)[0])
+    limit = _CAPS.get(_cuda_key(device))
+    if limit is None:
+        return free
+    return max(0, min(free, limit - int(torch.cuda.memory_reserved(device))))
+
+
+def _cuda_key(device: torch.device) -> str:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index}"
 
 
 def placement(cfg: DataConfig, counted: tuple, device: torch.device) -> str:

@@ -27,6 +27,7 @@ from hpsearch.storage import (DEFAULT_STORAGE, StorageSpec, artifact_folder, bes
 from hpsearch.study import (RunResult, grid_is_exhausted, open_study, recover_dead_trials, run,
                             runs_alone)
 from hpsearch.precision import choose_precision
+from hpsearch.sharing import Share, cap, groups, hand_over, receive
 from hpsearch.train import configure_threads, resolve_device
 
 
@@ -52,13 +53,31 @@ def worker_device(name: str, worker: Optional[int]) -> torch.device:
 
 
 def training_setup(cfg: Config, device: torch.device, workers: int = 1,
-                   on_progress: Progress = None) -> tuple:
+                   on_progress: Progress = None, share: Optional[Share] = None,
+                   host_only: bool = False) -> tuple:
     """(CPU threads or None, dataset) of a process that trains on `device`: the CPU's cores
     shared among the workers, the study's data loaded onto the device once (a folder's
-    decoding reported to `on_progress`)."""
+    decoding reported to `on_progress`), or taken from the worker that shares the device
+    with this one (see sharing). `host_only`: into host memory, whatever the device."""
     threads = configure_threads(workers) if device.type == "cpu" else None
     interrupts.check()
-    return threads, load_dataset(cfg.data, cfg.study.seed, device, on_progress)
+    if host_only:
+        device = torch.device("cpu")
+    if share is None:
+        return threads, load_dataset(cfg.data, cfg.study.seed, device, on_progress)
+    if share.is_owner:
+        try:
+            data = load_dataset(cfg.data, cfg.study.seed, device, on_progress)
+        except BaseException:
+            hand_over(share, None, device)  # the others try for themselves
+            raise
+        per_worker = hand_over(share, data, device)
+    else:
+        data, per_worker = receive(share)
+        if data is None:
+            data = load_dataset(cfg.data, cfg.study.seed, device, on_progress)
+    cap(device, per_worker)
+    return threads, data
 
 
 @dataclass
@@ -81,12 +100,16 @@ class Session:
     @classmethod
     def open(cls, cfg: Config, options: RunOptions = RunOptions(), worker: Optional[int] = None,
              on_note: Optional[Callable[[str], None]] = None,
-             on_progress: Progress = None) -> "Session":
+             on_progress: Progress = None, share: Optional[Share] = None) -> "Session":
         """Check, load and open everything a run needs. The run itself (worker None) also
         restores a missing store from its backup, telling `on_note` at once, and switches
         SQLite to write-ahead logging; its workers find both done. `on_progress` hears how
-        far a folder's decoding is."""
+        far a folder's decoding is. The parent of `--workers` loads the data into host
+        memory only (to check and record it): its workers train, each on its own device,
+        sharing the images with the others there by `share`."""
         device = worker_device(options.device, worker)
+        if worker is not None and device.type == "cuda":
+            torch.cuda.set_device(device)  # nothing of this process lands on another GPU
         chosen = choose_precision(device, cfg.train.precision)  # refused before any work
         if chosen.note and on_note is not None and worker is None:
             on_note(chosen.note)
@@ -102,7 +125,8 @@ class Session:
             on_note(note)
         check_store_file(spec)  # before any work, so that a wrong path fails fast
         interrupts.check()
-        threads, data = training_setup(cfg, device, options.workers, on_progress)
+        threads, data = training_setup(cfg, device, options.workers, on_progress, share,
+                                       host_only=worker is None and options.workers > 1)
         interrupts.check()
         storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)
@@ -113,6 +137,13 @@ class Session:
         interrupts.check()
         return cls(cfg, options, spec, device, precision, threads, data, study, artifacts,
                    checkpoints, backup, restored=bool(note) and note.startswith("restored"))
+
+    @property
+    def shares_images(self) -> bool:
+        """Whether some of this run's workers share a device, and with it one copy of the
+        images (see sharing)."""
+        gpus = torch.cuda.device_count() if self.device.type == "cuda" else 1
+        return any(len(g) > 1 for g in groups(self.options.workers, self.device, gpus))
 
     @property
     def alone(self) -> bool:

@@ -17,6 +17,7 @@ from hpsearch import interrupts
 from hpsearch.augment import Augment, apply
 from hpsearch.batches import Rows
 from hpsearch.checkpoint import rng_state, set_rng_state
+from hpsearch.data import device_free_bytes
 from hpsearch.errors import DeviceError, OutOfMemory
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer
@@ -329,7 +330,7 @@ def eval_batch_size(model: nn.Module, image_size: int, device: torch.device,
     EVAL_BATCH_MAX."""
     budget = EVAL_BYTES
     if device.type == "cuda":
-        budget = min(budget, int(EVAL_SHARE * torch.cuda.mem_get_info(device)[0]))
+        budget = min(budget, int(EVAL_SHARE * device_free_bytes(device)))
     size, largest = image_size, 0
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

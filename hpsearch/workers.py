@@ -5,7 +5,8 @@ pools. Each worker opens its own session from the run's config and options (see
 session.Session.open): an equal share of the CPU threads (or its own GPU) and its own sampler
 seed, and runs until the study holds its target; the trial target (study.TrialTarget) reads
 the store after every trial and stops every worker, so the study overshoots by at most the
-number of workers minus one.
+number of workers minus one. Workers on one device share its images and memory (see
+sharing); the parent itself holds nothing on a GPU.
 """
 
 from __future__ import annotations
@@ -16,27 +17,36 @@ import queue
 import signal
 import time
 from dataclasses import asdict
-from typing import Callable
+from typing import Callable, Optional
+
+import torch
 
 from hpsearch import interrupts
 from hpsearch.config import Config
-from hpsearch.session import RunOptions, Session
+from hpsearch.session import RunOptions, Session, worker_device
+from hpsearch.sharing import Share, release_finished, shares, stay_for_users
 from hpsearch.study import RunResult
 
 log = logging.getLogger("hpsearch")
 
+STOP_WAIT = 120.0  # seconds stopping workers may take to queue their trials again
 
-def worker_main(cfg: Config, options: RunOptions, index: int, results) -> None:
-    """One worker process: its session, then its trials."""
+
+def worker_main(cfg: Config, options: RunOptions, index: int, results,
+                share: Optional[Share] = None) -> None:
+    """One worker process: its session, then its trials; an owner of shared images then
+    waits for the workers that use them (see sharing)."""
     from hpsearch.console import configure_logging
 
     interrupts.install()  # the parent's SIGTERM and a terminal's Ctrl-C
     configure_logging(verbose=False, prefix=f"[worker {index}] ")
     try:
-        result = Session.open(cfg, options, worker=index).run()
+        result = Session.open(cfg, options, worker=index, share=share).run()
     except KeyboardInterrupt:
         results.put((index, None))
         return
+    finally:
+        stay_for_users(share)
     results.put((index, asdict(result)))
 
 
@@ -46,7 +56,10 @@ def run_workers(cfg: Config, options: RunOptions, poll: Callable[[], None]) -> R
     interrupted trial again before it exits; then KeyboardInterrupt is raised here."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=worker_main, args=(cfg, options, i, results),
+    device = worker_device(options.device, None)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 1
+    sharing = shares(options.workers, device, gpus, ctx)
+    procs = [ctx.Process(target=worker_main, args=(cfg, options, i, results, sharing.get(i)),
                          name=f"hpsearch-{i}") for i in range(options.workers)]
     start = time.perf_counter()
     # Started with Ctrl-C ignored, until each has installed its own handler: a worker still
@@ -60,25 +73,33 @@ def run_workers(cfg: Config, options: RunOptions, poll: Callable[[], None]) -> R
     try:
         while any(p.is_alive() for p in procs):
             poll()
+            release_finished(sharing, _alive(procs))
             interrupts.check()
             time.sleep(0.5)
         interrupts.check()  # asked for while the last workers were stopping
     except KeyboardInterrupt:
-        _stop(procs)
+        _stop(procs, sharing)
         raise
     poll()
     return _combine(_drain(results, len(procs)), time.perf_counter() - start,
                     [p.exitcode for p in procs])
 
 
-def _stop(procs: list) -> None:
+def _stop(procs: list, sharing: dict) -> None:
     """Interrupt the workers still running (a terminal's Ctrl-C reached them already; a
-    SIGTERM sent to this process did not) and wait for them to queue their trials again."""
+    SIGTERM sent to this process did not) and wait for them to queue their trials again,
+    at most STOP_WAIT seconds; owners of shared images end after their users."""
     for p in procs:
         if p.is_alive():
             p.terminate()  # SIGTERM: the worker turns it into KeyboardInterrupt
-    for p in procs:
-        p.join(timeout=120)
+    deadline = time.monotonic() + STOP_WAIT
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        release_finished(sharing, _alive(procs))
+        time.sleep(0.1)
+
+
+def _alive(procs: list) -> dict:
+    return {i: p.is_alive() for i, p in enumerate(procs)}
 
 
 def _drain(results, n: int) -> list:

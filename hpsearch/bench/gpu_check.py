@@ -12,8 +12,9 @@ its row, so one broken check does not hide the others):
   failed trial;
 - an injected out-of-memory trial (a batch far beyond the GPU) in a study of two: whether it
   failed alone, with its reason, while the other completed;
-- two worker processes on one GPU against one: trials per minute of a small digits study, and
-  the GPU's peak memory in use (nvidia-smi, polled) during each.
+- two worker processes on one GPU against one: trials per minute of a small digits study, the
+  GPU's peak memory in use and each process's (nvidia-smi, polled): the run's own process
+  should hold none, its workers one copy of the images between them.
 """
 
 from __future__ import annotations
@@ -157,11 +158,13 @@ def out_of_memory(work: Path) -> str:
 def workers_run(work: Path, workers: int) -> str:
     work.mkdir(parents=True)
     cmd = run_args(work / "s.db", "--trials", 20, "--workers", workers)
-    peak, start = 0, time.perf_counter()
+    peak, per_process, start = 0, {}, time.perf_counter()
     with open(work / "stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         while proc.poll() is None and time.perf_counter() - start < 300:
             peak = max(peak, gpu_memory_used())
+            for pid, used in gpu_processes().items():
+                per_process[pid] = max(per_process.get(pid, 0), used)
             time.sleep(0.2)
     if proc.poll() is None:
         proc.kill()
@@ -170,7 +173,12 @@ def workers_run(work: Path, workers: int) -> str:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError((work / "stderr.txt").read_text()[-300:])
-    return f"{60 * 20 / seconds:.1f} trials/min, GPU memory in use at most {peak} MiB"
+    rate = f"{60 * 20 / seconds:.1f} trials/min, GPU memory in use at most {peak} MiB"
+    if not per_process:
+        return f"{rate}; nvidia-smi shows no processes here"
+    parent = per_process.pop(proc.pid, 0)
+    others = ", ".join(f"{used}" for used in sorted(per_process.values())) or "none"
+    return f"{rate}; per process at most: run {parent} MiB, workers {others} MiB"
 
 
 def gpu_memory_used() -> int:
@@ -180,6 +188,19 @@ def gpu_memory_used() -> int:
         return int(out.stdout.strip().splitlines()[0])
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return 0
+
+
+def gpu_processes() -> dict:
+    """{pid: MiB} of the processes using the GPU now (nvidia-smi; empty where it cannot
+    tell, as in some containers)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=5)
+        rows = (line.split(",") for line in out.stdout.strip().splitlines() if line.strip())
+        return {int(pid): int(used) for pid, used in rows}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
 
 
 if __name__ == "__main__":

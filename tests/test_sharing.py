@@ -1,0 +1,197 @@
+"""Workers on one device (issue: the GPU path): which worker trains where, one copy of the
+images handed from the group's first worker to the others, the parent of `--workers`
+holding nothing on a GPU, each worker's share of the GPU's memory, and running out of it
+while loading. GPU facts are faked; the hand-over itself runs for real between processes on
+the CPU (shared memory there, CUDA IPC on a GPU: the same queue and code)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import types
+
+import pytest
+import torch
+
+from hpsearch import data as data_module
+from hpsearch import session as session_module
+from hpsearch import sharing, train
+from hpsearch.config import DataConfig, load_config
+from hpsearch.data import DataError, load_dataset, split
+from hpsearch.images import digits_images
+from hpsearch.model import build_cnn
+from hpsearch.session import RunOptions, Session, training_setup
+
+CPU = torch.device("cpu")
+GIB = 2**30
+
+
+@pytest.mark.parametrize("device,gpus,expected", [
+    ("cuda", 1, [[0, 1, 2]]),
+    ("cuda", 2, [[0, 2], [1]]),
+    ("cuda", 4, [[0], [1], [2]]),  # more GPUs than workers: one each
+    ("cuda:1", 4, [[0, 1, 2]]),  # a named GPU: all of them on it
+    ("cpu", 1, [[0, 1, 2]]),
+    ("mps", 1, [[0], [1], [2]]),  # mps memory cannot be handed between processes
+])
+def test_workers_are_grouped_by_the_device_they_train_on(device, gpus, expected):
+    assert sharing.groups(3, torch.device(device), gpus) == expected
+
+
+def test_only_workers_that_share_a_device_get_a_share():
+    ctx = mp.get_context("spawn")
+    shares = sharing.shares(3, torch.device("cuda"), 2, ctx)
+    assert sorted(shares) == [0, 2]  # worker 1 has GPU 1 alone
+    assert shares[0].is_owner and not shares[2].is_owner and shares[2].owner == 0
+    assert shares[0].handoff is shares[2].handoff and shares[0].users == 1
+
+
+def tiny_config(tmp_path):
+    return load_config(None, ["study.name='s'", "data.image_size=8", "train.epochs=1"])
+
+
+def owner_process(cfg, share):
+    """Worker 0 of a group: loads the images, hands them on, waits to be released."""
+    training_setup(cfg, CPU, 1, None, share)
+    sharing.stay_for_users(share)
+
+
+def test_the_second_worker_trains_from_the_first_ones_images(tmp_path):
+    cfg = tiny_config(tmp_path)
+    ctx = mp.get_context("spawn")
+    shares = sharing.shares(2, CPU, 1, ctx)
+    owner = ctx.Process(target=owner_process, args=(cfg, shares[0]))
+    owner.start()
+    try:
+        _, data = training_setup(cfg, CPU, 1, None, shares[1])
+        own = load_dataset(cfg.data, cfg.study.seed, CPU)
+        assert data.x_train.is_shared() and data.x_test.is_shared()  # the owner's memory
+        assert data.x_train is not own.x_train
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            assert torch.equal(getattr(data, name), getattr(own, name)), name
+        assert data.record() == own.record()
+        assert owner.is_alive()  # an owner stays while its users may read its images
+        sharing.release_finished(shares, {0: True, 1: False})
+        owner.join(60)
+        assert owner.exitcode == 0
+    finally:
+        if owner.is_alive():
+            owner.kill()
+
+
+def test_users_of_an_owner_that_died_before_handing_over_load_their_own(tmp_path):
+    cfg = tiny_config(tmp_path)
+    shares = sharing.shares(3, CPU, 1, mp.get_context("spawn"))
+    sharing.release_finished(shares, {0: False, 1: True, 2: True})
+    _, data = training_setup(cfg, CPU, 1, None, shares[1])
+    assert not data.x_train.is_shared()
+    assert data is load_dataset(cfg.data, cfg.study.seed, CPU)
+    assert shares[0].release.is_set()  # sent once, however often the parent looks
+    sharing.release_finished(shares, {0: False, 1: True, 2: True})
+    assert shares[2].handoff.get(timeout=5) == (None, 0)
+
+
+def test_an_owner_that_fails_to_load_lets_its_users_try_for_themselves(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    shares = sharing.shares(2, CPU, 1, mp.get_context("spawn"))
+
+    def refuse(*args, **kwargs):
+        raise DataError("no images")
+
+    monkeypatch.setattr(session_module, "load_dataset", refuse)
+    with pytest.raises(DataError):
+        training_setup(cfg, CPU, 1, None, shares[0])
+    assert shares[1].handoff.get(timeout=5) == (None, 0)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A 16 GiB GPU with 12 GiB free, of which this process holds 1 GiB."""
+    facts = types.SimpleNamespace(free=12 * GIB, total=16 * GIB, reserved=1 * GIB,
+                                  fractions=[])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (facts.free,
+                                                                         facts.total))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: facts.reserved)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, device=None: facts.fractions.append(fraction))
+    monkeypatch.setattr(data_module, "_CAPS", {})
+    return facts
+
+
+def test_workers_on_one_gpu_get_equal_shares_of_its_memory(fake_gpu):
+    gpu = torch.device("cuda", 0)
+    per_worker = sharing.worker_bytes(gpu, 2)
+    assert per_worker == (12 * GIB - sharing.CONTEXT_BYTES) // 2
+    # The owner's cap covers the images it holds for both; a user's, its trials alone.
+    assert sharing.cap(gpu, per_worker) == pytest.approx((1 * GIB + per_worker) / (16 * GIB))
+    fake_gpu.reserved = 0
+    assert sharing.cap(gpu, per_worker) == pytest.approx(per_worker / (16 * GIB))
+    assert len(fake_gpu.fractions) == 2
+    assert sharing.cap(gpu, 0) is None and sharing.cap(CPU, per_worker) is None
+    # What the process may still take is its cap less what it holds, not the GPU's free
+    # memory: evaluation batches are sized to it.
+    fake_gpu.reserved = per_worker - 256 * 2**20
+    assert data_module.device_free_bytes(gpu) == 256 * 2**20
+    model = build_cnn(in_channels=3, num_classes=10, image_size=128, depth=4, width=64)
+    capped = train.eval_batch_size(model, 128, gpu)
+    data_module._CAPS.clear()
+    assert capped < train.eval_batch_size(model, 128, gpu)
+
+
+def test_a_crowded_gpu_caps_nothing(fake_gpu):
+    fake_gpu.free = 256 * 2**20  # less than the other workers' contexts
+    assert sharing.worker_bytes(torch.device("cuda", 0), 3) == 0
+    assert sharing.cap(torch.device("cuda", 0), 0) is None and not fake_gpu.fractions
+
+
+@pytest.fixture
+def fake_cuda_session(monkeypatch):
+    """Session.open as on a machine with one fp16 GPU: the device, its precision and setting
+    it are faked, and the data "on the GPU" is the host's, but where it is asked for is
+    recorded."""
+    asked = types.SimpleNamespace(loads=[], set_device=[])
+    real_load = session_module.load_dataset
+
+    def load(cfg, seed, device="cpu", on_progress=None):
+        asked.loads.append(torch.device(device))
+        return real_load(cfg, seed, CPU, on_progress)
+
+    monkeypatch.setattr(session_module, "load_dataset", load)
+    monkeypatch.setattr(session_module, "worker_device",
+                        lambda name, worker: torch.device("cuda", 0))
+    monkeypatch.setattr(session_module, "choose_precision",
+                        lambda device, wanted: types.SimpleNamespace(name="fp16", note=""))
+    monkeypatch.setattr(torch.cuda, "set_device", asked.set_device.append)
+    return asked
+
+
+def test_the_parent_of_workers_loads_nothing_onto_the_gpu(tmp_path, fake_cuda_session):
+    cfg = tiny_config(tmp_path)
+    options = RunOptions(storage=f"sqlite:///{tmp_path / 's.db'}", workers=2)
+    parent = Session.open(cfg, options)
+    assert fake_cuda_session.loads == [CPU] and not fake_cuda_session.set_device
+    assert parent.device.type == "cuda" and parent.threads is None
+    Session.open(cfg, options, worker=1)  # a worker: its own GPU, set first, then the data
+    assert fake_cuda_session.set_device == [torch.device("cuda", 0)]
+    assert fake_cuda_session.loads[-1] == torch.device("cuda", 0)
+
+
+def test_a_single_process_run_loads_onto_its_gpu(tmp_path, fake_cuda_session):
+    cfg = tiny_config(tmp_path)
+    Session.open(cfg, RunOptions(storage=f"sqlite:///{tmp_path / 's.db'}"))
+    assert fake_cuda_session.loads == [torch.device("cuda", 0)]
+
+
+def test_running_out_of_gpu_memory_while_loading_is_one_line(monkeypatch):
+    images = digits_images(8)
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, torch.device) and target.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 MiB")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    with pytest.raises(DataError, match=r"^out of memory on cuda:0 while loading the images "
+                                        r"\(.*\); free the GPU .* or lower data.image_size$"):
+        split(images, DataConfig(image_size=8), 0, torch.device("cuda", 0))
