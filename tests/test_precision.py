@@ -158,3 +158,37 @@ def test_precision_by_what_the_gpu_computes_natively(monkeypatch, capability, au
             train.choose_precision(gpu, "bf16")
     if capability[0] < 7:
         assert "no fp16 tensor cores" in train.choose_precision(gpu, "fp16").note
+
+
+def test_a_gpu_or_mps_stream_is_kept_for_its_own_device_and_restored_onto_the_retrys(
+        monkeypatch):
+    """Device facts faked: the stream of the trial's GPU (or mps) alone is saved, and goes
+    back onto the GPU the retry runs on, whatever its index; an older checkpoint's list of
+    every GPU's streams gives the retry's index, or nothing on a machine with fewer GPUs."""
+    saved, restored = torch.zeros(8, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda s, device=None: restored.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: saved)
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: restored.append(("mps", None)))
+    gen = torch.Generator()
+    on_gpu = rng_state(gen, torch.device("cuda", 3))
+    assert on_gpu["device_type"] == "cuda" and "cuda" not in on_gpu
+    set_rng_state(on_gpu, gen, torch.device("cuda", 0))  # the new runtime's only GPU
+    set_rng_state(on_gpu, gen, torch.device("mps"))  # another kind: drawn afresh
+    on_mps = rng_state(gen, torch.device("mps"))
+    set_rng_state(on_mps, gen, torch.device("mps"))
+    legacy = {k: v for k, v in on_gpu.items() if k not in ("device", "device_type")}
+    set_rng_state({**legacy, "cuda": [saved, saved]}, gen, torch.device("cuda", 1))
+    set_rng_state({**legacy, "cuda": [saved]}, gen, torch.device("cuda", 1))  # no IndexError
+    assert restored == [("cuda", torch.device("cuda", 0)), ("mps", None),
+                        ("cuda", torch.device("cuda", 1))]
+
+
+def test_mps_memory_is_handed_back_between_trials(monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "empty_cache", lambda: emptied.append(True))
+    train.release_device_memory()
+    assert emptied == [True]
