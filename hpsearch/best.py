@@ -23,10 +23,12 @@ from hpsearch.train import eval_batch_size, fit
 
 @dataclass(frozen=True)
 class Predictions:
-    """The best model on the test split: predicted and true class per image."""
+    """The best model on the test split: predicted and true class per image, and the
+    probability the model gave its prediction (softmax of the predicted class, 0..1)."""
 
     predicted: np.ndarray
     true: np.ndarray
+    confidence: Optional[np.ndarray] = None
 
     @property
     def accuracy(self) -> float:
@@ -68,21 +70,35 @@ def loaded_model(params: dict, data: Dataset, state: dict) -> torch.nn.Module:
     return model
 
 
-@torch.inference_mode()
 def predict(model: torch.nn.Module, data: Dataset, x: torch.Tensor) -> np.ndarray:
     """The predicted class of each uint8 image of x (on the host or the device), in batches
     sized to the memory."""
+    return predict_with_confidence(model, data, x)[0]
+
+
+@torch.inference_mode()
+def predict_with_confidence(model: torch.nn.Module, data: Dataset, x: torch.Tensor) -> tuple:
+    """(predicted class, its softmax probability) of each uint8 image of x, in batches sized
+    to the memory."""
     model.eval()
     device = next(model.parameters()).device
     size = eval_batch_size(model, data.image_size, device)
-    out = [model(data.normalized(x[i:i + size].to(device))).argmax(1).cpu()
-           for i in range(0, len(x), size)]
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+    classes, sure = [], []
+    for i in range(0, len(x), size):
+        # float32 softmax: in bf16 or fp16 a probability of 0.999 would round up to 1.0
+        logits = model(data.normalized(x[i:i + size].to(device))).float()
+        k = logits.argmax(1)  # the logits' argmax, as before: exact even where two tie
+        classes.append(k.cpu())
+        sure.append(torch.softmax(logits, 1).gather(1, k[:, None])[:, 0].cpu())
+    if not classes:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return torch.cat(classes).numpy(), torch.cat(sure).numpy()
 
 
 def predictions_on_test(model: torch.nn.Module, data: Dataset) -> Predictions:
     """The model on the held-out test split, measured once, after the search chose it."""
-    return Predictions(predict(model, data, data.x_test), data.y_test.cpu().numpy())
+    predicted, confidence = predict_with_confidence(model, data, data.x_test)
+    return Predictions(predicted, data.y_test.cpu().numpy(), confidence)
 
 
 def with_validation_in_training(data: Dataset) -> Dataset:

@@ -1,82 +1,143 @@
-"""Plain data -> matplotlib Figures. No pyplot, except Optuna's own plots (see optuna_plot)."""
+"""Plain data -> matplotlib Figures of single trials and of the trials side by side: learning
+curves, predictions, the confusion matrix, the comparison panels. No pyplot (except in
+optuna_plot). The study-level charts are in charts.py, the look they share in style.py."""
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+import textwrap
+from typing import Optional
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-BLUE, GREY, RED = "#1f77b4", "#9a9a9a", "#d62728"
-STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-         "grid.alpha": 0.3, "font.size": 9, "axes.titlesize": 10, "figure.dpi": 110}
+from hpsearch.report.style import (  # noqa: F401  (styled, STYLE: part of draw's interface)
+    BLACK, BLUE, GREY, MARKERS, PALETTE, STYLE, VERMILION, WIDTH, accuracy_limits, below_handle,
+    best_handle, bottom_legend, clipped, empty, fmt_acc, integer_axis, log_axis, styled, whole,
+    zoom)
 
+# --------------------------------------------------------------------------- learning curves
 
-@contextmanager
-def styled():
-    """hpsearch's look for its own figures, undone afterwards."""
-    import matplotlib
-
-    with matplotlib.rc_context(STYLE):
-        yield
-
-
-def learning_curves(rows: list) -> Figure:
-    """Training (dashed) and validation (solid) accuracy and loss per epoch, one colour per
-    trial, for the best trials."""
+def learning_curves(rows: list, chosen: Optional[int] = None) -> Figure:
+    """Validation (solid) and training (dashed) accuracy and loss per epoch of the trials
+    given, legend ordered by accuracy. The `chosen` trial is bold, in vermillion and on top;
+    each other trial has its own colour and marker, so tied trials stay apart."""
+    rows = sorted(rows, key=lambda r: (-r.value, r.number))
     with styled():
-        fig = Figure(figsize=(10, 3.8), layout="constrained")
-        acc, loss = fig.subplots(1, 2)
-        colours = _colours(len(rows))
-        for row, colour in zip(rows, colours):
-            h = row.history
-            epochs = np.arange(1, len(h.get("val_acc", [])) + 1)
-            label = f"trial {row.number} (val {row.value:.4f})"
-            acc.plot(epochs, h.get("val_acc", []), color=colour, label=label)
-            acc.plot(epochs, h.get("train_acc", []), color=colour, ls="--", lw=1)
-            loss.plot(epochs, h.get("val_loss", []), color=colour)
-            loss.plot(epochs, h.get("train_loss", []), color=colour, ls="--", lw=1)
-        acc.set(title="Accuracy (solid: validation, dashed: training)", xlabel="epoch",
-                ylabel="accuracy")
-        loss.set(title="Cross-entropy loss", xlabel="epoch", ylabel="loss", yscale="log")
-        for ax in (acc, loss):
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        if rows:
-            acc.legend(loc="lower right", fontsize=8)
+        fig = Figure(figsize=(WIDTH, 5.8), layout="constrained")
+        acc, loss = fig.subplots(2, 1, sharex=True)
+        acc.set(title="Accuracy (solid: validation, dashed: training)", ylabel="accuracy")
+        loss.set(title="Cross-entropy loss", xlabel="epoch", ylabel="loss")
+        if not any(r.history.get("val_acc") for r in rows):
+            empty(acc, "no trial with per-epoch history")
+            empty(loss, "")
+            return fig
+        low, high = zoom(_late(rows), quantile=0.0, headroom=0.05)
+        colours = iter(PALETTE * (len(rows) // len(PALETTE) + 1))
+        for i, row in enumerate(rows):
+            mine = row.number == chosen
+            _curve_pair(acc, loss, row, i, VERMILION if mine else next(colours), mine)
+        accuracy_limits(acc, low, high)
+        integer_axis(loss, [1, max(len(r.history.get("val_acc", [])) for r in rows)])
+        losses = [v for r in rows for k in ("val_loss", "train_loss")
+                  for v in r.history.get(k, [])]
+        if any(v > 0 for v in losses):
+            log_axis(loss, losses, which="y", most=6)
+        handles = acc.get_legend_handles_labels()[0]
+        n_cut = sum(v < low for r in rows for k in ("val_acc", "train_acc")
+                    for v in r.history.get(k, []))
+        if n_cut:
+            handles.append(Line2D([], [], ls="", label=f"epochs below {fmt_acc(low)} run "
+                                                     f"off the lower edge"))
+        bottom_legend(fig, handles, ncols=2)
         return fig
 
+
+def _late(rows: list) -> list:
+    """Accuracies of the last two thirds of each curve: where the zoom of the curves looks."""
+    out = []
+    for r in rows:
+        for key in ("val_acc", "train_acc"):
+            values = r.history.get(key, [])
+            out += list(values[len(values) // 3:])
+    return out
+
+
+def _curve_pair(acc, loss, row, i: int, colour, mine: bool) -> None:
+    h = row.history
+    val = h.get("val_acc", [])
+    epochs = np.arange(1, len(val) + 1)
+    every = max(1, len(val) // 6)
+    line = dict(color=colour, lw=2.4 if mine else 1.2, zorder=6 if mine else 3,
+                marker=MARKERS[i % len(MARKERS)], markersize=5 if mine else 4,
+                markevery=(i % every, every))
+    label = f"{'chosen: ' if mine else ''}trial {row.number} (val {row.value:.4f})"
+    acc.plot(epochs, val, label=label, **line)
+    loss.plot(epochs[:len(h.get("val_loss", []))], h.get("val_loss", []), **line)
+    thin = dict(color=colour, ls="--", lw=1.6 if mine else 0.9, alpha=0.8,
+                zorder=line["zorder"] - 1)
+    acc.plot(np.arange(1, len(h.get("train_acc", [])) + 1), h.get("train_acc", []), **thin)
+    loss.plot(np.arange(1, len(h.get("train_loss", [])) + 1), h.get("train_loss", []),
+              **thin)
+
+
+# -------------------------------------------------------------------------- model charts
 
 def prediction_grid(images: np.ndarray, predicted: np.ndarray, true: np.ndarray,
-                    classes: tuple, title: str) -> Figure:
-    """Test images (N, C, H, W in 0..1) titled with prediction and truth; mistakes in red."""
+                    classes: tuple, title: str, confidence=None) -> Figure:
+    """Test images (N, C, H, W in 0..1), each titled with its prediction and, given
+    `confidence` (the probability of the predicted class, 0..1), how sure the model was:
+    "cat 97%". A mistake is framed in vermillion and titled with the prediction over the true
+    class in brackets. `title` (the caller's: trial, split, accuracy) heads the grid."""
     n = len(images)
-    cols = min(8, max(n, 1))
+    cols = min(6, max(n, 1))
     rows = max(1, math.ceil(n / cols))
+    wrong = np.asarray(predicted) != np.asarray(true)
+    heading = textwrap.fill(title, 76)
+    if wrong.any():
+        heading += "\nframed: a mistake, titled with the prediction over (the true class)"
+    gap = 0.1  # inches between tiles
+    tile = min((WIDTH - gap * (cols + 1)) / cols, 1.6)
+    fits = int(tile * 72 / 5.0)  # characters of 8 pt text a tile is wide
+    labels = [_tile_label(classes, int(p), int(t), None if confidence is None else
+                          float(confidence[k]), fits) for k, (p, t) in
+              enumerate(zip(predicted, true))]
+    label_h = 0.05 + 0.135 * max((s.count("\n") + 1 for s in labels), default=1)
+    head = 0.12 + 0.19 * (heading.count("\n") + 1)
+    height = head + rows * (label_h + tile + gap)
     with styled():
-        # A fixed grid: constrained layout would spend seconds measuring 32 tiny titles.
-        fig = Figure(figsize=(1.25 * cols, 1.45 * rows + 0.5))
-        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (1.45 * rows + 0.5),
-                            wspace=0.15, hspace=0.35)
-        fig.suptitle(title + " (red: predicted / true)" if (predicted != true).any() else title)
-        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-        for ax in axes:
-            ax.set_axis_off()
-        for ax, img, p, t in zip(axes, images, predicted, true):
-            ax.imshow(_displayable(img), cmap="gray" if img.shape[0] == 1 else None,
-                      vmin=0, vmax=1, interpolation="nearest")
-            wrong = p != t
-            ax.set_title(f"{classes[p]} / {classes[t]}" if wrong else f"{classes[t]}",
-                         color=RED if wrong else "black", fontsize=8,
-                         fontweight="bold" if wrong else "normal")
-            if wrong:
-                ax.set_axis_on()
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.grid(False)
-                for spine in ax.spines.values():
-                    spine.set(color=RED, linewidth=2, visible=True)
+        # Placed by hand: constrained layout would spend seconds measuring 32 tiny titles.
+        fig = Figure(figsize=(WIDTH, height))
+        fig.suptitle(heading, y=1 - 0.08 / height, va="top")
+        left = (WIDTH - cols * tile - (cols - 1) * gap) / 2
+        for k, (img, label) in enumerate(zip(images, labels)):
+            r, c = divmod(k, cols)
+            top = height - head - r * (label_h + tile + gap) - label_h
+            ax = fig.add_axes(((left + c * (tile + gap)) / WIDTH, (top - tile) / height,
+                               tile / WIDTH, tile / height))
+            _tile(ax, img, label, bool(wrong[k]))
         return fig
+
+
+def _tile_label(classes: tuple, p: int, t: int, sure, fits: int) -> str:
+    share = "" if sure is None else f"{math.floor(100 * sure + 1e-9):d}%"
+    name = str(classes[p])
+    first = f"{name} {share}".strip() if len(name) + len(share) + 1 <= fits else \
+        f"{name}\n{share}".strip()
+    return first if p == t else f"{first}\n({classes[t]})"
+
+
+def _tile(ax, img: np.ndarray, label: str, wrong: bool) -> None:
+    ax.imshow(_displayable(img), cmap="gray" if img.shape[0] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.set_title(label, color=VERMILION if wrong else BLACK, fontsize=8, pad=2,
+                 linespacing=1.05)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set(color=VERMILION, linewidth=2.5, visible=wrong)
 
 
 def _displayable(img: np.ndarray) -> np.ndarray:
@@ -84,44 +145,114 @@ def _displayable(img: np.ndarray) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
-def comparison(rows: list, params: list, categorical: dict, log: dict) -> Figure:
-    """Validation accuracy against each searched parameter, the parameter count and the
-    training time. Filled: completed trials; hollow grey: pruned (their last reported value)."""
-    panels = list(params) + ["parameters", "training seconds"]
-    cols = min(4, len(panels))
-    n_rows = math.ceil(len(panels) / cols)
+def confusion(matrix: np.ndarray, classes: tuple, title: str = "") -> Figure:
+    """Counts per (true, predicted) class; colour is the share of the true class's row. The
+    caller's `title` names the trial, the split and the accuracy."""
+    matrix = np.asarray(matrix)
+    k = len(classes)
+    size = min(WIDTH - 1.0, max(3.2, 0.42 * k + 1.4))
     with styled():
-        fig = Figure(figsize=(3.1 * cols, 2.7 * n_rows), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False)).ravel()
-        for ax in axes[len(panels):]:
-            ax.set_visible(False)
-        for ax, name in zip(axes, panels):
-            xs, ticks = _x_values(rows, name, categorical.get(name, False))
-            for state, style in (("PRUNED", dict(facecolors="none", edgecolors=GREY)),
-                                 ("COMPLETE", dict(color=BLUE))):
-                keep = [i for i, r in enumerate(rows) if r.state == state and xs[i] is not None]
-                ax.scatter([xs[i] for i in keep], [rows[i].value for i in keep], s=18,
-                           label=state.lower(), **style)
-            if ticks:
-                ax.set_xticks(range(len(ticks)), ticks)
-            if log.get(name) or name == "parameters":
-                _log_axis(ax, [x for x in xs if x is not None])
-            ax.set(xlabel=name, ylabel="validation accuracy")
-        if rows:
-            axes[0].legend(fontsize=8, loc="lower right")
+        fig = Figure(figsize=(size + 1.0, size + 0.3), layout="constrained")
+        ax = fig.subplots()
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if k else matrix
+        im = ax.imshow(shares.reshape(k, k), cmap="Blues", vmin=0, vmax=1)
+        ax.grid(False)
+        if k <= 15:
+            for i in range(k):
+                for j in range(k):
+                    if matrix[i, j]:
+                        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                                color="white" if shares[i, j] > 0.5 else BLACK)
+        labels = [str(c) for c in classes]
+        step = max(1, math.ceil(k / 20))  # every label up to 20 classes
+        long = max((len(s) for s in labels), default=0) > 3
+        ax.set_xticks(range(0, k, step), labels[::step], rotation=45 if long else 0,
+                      ha="right" if long else "center", rotation_mode="anchor")
+        ax.set_yticks(range(0, k, step), labels[::step])
+        ax.set(xlabel="predicted", ylabel="true")
+        if title:
+            ax.set_title(textwrap.fill(title, 60))
+        fig.colorbar(im, ax=ax, label="share of the true class", shrink=0.8)
         return fig
 
 
-def _log_axis(ax, xs: list) -> None:
-    """Log scale with plain numbers (20, 50, 0.001) rather than 2x10^1 where it is short."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+# ---------------------------------------------------------------------------- comparison
 
-    ax.set_xscale("log")
-    if xs and max(xs) / max(min(xs), 1e-300) < 100:
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
-    ax.xaxis.set_major_formatter(FuncFormatter(
-        lambda v, _: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+def comparison(rows: list, params: list, categorical: dict, log: dict,
+               best_number: Optional[int] = None) -> Figure:
+    """Validation accuracy against each searched parameter, the parameter count and the
+    training time, one panel each, sharing the zoomed accuracy axis. Filled: completed;
+    hollow grey: pruned at their last reported accuracy; in the training-seconds panel a
+    pruned trial's time is its time until pruned, drawn as a hollow square."""
+    panels = list(params) + ["parameters", "training seconds"]
+    cols = 2 if len(panels) <= 4 else 3
+    n_rows = math.ceil(len(panels) / cols)
+    done = [r.value for r in rows if r.state == "COMPLETE"]
+    low, high = zoom(done or [r.value for r in rows])
+    best = next((r for r in rows if r.number == best_number), None)
+    with styled():
+        fig = Figure(figsize=(WIDTH, 0.9 + 2.0 * n_rows), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False, sharey=True)).ravel()
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        if not rows:
+            for ax, name in zip(axes, panels):
+                empty(ax, "no finished trial yet")
+                ax.set_xlabel(name)
+            return fig
+        for ax, name in zip(axes, panels):
+            _panel(ax, rows, name, categorical.get(name, False), log.get(name, False),
+                   (low, high), best)
+        for ax in axes[::cols]:
+            ax.set_ylabel("validation accuracy")
+        accuracy_limits(axes[0], low, high)
+        bottom_legend(fig, _comparison_handles(rows, low, best), ncols=2)
+        return fig
+
+
+def _panel(ax, rows: list, name: str, categorical: bool, log: bool, limits: tuple,
+           best) -> None:
+    xs, ticks = _x_values(rows, name, categorical)
+    ys, below = clipped([r.value for r in rows], *limits)
+    alpha = 0.85 if len(rows) <= 200 else 0.45
+    pruned_marker = "s" if name == "training seconds" else "o"
+    for state, look in (
+            ("PRUNED", dict(facecolors="none", edgecolors=GREY, linewidths=0.8, s=16)),
+            ("COMPLETE", dict(color=BLUE, s=14, linewidths=0))):
+        for low_edge in (False, True):
+            keep = [i for i, r in enumerate(rows) if r.state == state and xs[i] is not None
+                    and below[i] == low_edge]
+            marker = "v" if low_edge else pruned_marker if state == "PRUNED" else "o"
+            ax.scatter([xs[i] for i in keep], ys[keep], marker=marker, alpha=alpha, **look)
+    if best is not None:
+        i = rows.index(best)
+        if xs[i] is not None:
+            ax.scatter([xs[i]], [ys[i]], marker="*", s=110, color=VERMILION,
+                       edgecolors=BLACK, linewidths=0.6, zorder=5)
+    if ticks:
+        ax.set_xticks(range(len(ticks)), ticks)
+        ax.set_xlim(-0.5, len(ticks) - 0.5)
+    elif log or name == "parameters":
+        log_axis(ax, [x for x in xs if x is not None], integer=name == "parameters")
+    elif whole(values := [r.params.get(name) for r in rows]):
+        integer_axis(ax, values)
+    ax.set_xlabel(name)
+
+
+def _comparison_handles(rows: list, low: float, best) -> list:
+    dot = dict(ls="", markersize=5)
+    handles = [Line2D([], [], marker="o", color=BLUE, label="completed", **dot)]
+    if any(r.state == "PRUNED" for r in rows):
+        hollow = dict(markerfacecolor="none", markeredgecolor=GREY, **dot)
+        handles += [Line2D([], [], marker="o", label="pruned (last epoch reported)", **hollow),
+                    Line2D([], [], marker="s", label="pruned: time until pruned", **hollow)]
+    if best is not None:
+        handles.append(best_handle(best.number, best.value))
+    n_done = sum(r.value < low for r in rows if r.state == "COMPLETE")
+    n_pruned = sum(r.value < low for r in rows if r.state == "PRUNED")
+    if n_done or n_pruned:
+        handles.append(below_handle(low, n_done, n_pruned))
+    return handles
 
 
 def _x_values(rows: list, name: str, categorical: bool) -> tuple:
@@ -133,48 +264,25 @@ def _x_values(rows: list, name: str, categorical: bool) -> tuple:
     # A small fixed spread keeps overlapping points of one choice or small integer visible.
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(values))
     if not categorical:
-        few_ints = all(isinstance(v, int) for v in values if v is not None) and \
-            len(set(values) - {None}) <= 10
-        if few_ints:
+        if whole(values) and len(set(values) - {None}) <= 10:
             return [None if v is None else v + j for v, j in zip(values, jitter)], None
         return values, None
     ticks = sorted({str(v) for v in values if v is not None})
     return [None if v is None else ticks.index(str(v)) + j for v, j in zip(values, jitter)], ticks
 
 
-def confusion(matrix: np.ndarray, classes: tuple) -> Figure:
-    """Counts per (true, predicted) class; colour is the share of the true class's row."""
-    k = len(classes)
-    size = max(3.5, 0.45 * k + 1.5)
-    with styled():
-        fig = Figure(figsize=(size + 0.8, size), layout="constrained")
-        ax = fig.subplots()
-        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-        im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-        ax.grid(False)
-        if k <= 30:
-            for i in range(k):
-                for j in range(k):
-                    if matrix[i, j]:
-                        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                                color="white" if shares[i, j] > 0.5 else "black")
-        labels = [str(c) for c in classes]
-        ax.set_xticks(range(k), labels, rotation=90 if k > 10 else 0)
-        ax.set_yticks(range(k), labels)
-        ax.set(xlabel="predicted", ylabel="true")
-        fig.colorbar(im, ax=ax, label="share of the true class", shrink=0.8)
-        return fig
-
+# --------------------------------------------------------------------------- other charts
 
 def best_so_far(series: dict, title: str, xlabel: str) -> Figure:
     """Best validation accuracy so far, one step line per study: {name: (xs, best values)}."""
     with styled():
-        fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+        fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
         ax = fig.subplots()
-        for name, (xs, best) in series.items():
-            ax.step(xs, best, where="post", label=name)
+        for i, (name, (xs, best)) in enumerate(series.items()):
+            ax.step(xs, best, where="post", label=name, color=PALETTE[i % len(PALETTE)],
+                    lw=1.6, ls=("-", "--", ":", "-.")[i // len(PALETTE) % 4])
         ax.set(title=title, xlabel=xlabel, ylabel="best validation accuracy so far")
-        ax.legend(fontsize=8, loc="lower right")
+        bottom_legend(fig, ax.get_legend_handles_labels()[0], ncols=3)
         return fig
 
 
@@ -203,13 +311,6 @@ def optuna_plot(plot, study, *, legend: bool = True, xlabel: str = None,
             for number in set(plt.get_fignums()) - before:
                 plt.close(number)
     return fig
-
-
-def _colours(n: int) -> list:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
 
 
 def save(fig: Figure, path, tight: bool = False) -> None:
