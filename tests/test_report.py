@@ -39,16 +39,55 @@ def real(tmp_path_factory):
     return folder, config, store, folder / "reports" / "tiny", report.stdout
 
 
+SECTIONS = ("Summary", "Dataset", "Search space", "Model", "Training", "Results",
+            "What mattered", "Next study", "Run")
+
+
 def test_report_writes_every_file(real):
     folder, _, store, out, stdout = real
-    for name in ("best_config.json", "report.md", "report.html", *CHARTS):
+    for name in ("best_config.json", "report.md", "report.html", "report.pdf", "next.toml",
+                 "study.toml", *CHARTS):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert f"Report: {out / 'report.html'}" in stdout
     md = (out / "report.md").read_text()
     for chart in CHARTS:
         assert f"]({chart})" in md
-    assert "## Top configurations" in md and "epochs saved by pruning" in md
-    assert "| device | cpu (" in md  # from the trials' owner records, with the precision
+    assert "| device (precision) | cpu (" in md  # from the trials' owner records
+
+
+def test_the_report_is_a_document_of_nine_sections_in_each_format(real):
+    from pypdf import PdfReader
+
+    out = real[3]
+    md = (out / "report.md").read_text()
+    assert re.findall(r"^## (.+)$", md, re.M) == list(SECTIONS)
+    html = (out / "report.html").read_text()
+    assert re.findall(r"<h2>(.+?)</h2>", html) == list(SECTIONS)
+    pages = PdfReader(out / "report.pdf").pages
+    assert all(p.mediabox.width == pytest.approx(595.3, abs=0.5) for p in pages)  # A4
+    text = "\n".join(p.extract_text() for p in pages)
+    positions = [text.find(f"\n{title}\n") for title in SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), positions
+    # Every chart is in the PDF as drawn (its own text, not a picture of it).
+    for words in ("Optimization history", "Validation accuracy per epoch", "Parallel coordinates",
+                  "Parameter importance", "test split: accuracy", "share of the true class",
+                  "training seconds", "Cross-entropy loss"):
+        assert words in text, words
+    summary = md.split("## Dataset")[0]
+    assert "95% interval" in summary and "within one validation image" in summary
+    assert "| conv 3x3, 1 -> " in md and "| total |" in md  # the chosen model's layers
+    assert "PED-ANOVA), from 6 completed trials" in md
+
+
+def test_next_toml_runs_as_it_is(real, tmp_path):
+    out = real[3]
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    run = run_cli("--config", out / "next.toml", "--trials", 2, "--storage", other)
+    assert run.returncode == 0, run.stderr
+    assert len(load(other, "tiny-next").trials) == 2
+    again = run_cli("--config", out / "study.toml", "--storage",
+                    f"sqlite:///{tmp_path / 'again.db'}", "--trials", 1)
+    assert again.returncode == 0, again.stderr
 
 
 def test_html_is_self_contained(real):

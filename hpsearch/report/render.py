@@ -56,7 +56,7 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-widt
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #e5e5e5; text-align: left; }
-th { background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f6f6f6; } .num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0 2em; } img { max-width: 100%; }
 figcaption { color: #555; font-size: 0.9em; }
 """
@@ -84,14 +84,21 @@ def html_page(title: str, sections: list, folder: Path) -> str:
 
 
 def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in table.header)
+    """Columns of numbers align right, whole; a table of label-value pairs (an empty
+    header) has no header row."""
+    numeric = [all(_is_numeric(row[i]) for row in table.rows if str(row[i]) not in ("", "-"))
+               for i in range(len(table.header))]
+    head = ""
+    if any(str(h) for h in table.header):
+        head = "<thead><tr>" + "".join(
+            ('<th class="num">' if n else "<th>") + f"{html.escape(str(h))}</th>"
+            for h, n in zip(table.header, numeric)) + "</tr></thead>"
     body = []
     for row in table.rows:
-        cells = "".join(
-            f'<td class="num">{html.escape(str(c))}</td>' if _is_numeric(c)
-            else f"<td>{_inline(str(c))}</td>" for c in row)
+        cells = "".join(f'<td class="num">{html.escape(str(c))}</td>' if n
+                        else f"<td>{_inline(str(c))}</td>" for c, n in zip(row, numeric))
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
 
 
 def _is_numeric(cell) -> bool:

@@ -1,0 +1,161 @@
+"""The report as an A4 PDF: the same blocks as report.md and report.html, in the same order,
+with the charts as vector graphics.
+
+fpdf2 lays out the text and tables and leaves room for each chart; each chart, drawn by
+matplotlib's own PDF backend (exact clipping, markers and fonts, which an SVG reader only
+approximates), is then laid onto its place with pypdf."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from hpsearch.report.render import Image, Section, Table, Text
+
+FONT = "dejavu"
+MONO = "dejavumono"
+MARGIN = 16  # mm, every side
+TEXT_PT, SMALL_PT, TABLE_PT = 10, 8, 8
+GREY = (90, 90, 90)
+
+
+def pdf_document(title: str, sections: list, figures: dict) -> bytes:
+    """A4 pages of `sections`; `figures` maps an Image's file name to (the one-page PDF
+    matplotlib drew of it, its width and height in inches)."""
+    import logging
+
+    from fpdf import FPDF
+
+    for name in ("fontTools", "fpdf"):  # font subsetting and SVG details, line by line
+        logging.getLogger(name).setLevel(logging.ERROR)
+    pdf = FPDF(format="A4", unit="mm")
+    pdf.set_margins(MARGIN, MARGIN, MARGIN)
+    pdf.set_auto_page_break(True, margin=MARGIN)
+    _fonts(pdf)
+    pdf.set_title(title)
+    pdf.set_creator("hpsearch")
+    pdf.add_page()
+    pdf.set_font(FONT, "B", 16)
+    pdf.multi_cell(0, 8, title, new_x="LMARGIN", new_y="NEXT")
+    places: list = []
+    for section in sections:
+        _section(pdf, section, figures, places)
+    return _with_charts(bytes(pdf.output()), places)
+
+
+def _with_charts(document: bytes, places: list) -> bytes:
+    """Each chart's page scaled onto the room left for it: (page index, x, y, width in mm
+    from the top left, the chart's PDF)."""
+    from pypdf import PdfReader, PdfWriter, Transformation
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(document)))
+    for index, x, y, width, chart in places:
+        page = writer.pages[index]
+        drawn = PdfReader(io.BytesIO(chart)).pages[0]
+        scale = width * PT_PER_MM / float(drawn.mediabox.width)
+        height = float(drawn.mediabox.height) * scale
+        top = float(page.mediabox.height) - y * PT_PER_MM
+        page.merge_transformed_page(
+            drawn, Transformation().scale(scale).translate(x * PT_PER_MM, top - height))
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+PT_PER_MM = 72 / 25.4
+
+
+def _fonts(pdf) -> None:
+    """DejaVu, which matplotlib ships: every character the report may hold (names of
+    classes and folders included), where the PDF core fonts know only Latin-1."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    pdf.add_font(FONT, "", str(folder / "DejaVuSans.ttf"))
+    pdf.add_font(FONT, "B", str(folder / "DejaVuSans-Bold.ttf"))
+    pdf.add_font(FONT, "I", str(folder / "DejaVuSans-Oblique.ttf"))
+    pdf.add_font(MONO, "", str(folder / "DejaVuSansMono.ttf"))
+
+
+def _section(pdf, section: Section, figures: dict, places: list) -> None:
+    if pdf.get_y() > pdf.h - MARGIN - 30:  # a heading never ends a page
+        pdf.add_page()
+    pdf.ln(3)
+    pdf.set_font(FONT, "B", 13)
+    pdf.multi_cell(0, 7, section.title, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+    for block in section.blocks:
+        if isinstance(block, Text):
+            _text(pdf, block.text)
+        elif isinstance(block, Table):
+            _table(pdf, block)
+        elif isinstance(block, Image):
+            _image(pdf, block, figures.get(block.filename), places)
+
+
+def _text(pdf, text: str, size: float = TEXT_PT, style: str = "",
+          colour: tuple = (0, 0, 0)) -> None:
+    """A paragraph; `code` spans in the monospaced font."""
+    pdf.set_text_color(*colour)
+    height = size * 0.5
+    for i, part in enumerate(re.split(r"`([^`]*)`", text)):
+        if not part:
+            continue
+        pdf.set_font(MONO if i % 2 else FONT, "" if i % 2 else style, size)
+        pdf.write(height, part)
+    pdf.ln(height)
+    pdf.ln(1.5)
+    pdf.set_text_color(0, 0, 0)
+
+
+def _table(pdf, table: Table) -> None:
+    cells = [[str(c) for c in row] for row in table.rows]
+    header = [str(h) for h in table.header]
+    widths = [max([len(h) for h in header if any(header)] + [len(r[i]) for r in cells] + [2])
+              for i in range(len(header))]
+    width = pdf.w - 2 * MARGIN
+    share = [min(w, 40) for w in widths]
+    natural = sum(share) * TABLE_PT * 0.2  # mm a column of these characters takes
+    full = width if natural > 0.6 * width else max(natural, 0.5 * width)
+    pdf.set_font(FONT, "", TABLE_PT)
+    numeric = [all(_is_number(r[i]) for r in cells if r[i] not in ("", "-"))
+               for i in range(len(header))]
+    with pdf.table(width=full, col_widths=share, align="LEFT", line_height=TABLE_PT * 0.5,
+                   first_row_as_headings=any(header), padding=0.8,
+                   text_align=tuple("RIGHT" if n else "LEFT" for n in numeric),
+                   headings_style=_bold_headings()) as out:
+        if any(header):
+            row = out.row()
+            for h in header:
+                row.cell(h)
+        for values in cells:
+            row = out.row()
+            for value in values:
+                row.cell(value)
+    pdf.ln(2)
+
+
+def _bold_headings():
+    from fpdf.fonts import FontFace
+
+    return FontFace(family=FONT, emphasis="BOLD", fill_color=(235, 235, 235))
+
+
+def _is_number(text: str) -> bool:
+    return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?%?", text.strip()))
+
+
+def _image(pdf, image: Image, drawn, places: list) -> None:
+    """Room for the chart at its own size (its fonts print at the size they were drawn at),
+    at most the text's width, and its caption below."""
+    if drawn is None:
+        return
+    chart, width_in, height_in = drawn
+    width = min(width_in * 25.4, pdf.w - 2 * MARGIN)
+    height = width * height_in / width_in
+    if pdf.get_y() + height + 12 > pdf.h - MARGIN:  # the caption stays with its chart
+        pdf.add_page()
+    places.append((pdf.page - 1, pdf.l_margin, pdf.get_y(), width, chart))
+    pdf.set_y(pdf.get_y() + height + 1)
+    _text(pdf, image.caption, SMALL_PT, "I", GREY)
