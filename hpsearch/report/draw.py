@@ -1,6 +1,6 @@
 """Plain data -> matplotlib Figures of single trials and of the trials side by side: learning
-curves, predictions, the confusion matrix, the comparison panels. No pyplot (except in
-optuna_plot). The study-level charts are in charts.py, the look they share in style.py."""
+curves, predictions, the confusion matrix, the comparison panels. No pyplot. The
+study-level charts are in charts.py, the look they share in style.py."""
 
 from __future__ import annotations
 
@@ -286,34 +286,7 @@ def best_so_far(series: dict, title: str, xlabel: str) -> Figure:
         return fig
 
 
-def optuna_plot(plot, study, *, legend: bool = True, xlabel: str = None,
-                ylabel: str = None) -> Figure:
-    """One of `optuna.visualization.matplotlib`'s plots as a Figure. They set a pyplot style
-    and open figures: the style is undone by rc_context and the figure is closed at once, so
-    pyplot keeps nothing open. A legend of one entry per trial is dropped with `legend=False`;
-    "Objective Value" becomes what the value is with `ylabel`."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-
-    before = set(plt.get_fignums())
-    with matplotlib.rc_context():
-        try:
-            ax = np.atleast_1d(plot(study)).ravel()[0]
-            if not legend and ax.get_legend() is not None:
-                ax.get_legend().remove()
-            if xlabel:
-                ax.set_xlabel(xlabel)
-            if ylabel:
-                ax.set_ylabel(ylabel)
-            fig = ax.figure
-            fig.set_size_inches(7.5, 4.2)
-        finally:
-            for number in set(plt.get_fignums()) - before:
-                plt.close(number)
-    return fig
-
-
 def save(fig: Figure, path, tight: bool = False) -> None:
-    """`tight` for Optuna's figures, whose legends sit outside the axes; ours are laid out
-    already, and measuring the box again would double the drawing time."""
+    """`tight` crops to what is drawn; hpsearch's figures are laid out already, and measuring
+    the box again would double the drawing time."""
     fig.savefig(path, dpi=110, bbox_inches="tight" if tight else None)
