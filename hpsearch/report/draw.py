@@ -233,7 +233,8 @@ def _panel(ax, rows: list, name: str, categorical: bool, log: bool, limits: tupl
         ax.set_xticks(range(len(ticks)), ticks)
         ax.set_xlim(-0.5, len(ticks) - 0.5)
     elif log or name == "parameters":
-        log_axis(ax, [x for x in xs if x is not None], integer=name == "parameters")
+        # Three labels at most: a panel is under 2 in wide, and "0.003" beside "0.001" touch.
+        log_axis(ax, [x for x in xs if x is not None], integer=name == "parameters", most=3)
     elif whole(values := [r.params.get(name) for r in rows]):
         integer_axis(ax, values)
     ax.set_xlabel(name)

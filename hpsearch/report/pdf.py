@@ -110,14 +110,18 @@ def _text(pdf, text: str, size: float = TEXT_PT, style: str = "",
 
 
 def _table(pdf, table: Table) -> None:
-    cells = [[str(c) for c in row] for row in table.rows]
+    cells = [[str(c).replace("`", "") for c in row] for row in table.rows]  # no code font
     header = [str(h) for h in table.header]
-    widths = [max([len(h) for h in header if any(header)] + [len(r[i]) for r in cells] + [2])
-              for i in range(len(header))]
+    widths = [max([int(1.2 * len(header[i])) + 1] + [len(r[i]) + 1 for r in cells] + [3])
+              for i in range(len(header))]  # characters; a bold heading is wider
     width = pdf.w - 2 * MARGIN
     share = [min(w, 40) for w in widths]
     natural = sum(share) * TABLE_PT * 0.2  # mm a column of these characters takes
     full = width if natural > 0.6 * width else max(natural, 0.5 * width)
+    rows_mm = (len(cells) + 1) * (TABLE_PT * 0.5 + 1.8)  # one line per row, padded
+    room = pdf.h - MARGIN - pdf.get_y()
+    if rows_mm > room and rows_mm < 0.5 * (pdf.h - 2 * MARGIN):
+        pdf.add_page()  # a short table is never split
     pdf.set_font(FONT, "", TABLE_PT)
     numeric = [all(_is_number(r[i]) for r in cells if r[i] not in ("", "-"))
                for i in range(len(header))]

@@ -141,8 +141,9 @@ def test_split(result: ReportResult, best, cfg, artifacts, study, data,
              f"{preds.accuracy:.4f} on {n} held-out images, from {source}. The test split "
              f"played no part in choosing the trial."),
         figure(result, _grid(preds, data, title), "predictions.png",
-               "Test images titled with the prediction and its confidence; a mistake is "
-               "framed in red and titled predicted / true. Mistakes come first."),
+               "Test images, each titled with the predicted class and the model's "
+               "confidence in it; mistakes come first, framed, with the true class in "
+               "brackets."),
         figure(result, draw.confusion(matrix, data.classes, title), "confusion_matrix.png",
                "Rows are the true class, columns the prediction: everything off the "
                "diagonal is a mistake, and its row says what was confused.")]
