@@ -125,14 +125,16 @@ def add_result_commands(sub) -> None:
                         help="retrain the best trial when its weights are missing")
     report.add_argument("--device", default="auto", help="for --retrain: auto | cpu | cuda | mps")
 
-    compare = command("compare", cmd_compare, "overlay several studies of one store")
+    compare = command("compare", cmd_compare, "overlay two or more studies of one store")
     compare.add_argument("studies", nargs="+", metavar="STUDY")
     store_flags(compare, name=False, artifacts=False)
     compare.add_argument("--out", metavar="DIR",
                          help="default: studies/reports/compare-<studies>/ beside the store")
 
-    best = command("best", cmd_best, "print the best configuration as JSON")
+    best = command("best", cmd_best, "print the best trial of a study")
     store_flags(best, artifacts=False)
+    best.add_argument("--json", action="store_true",
+                      help="the full record as JSON, as best_config.json holds it")
 
     status = command("status", cmd_status, "list the studies of a store")
     store_flags(status, name=False, artifacts=False)
@@ -150,7 +152,10 @@ def add_result_commands(sub) -> None:
     store_flags(dash, name=False)
     dash.add_argument("--host", default="127.0.0.1",
                       help="default 127.0.0.1; the dashboard has no login, so keep it local")
-    dash.add_argument("--port", type=whole_number(1), default=8080, metavar="N")
+    dash.add_argument("--port", type=whole_number(1), default=8080, metavar="N",
+                      help="default 8080")
+    dash.add_argument("--verbose", action="store_true",
+                      help="log each request (the page polls every few seconds)")
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -258,11 +263,7 @@ def finish(session, result) -> int:
         return EXIT_FAILED
     done = session.finished()
     if done < cfg.study.trials:
-        if timeout and result.seconds >= timeout:
-            why = "--timeout reached"
-        else:
-            why = "the grid is exhausted" if cfg.study.sampler == "grid" else "stopped early"
-        console.short_of_target(done, cfg.study.trials, why)
+        console.short_of_target(done, cfg, bool(timeout and result.seconds >= timeout))
     return 0
 
 
@@ -293,10 +294,11 @@ def named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from hpsearch.dashboard import REPORT_FILES, attach_report, report_note
     from hpsearch.data import study_data
-    from hpsearch.records import stored_settings
+    from hpsearch.records import stored_settings, write_tested
     from hpsearch.report import make_report
-    from hpsearch.storage import beside_store, existing_artifacts
+    from hpsearch.storage import artifact_folder, beside_store, existing_artifacts, open_artifacts
     from hpsearch.train import resolve_device
 
     device = resolve_device(args.device) if args.retrain else None
@@ -313,14 +315,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     result = make_report(study, out, artifacts=artifacts, load_data=load_data,
                          data_dir=data_dir_of(args), retrain_device=device)
-    for note in result.notes:
-        console.say(f"note: {note}")
-    if result.best is not None:
-        test = result.test_accuracy
-        console.say(f"Best: trial {result.best['trial']}, validation accuracy "
-                    f"{result.best['validation_accuracy']:.4f}"
-                    + ("" if test is None else f", test accuracy {test:.4f}"))
-    console.say(f"Report: {out / 'report.html'} ({len(result.files)} files in {out})")
+    attach_report(study, artifacts or open_artifacts(artifact_folder(spec, args.artifacts)),
+                  [f for f in result.files if f.name in REPORT_FILES],
+                  report_note(result.best, out))
+    write_tested(study, result.best)
+    console.report_written(result.notes, result.best, out, len(result.files))
     return 0
 
 
@@ -331,7 +330,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from hpsearch.storage import beside_store
 
     spec, storage = open_store(args)
-    studies = [named_study(args, storage, name) for name in dict.fromkeys(args.studies)]
+    names = list(dict.fromkeys(args.studies))
+    if len(names) < 2:
+        console.error(f"compare overlays two or more studies of one store; got one: "
+                      f"{names[0]!r}. Run `hpsearch report` for a single study.")
+        return EXIT_USAGE
+    studies = [named_study(args, storage, name) for name in names]
     default = beside_store(spec, "reports") / \
         ("compare-" + "-".join(s.study_name for s in studies))[:120]
     out = Path(args.out).resolve() if args.out else default
@@ -345,8 +349,9 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     from hpsearch import records
     from hpsearch.report import collect
+    from hpsearch.storage import beside_store
 
-    _, storage = open_store(args)
+    spec, storage = open_store(args)
     study = named_study(args, storage)
     settings = collect.study_settings(study)
     best = collect.best_trial(study.get_trials(deepcopy=False))
@@ -354,7 +359,12 @@ def cmd_best(args: argparse.Namespace) -> int:
         console.error(f"study {study.study_name!r} has no completed trial yet")
         return EXIT_FAILED
     cfg = records.config_of(settings, data_dir_of(args))
-    console.say(json.dumps(collect.best_config(study, best, settings, cfg), indent=2))
+    record = collect.best_config(study, best, settings, cfg)
+    if args.json:
+        console.say(json.dumps(record, indent=2))
+        return 0
+    report_file = beside_store(spec, "reports") / study.study_name / "best_config.json"
+    console.best(record, records.tested_of(study, best.number), report_file)
     return 0
 
 
@@ -365,14 +375,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     spec, storage = open_store(args)
     names = sorted(optuna.get_all_study_names(storage=storage))
-    console.say(f"Store: {spec.display}")
-    if not names:
-        console.say("No studies yet.")
-        return 0
-    rows = [("study", "complete", "pruned", "failed", "running", "waiting", "best",
-             "last activity")]
-    rows += [status_row(optuna.load_study(study_name=name, storage=storage)) for name in names]
-    console.table(rows)
+    studies = [optuna.load_study(study_name=name, storage=storage) for name in names]
+    console.status(spec.display, [status_row(study) for study in studies])
     return 0
 
 
@@ -402,20 +406,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import optuna_dashboard
-
+    from hpsearch import dashboard
     from hpsearch.storage import artifact_folder, existing_artifacts
 
     spec, storage = open_store(args)
-    folder = artifact_folder(spec, args.artifacts)
     artifacts = existing_artifacts(spec, args.artifacts)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    console.say(f"optuna-dashboard on {spec.display}"
-                + (f" with weights in {folder}" if artifacts else ""))
-    console.say(f"Open http://{host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    app = dashboard.app(storage, artifact_store=artifacts)
+    weights = artifact_folder(spec, args.artifacts) if artifacts else None
+    console.dashboard_started(spec.display, weights, args.host, args.port)
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port,
-                                    artifact_store=artifacts)
+        dashboard.serve(app, args.host, args.port, console.request if args.verbose else None)
     except OSError as err:
         console.error(f"cannot serve on {args.host}:{args.port} ({err.strerror}); pass "
                       f"another --port")

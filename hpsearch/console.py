@@ -130,8 +130,13 @@ def stopped_by_failures(reason: Optional[str]) -> None:
     error(f"the last 5 trials failed; stopped. Last error: {reason}")
 
 
-def short_of_target(done: int, target: int, why: str) -> None:
-    print(f"{done} of {target} trials finished ({why}); run the same command to continue.")
+def short_of_target(done: int, cfg, timed_out: bool) -> None:
+    if timed_out:
+        why = "--timeout reached"
+    else:
+        why = "the grid is exhausted" if cfg.study.sampler == "grid" else "stopped early"
+    print(f"{done} of {cfg.study.trials} trials finished ({why}); run the same command to "
+          f"continue.")
 
 
 class progress_bar:
@@ -225,6 +230,80 @@ def table(rows: list) -> None:
     for row in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def report_written(notes: list, best: Optional[dict], out, n_files: int) -> None:
+    """`hpsearch report`'s lines: what was not drawn, the best trial, where the files are."""
+    for note in notes:
+        print(f"note: {note}")
+    if best is not None:
+        test = best.get("test_accuracy")
+        print(f"Best: trial {best['trial']}, validation accuracy "
+              f"{best['validation_accuracy']:.4f}"
+              + ("" if test is None else f", test accuracy {test:.4f}"))
+    print(f"Report: {out / 'report.html'} ({n_files} files in {out})")
+    print("Its files and summary are attached to the study: `hpsearch dashboard` shows them.")
+
+
+def best(record: dict, tested: Optional[dict], report_file) -> None:
+    """`hpsearch best`: the best trial's accuracies and values, and where best_config.json
+    comes from. `tested`: what a report measured of this trial on the test split, if any."""
+    rows = [("Study", repr(record["study"])), ("Trial", str(record["trial"])),
+            ("Validation accuracy", f"{record['validation_accuracy']:.4f}")]
+    if tested is not None:
+        size = tested.get("test_size")
+        rows.append(("Test accuracy", f"{tested['test_accuracy']:.4f}"
+                     + (f" on {size} held-out images" if size else "") + " (hpsearch report)"))
+    else:
+        rows.append(("Test accuracy", "not measured yet: `hpsearch report` measures it once"))
+    rows.append(("Parameters", ""))
+    rows += [(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
+             for k, v in record["params"].items()]
+    rows.append(("best_config.json", f"written by `hpsearch report`, by default to"))
+    rows.append(("", str(report_file)))
+    rows.append(("", "`hpsearch best --json` prints the same record"))
+    for label, value in rows:
+        print(f"{label:<20} {value}".rstrip())
+
+
+def status(store: str, rows: list) -> None:
+    """`hpsearch status`: a line per study of records.status_row's values."""
+    print(f"Store: {store}")
+    if not rows:
+        print("No studies yet.")
+        return
+    lines = [("study", "complete", "pruned", "failed", "running", "waiting", "best",
+              "last activity")]
+    for name, counts, best_value, last in rows:
+        lines.append((name, *(str(counts.get(k, 0)) for k in
+                              ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
+                      "-" if best_value is None else f"{best_value:.4f}",
+                      "-" if last is None else local_time(last)))
+    table(lines)
+
+
+def local_time(when) -> str:
+    """A time Optuna read back from a store, with its offset from UTC:
+    `2026-12-07 06:31:12 UTC+01:00`. Optuna 5 stores UTC and returns naive datetimes in the
+    local time of the process reading them (RDB and journal storages alike), so the offset is
+    this machine's at that time."""
+    local = when.astimezone()  # naive: taken as local time, as Optuna made it
+    minutes = round(local.utcoffset().total_seconds() / 60)
+    zone = "UTC" if minutes == 0 else \
+        f"UTC{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
+
+
+def dashboard_started(store: str, weights, host: str, port: int) -> None:
+    """Where the dashboard reads and where to open it (an IPv6 host in brackets)."""
+    host = f"[{host}]" if ":" in host else host
+    print(f"optuna-dashboard on {store}" + (f" with weights in {weights}" if weights else ""))
+    print(f"Open http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
+
+
+def request(line: str) -> None:
+    """A request the dashboard served, on stderr as a web server logs it (--verbose)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 # --- the end of the process ---------------------------------------------------------------

@@ -93,6 +93,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         finally:
             if latest["history"] is not None:
                 records.write_history(trial, latest["history"])
+                records.write_history_note(trial, latest["history"])  # the dashboard's table
             if ckpt is not None:  # finished one way or another; a killed process never gets here
                 ckpt.delete()
                 if backup is not None:
@@ -152,5 +153,8 @@ def save_weights(trial: optuna.Trial, model: torch.nn.Module, artifacts) -> str:
     with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
         path = os.path.join(tmp, records.WEIGHTS_FILE)
         torch.save(cpu_state_dict(model), path)
+        # Named, not guessed: the guess comes from the machine's MIME table, and Debian's
+        # takes .pt for an SNES page table, which a browser cannot save as a file of bytes.
         return optuna.artifacts.upload_artifact(
-            artifact_store=artifacts, file_path=path, study_or_trial=trial)
+            artifact_store=artifacts, file_path=path, study_or_trial=trial,
+            mimetype=records.WEIGHTS_MIMETYPE)

@@ -4,12 +4,15 @@ Writers (the objective, the study) and readers (the report, `best`, `status`) sh
 module and no other: a reader never imports a writer. A study holds its run's settings; a
 trial holds its owner (the process and device that ran it), its model size, its per-epoch
 history, why it was pruned or failed, the epoch it resumed from, its weights (an artifact
-named WEIGHTS_FILE) and, for a retry, the chain of trials it replaces.
+named WEIGHTS_FILE) and, for a retry, the chain of trials it replaces. For optuna-dashboard, a
+study names its objective and a trial's note shows its per-epoch history as a table.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import warnings
 from importlib import metadata
 from typing import Optional
 
@@ -21,6 +24,7 @@ from hpsearch.config import build_config
 from hpsearch.params import PARAM_DEFAULTS, default_space
 
 SETTINGS_ATTR = "hpsearch"  # study: the settings a resumed run must share (see Config)
+TESTED_ATTR = "tested"  # study: what the last report measured of its best trial on the test split
 OWNER_ATTR = "owner"  # trial: who runs it (see owner.py), first thing in the trial
 N_PARAMS_ATTR = "n_params"  # trial: the model's parameter count
 HISTORY_ATTR = "history"  # trial: per-epoch scalars (train.History), stored when it ends
@@ -28,6 +32,7 @@ PRUNE_REASON_ATTR = "prune_reason"  # trial: why it was pruned other than by the
 FAIL_REASON_ATTR = "fail_reason"  # trial: why it failed, in one line
 RESUMED_ATTR = "resumed_from_epoch"  # trial: the checkpoint's epoch it went on from
 WEIGHTS_FILE = "weights.pt"  # trial artifact: a completed trial's state dict
+WEIGHTS_MIMETYPE = "application/octet-stream"  # as the dashboard serves it
 # Older stores: the weights' artifact id, a trial's seed and its device as attributes.
 LEGACY_WEIGHTS_ATTR, LEGACY_SEED_ATTR, LEGACY_DEVICE_ATTR = "weights", "seed", "device"
 # What a trial found out about its own run: a retry inherits these from the trial it
@@ -36,6 +41,7 @@ OUTCOME_ATTRS = (HISTORY_ATTR, PRUNE_REASON_ATTR, FAIL_REASON_ATTR, RESUMED_ATTR
                  LEGACY_WEIGHTS_ATTR)
 ARTIFACT_KEY_PREFIX = "artifacts:"  # Optuna keeps a trial's artifact records as system attrs
 RETRY_HISTORY_KEY = "retry_history"  # and a retry's chain of trial numbers, the origin first
+METRIC_NAME = "validation accuracy"  # study: the objective's name, as the dashboard shows it
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 VERSIONED = ("hpsearch", "optuna", "torch", "torchvision", "numpy", "scikit-learn")
 
@@ -57,6 +63,47 @@ def settings_record(cfg, data) -> dict:
 
 def write_settings(study: optuna.Study, record: dict) -> None:
     study.set_user_attr(SETTINGS_ATTR, record)
+
+
+def name_the_metric(study: optuna.Study) -> None:
+    """Name the objective for the dashboard, in a new study or one stored before it was named.
+    One read of the study's system attributes, once per run."""
+    with warnings.catch_warnings():
+        # Experimental since Optuna 3.2 in name only; the notice is noise in a run's output.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names is None:
+            study.set_metric_names([METRIC_NAME])
+
+
+def study_artifacts(study: optuna.Study) -> dict:
+    """The study's own artifacts (not its trials'): file name -> artifact id, the first of
+    each name. Read from the system attributes, as Optuna's get_all_artifact_meta does, but
+    skipping the `null` records the dashboard leaves of an artifact deleted there, which make
+    get_all_artifact_meta raise TypeError (Optuna 5.1)."""
+    attrs = private.storage_of(study).get_study_system_attrs(private.study_id(study))
+    found: dict = {}
+    for key, value in attrs.items():
+        meta = json.loads(value) if key.startswith(ARTIFACT_KEY_PREFIX) else None
+        if isinstance(meta, dict):
+            found.setdefault(meta["filename"], meta["artifact_id"])
+    return found
+
+
+def write_tested(study: optuna.Study, best: Optional[dict]) -> None:
+    """After a report: the test accuracy it measured of the best trial (best_config.json's
+    content), so that `hpsearch best` can show it. Nothing when it measured none."""
+    if best is not None and best.get("test_accuracy") is not None:
+        study.set_user_attr(TESTED_ATTR, {k: best.get(k) for k in
+                                          ("trial", "test_accuracy", "test_size")})
+
+
+def tested_of(study: optuna.Study, number: int) -> Optional[dict]:
+    """What a report measured of trial `number` on the test split ("test_accuracy",
+    "test_size"), or None when no report tested that trial (a later one may have become the
+    best)."""
+    tested = study.user_attrs.get(TESTED_ATTR)
+    ok = isinstance(tested, dict) and tested.get("trial") == number
+    return tested if ok and isinstance(tested.get("test_accuracy"), float) else None
 
 
 def stored_settings(study: optuna.Study) -> Optional[dict]:
@@ -115,19 +162,17 @@ def count_finished(study: optuna.Study) -> int:
 
 
 def status_row(study: optuna.Study) -> tuple:
-    """`hpsearch status`'s line of a study: its name, trials by state (complete, pruned,
-    failed, running, waiting), the best value and the last activity, as strings."""
+    """`hpsearch status`'s values of a study: its name, its trials by state name, the best
+    value (or None) and the last start or completion (Optuna's naive local datetime, or
+    None)."""
     trials = study.get_trials(deepcopy=False)
-    counts = count_states(trials)
     times = [t.datetime_complete or t.datetime_start for t in trials]
     times = [t for t in times if t is not None]
     try:
-        best = f"{study.best_value:.4f}"
+        best = study.best_value
     except ValueError:
-        best = "-"
-    return (study.study_name, *(str(counts.get(k, 0)) for k in
-                                ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
-            best, max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-")
+        best = None
+    return study.study_name, count_states(trials), best, max(times) if times else None
 
 
 # --- a trial: writing ------------------------------------------------------------------
@@ -148,6 +193,50 @@ def write_n_params(trial: optuna.Trial, n: int) -> None:
 
 def write_history(trial: optuna.Trial, history: dict) -> None:
     trial.set_user_attr(HISTORY_ATTR, history)
+
+
+# optuna-dashboard 0.21 keeps a trial's note (Markdown) in its study's system attributes: a
+# version number and the text in pieces of at most 2045 characters (optuna_dashboard/_note.py;
+# tests/test_dashboard.py reads a note back through the dashboard). Written here directly, the
+# version and each piece (one up to about 35 epochs): its save_note also reads every system
+# attribute of the study, twice, which grows with the notes (tens of ms per trial on SQLite at
+# 1,000 trials), and importing optuna_dashboard takes about a second (it imports scikit-learn).
+NOTE_VERSION_KEY, NOTE_TEXT_KEY = "dashboard:{}:note_ver", "dashboard:{}:note_str:"
+NOTE_PIECE = 2045  # characters per system attribute
+HISTORY_COLUMNS = (("train loss", "train_loss", "{:.4f}"), ("train acc", "train_acc", "{:.4f}"),
+                   ("val loss", "val_loss", "{:.4f}"), ("val acc", "val_acc", "{:.4f}"),
+                   ("seconds", "epoch_seconds", "{:.2f}"))
+
+
+def write_history_note(trial: optuna.Trial, history: dict) -> None:
+    """The per-epoch history as the trial's note, a table the dashboard shows on the trial's
+    page. Written once, as the trial ends: a note the user wrote on the running trial in the
+    dashboard is replaced (reading it first would cost a read of every note of the study)."""
+    if not isinstance(trial, optuna.Trial):  # a FixedTrial: no study, no dashboard
+        return
+    storage, study, tid = trial.storage, private.study_id(trial.study), private.trial_id(trial)
+    text = history_markdown(history)
+    storage.set_study_system_attr(study, NOTE_VERSION_KEY.format(tid), 1)
+    for i in range(0, len(text), NOTE_PIECE):
+        storage.set_study_system_attr(study, NOTE_TEXT_KEY.format(tid) + str(i // NOTE_PIECE),
+                                      text[i:i + NOTE_PIECE])
+
+
+def history_markdown(history: dict) -> str:
+    """epoch | train loss | train acc | val loss | val acc | seconds, a row per epoch."""
+    n = max((len(history.get(key) or []) for _, key, _ in HISTORY_COLUMNS), default=0)
+    lines = ["Per-epoch history (the objective is the last epoch's val acc):", "",
+             "| epoch | " + " | ".join(name for name, _, _ in HISTORY_COLUMNS) + " |",
+             "|" + "---:|" * (len(HISTORY_COLUMNS) + 1)]
+    for epoch in range(n):
+        cells = [_cell(history.get(key), epoch, form) for _, key, form in HISTORY_COLUMNS]
+        lines.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(values, i: int, form: str) -> str:
+    value = values[i] if values and i < len(values) else None
+    return "-" if value is None else form.format(value)
 
 
 def write_prune_reason(trial: optuna.Trial, why: str) -> None:

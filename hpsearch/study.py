@@ -168,8 +168,9 @@ def _same(a, b) -> bool:
 
 def open_study(storage, cfg: Config, record: dict, worker: int = 0,
                alone: bool = False) -> optuna.Study:
-    """Create the study or resume it after checking its settings; seed the sampler by the
-    number of trials already stored. `alone`: see runs_alone."""
+    """Create the study or resume it after checking its settings, its objective named for the
+    dashboard; seed the sampler by the number of trials already stored. `alone`: see
+    runs_alone."""
     study = find_study(storage, cfg.study.name)
     if study is None:
         study = optuna.create_study(study_name=cfg.study.name, storage=storage,
@@ -177,6 +178,7 @@ def open_study(storage, cfg: Config, record: dict, worker: int = 0,
         if records.SETTINGS_ATTR not in study.user_attrs:
             records.write_settings(study, record)
     check_settings(study, record)
+    records.name_the_metric(study)  # on resume too: studies stored before it was named
     n_stored = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(cfg, sampler_seed(cfg.study.seed, n_stored, worker), alone)
     study.pruner = make_pruner(cfg)

@@ -1,4 +1,6 @@
-"""optuna-dashboard, started by `hpsearch dashboard`, on a store a study is writing to."""
+"""optuna-dashboard, started by `hpsearch dashboard`, on a store a study is writing to; what
+hpsearch writes for it (the metric's name, a trial's history as its note, a report's files);
+and the weights served as bytes, with the server's access log quiet unless asked for."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ import sys
 import time
 import urllib.request
 
-from conftest import ROOT, cli_env, start_cli
+import optuna
+import optuna_dashboard
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from conftest import ROOT, cli_env, hpsearch, load, run_cli, start_cli
+from hpsearch import records
+from hpsearch.storage import open_storage, parse_storage
 
 
 def free_port() -> int:
@@ -21,6 +31,32 @@ def free_port() -> int:
 def get(port: int, path: str):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
         return json.loads(r.read())
+
+
+def content_type(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        r.read()
+        return r.headers["Content-Type"]
+
+
+def start_dashboard(store: str, log, *flags) -> tuple:
+    """`hpsearch dashboard` on a free port, its output into the file `log` (a pipe would fill
+    with access lines), once it answers. Returns (process, port)."""
+    port = free_port()
+    dash = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch.cli", "dashboard", "--storage", store, "--port",
+         str(port), *map(str, flags)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        text=True, env=cli_env())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            get(port, "/api/studies")
+            return dash, port
+        except OSError:
+            assert dash.poll() is None, "the dashboard stopped"
+            time.sleep(0.2)
+    dash.kill()
+    raise AssertionError("the dashboard never answered")
 
 
 def test_the_dashboard_watches_a_running_study(study_file, tmp_path):
@@ -77,6 +113,14 @@ def test_the_dashboard_watches_a_running_study(study_file, tmp_path):
             time.sleep(0.2)
         assert [t["state"] for t in detail["trials"]] == ["Complete"] * trials
         assert all(len(t["intermediate_values"]) == epochs for t in detail["trials"])
+        assert detail["objective_names"] == ["validation accuracy"]
+        for t in detail["trials"]:  # 150 rows: a note stored in several pieces, read whole
+            rows = t["note"]["body"].splitlines()[4:]
+            assert len(rows) == epochs and rows[-1].startswith(f"| {epochs} | ")
+            assert f" | {t['values'][0]:.4f} | " in rows[-1]  # the last val acc, the value
+        weights = detail["trials"][0]["artifacts"][0]
+        path = f"/artifacts/{study_id}/{detail['trials'][0]['trial_id']}/{weights['artifact_id']}"
+        assert content_type(port, path) == "application/octet-stream"
     finally:
         dash.terminate()
         run.kill()
@@ -85,5 +129,102 @@ def test_the_dashboard_watches_a_running_study(study_file, tmp_path):
         log.close()
     dash_log = (tmp_path / "dashboard.log").read_text()
     assert f"Open http://127.0.0.1:{port}/" in dash_log
+    assert "GET /" not in dash_log  # hundreds of requests, no access log without --verbose
     assert "locked" not in dash_log + run_err
     assert "Traceback" not in run_err
+
+
+def test_a_report_is_attached_once_and_old_weights_are_served_as_bytes(study_file, tmp_path):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    assert run_cli("--config", study_file, "--storage", store, "--trials", 3).returncode == 0
+    # A store written before hpsearch named the weights' type: the one guessed from ".pt".
+    legacy = optuna.create_study(study_name="legacy", storage=store)
+    trial = legacy.ask()
+    (tmp_path / "weights.pt").write_bytes(b"weights")
+    weights_id = optuna.artifacts.upload_artifact(
+        artifact_store=optuna.artifacts.FileSystemArtifactStore(tmp_path / "artifacts"),
+        file_path=str(tmp_path / "weights.pt"), study_or_trial=trial,
+        mimetype="application/vnd.snesdev-page-table")
+    legacy.tell(trial, 0.5)
+    for _ in range(2):
+        out = hpsearch("report", "--config", study_file, "--storage", store, "--out",
+                       tmp_path / "report")
+        assert out.returncode == 0, out.stderr
+    # `best` shows what the report measured on the test split (hpsearch/records.py: tested).
+    best = hpsearch("best", "--config", study_file, "--storage", store)
+    assert best.returncode == 0, best.stderr
+    tested = json.loads((tmp_path / "report" / "best_config.json").read_text())
+    assert f"Test accuracy        {tested['test_accuracy']:.4f} on " in best.stdout
+
+    with open(tmp_path / "dashboard.log", "w+") as log:
+        dash, port = start_dashboard(store, log, "--verbose")
+        try:
+            ids = {s["study_name"]: s["study_id"] for s in get(port, "/api/studies")[
+                "study_summaries"]}
+            detail = get(port, f"/api/studies/{ids['tiny']}")
+            old = get(port, f"/api/studies/{ids['legacy']}")["trials"][0]
+            served = content_type(port, f"/artifacts/{ids['legacy']}/{old['trial_id']}/"
+                                        f"{weights_id}")
+        finally:
+            dash.terminate()
+            dash.wait(timeout=30)
+    names = sorted(a["filename"] for a in detail["artifacts"])
+    expected = sorted(p.name for p in (tmp_path / "report").iterdir()
+                      if p.name in ("report.pdf", "report.html", "report.md",
+                                    "best_config.json", "next.toml"))
+    assert names == expected and "report.md" in names  # the second report replaced the first
+    assert len(list((tmp_path / "artifacts").iterdir())) == 3 + 1 + len(names)
+    assert "Best: trial" in detail["note"]["body"] and str(tmp_path / "report") in \
+        detail["note"]["body"]
+    assert served == "application/octet-stream"
+    assert '"GET /api/studies HTTP/1.1" 200' in (tmp_path / "dashboard.log").read_text()
+
+
+def test_a_study_stored_before_its_metric_was_named_is_named_on_resume(study_file, store):
+    assert run_cli("--config", study_file, "--storage", store, "--trials", 1).returncode == 0
+    study = load(store)
+    assert study.metric_names == ["validation accuracy"]
+    study._storage.set_study_system_attr(study._study_id, "study:metric_names", None)  # older
+    assert load(store).metric_names is None
+    assert run_cli("--config", study_file, "--storage", store, "--trials", 2).returncode == 0
+    assert load(store).metric_names == ["validation accuracy"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_running_trials_history_note_reads_back_in_the_dashboard(kind, tmp_path):
+    if kind == "sqlite":
+        storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 'store.db'}"))
+    else:
+        storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    study = optuna.create_study(study_name="notes", storage=storage)
+    records.name_the_metric(study)
+    history = {"train_loss": [0.5] * 60, "train_acc": [0.8] * 60, "val_loss": [0.25] * 60,
+               "val_acc": [0.9] * 59 + [0.91234], "epoch_seconds": [0.125] * 60}
+    trial = study.ask()
+    records.write_history_note(trial, history)  # running: the objective writes it at its end
+    study.tell(trial, 0.91234)
+    note = optuna_dashboard.get_note(trial)
+    assert len(note) > 2045  # stored in pieces
+    assert note.splitlines()[2] == ("| epoch | train loss | train acc | val loss | val acc | "
+                                    "seconds |")
+    assert note.splitlines()[-1] == "| 60 | 0.5000 | 0.8000 | 0.2500 | 0.9123 | 0.12 |"
+    assert study.metric_names == ["validation accuracy"]
+    # The dashboard's own edit of it takes the next version, as from its page.
+    optuna_dashboard.save_note(trial, "edited")
+    assert optuna_dashboard.get_note(trial) == "edited"
+
+
+def test_a_study_artifact_deleted_in_the_dashboard_is_skipped_not_a_crash(tmp_path):
+    """The dashboard deletes a study's artifact by setting its record to null, after which
+    Optuna's get_all_artifact_meta raises TypeError: hpsearch's read skips it."""
+    store = optuna.artifacts.FileSystemArtifactStore(tmp_path)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'store.db'}")
+    for name in ("report.md", "best_config.json"):
+        (tmp_path / name).write_text("{}")
+    ids = [optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(tmp_path / n),
+                                            study_or_trial=study)
+           for n in ("report.md", "best_config.json")]
+    assert records.study_artifacts(study) == {"report.md": ids[0], "best_config.json": ids[1]}
+    # As the dashboard's DELETE /api/artifacts/<study>/<id> writes it.
+    study._storage.set_study_system_attr(study._study_id, "artifacts:" + ids[0], "null")
+    assert records.study_artifacts(study) == {"best_config.json": ids[1]}

@@ -195,7 +195,7 @@ def test_missing_weights_are_explained_and_only_retrain_rebuilds_them(real, tmp_
 
 def test_best_status_and_compare(real, tmp_path):
     folder, config, store, _, _ = real
-    best = hpsearch("best", "--config", config, "--storage", store)
+    best = hpsearch("best", "--json", "--config", config, "--storage", store)
     assert best.returncode == 0, best.stderr
     assert json.loads(best.stdout)["trial"] == load(store).best_trial.number
 
