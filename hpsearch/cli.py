@@ -294,9 +294,9 @@ def named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpsearch.dashboard import REPORT_FILES, attach_report, report_note
+    from hpsearch.dashboard import attach_to_study
     from hpsearch.data import study_data
-    from hpsearch.records import stored_settings, write_tested
+    from hpsearch.records import stored_settings
     from hpsearch.report import make_report
     from hpsearch.storage import artifact_folder, beside_store, existing_artifacts, open_artifacts
     from hpsearch.train import resolve_device
@@ -315,11 +315,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     result = make_report(study, out, artifacts=artifacts, load_data=load_data,
                          data_dir=data_dir_of(args), retrain_device=device)
-    attach_report(study, artifacts or open_artifacts(artifact_folder(spec, args.artifacts)),
-                  [f for f in result.files if f.name in REPORT_FILES],
-                  report_note(result.best, out))
-    write_tested(study, result.best)
-    console.report_written(result.notes, result.best, out, len(result.files))
+    unattached = attach_to_study(
+        study, lambda: artifacts or open_artifacts(artifact_folder(spec, args.artifacts)),
+        result, out)
+    console.report_written(result.notes, result.best, out, len(result.files), unattached)
     return 0
 
 

@@ -232,8 +232,10 @@ def table(rows: list) -> None:
                         for i, (c, w) in enumerate(zip(row, widths))).rstrip())
 
 
-def report_written(notes: list, best: Optional[dict], out, n_files: int) -> None:
-    """`hpsearch report`'s lines: what was not drawn, the best trial, where the files are."""
+def report_written(notes: list, best: Optional[dict], out, n_files: int,
+                   unattached: Optional[str] = None) -> None:
+    """`hpsearch report`'s lines: what was not drawn, the best trial, where the files are,
+    and whether the study holds them too (`unattached`: why not)."""
     for note in notes:
         print(f"note: {note}")
     if best is not None:
@@ -242,7 +244,11 @@ def report_written(notes: list, best: Optional[dict], out, n_files: int) -> None
               f"{best['validation_accuracy']:.4f}"
               + ("" if test is None else f", test accuracy {test:.4f}"))
     print(f"Report: {out / 'report.html'} ({n_files} files in {out})")
-    print("Its files and summary are attached to the study: `hpsearch dashboard` shows them.")
+    if unattached:
+        print(f"note: {unattached}")
+    else:
+        print("Its files and summary are attached to the study: `hpsearch dashboard` shows "
+              "them.")
 
 
 def best(record: dict, tested: Optional[dict], report_file) -> None:

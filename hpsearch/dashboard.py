@@ -48,6 +48,24 @@ def attach_report(study, artifact_store, files: list, summary_markdown: str) -> 
     optuna_dashboard.save_note(study, summary_markdown)
 
 
+def attach_to_study(study, artifact_store: Callable, result, folder: Path) -> Optional[str]:
+    """After a report: its files and summary attached to the study (see attach_report) and
+    the test accuracy it measured recorded for `hpsearch best`. `artifact_store()` opens the
+    store's weights folder. Returns None, or why the study could not take them (a store or
+    folder this user may only read): the report itself is written either way."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        attach_report(study, artifact_store(),
+                      [f for f in result.files if f.name in REPORT_FILES],
+                      report_note(result.best, folder))
+        records.write_tested(study, result.best)
+    except (OSError, SQLAlchemyError) as err:
+        reason = getattr(err, "orig", None) or getattr(err, "strerror", None) or err
+        return f"the report was not attached to the study ({str(reason).splitlines()[0]})"
+    return None
+
+
 def report_note(best: Optional[dict], folder: Path) -> str:
     """The study's note after a report: the best trial, its accuracies and parameters, and
     where the report lies. `best` is best_config.json's content (None: nothing completed)."""

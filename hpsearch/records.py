@@ -195,14 +195,6 @@ def write_history(trial: optuna.Trial, history: dict) -> None:
     trial.set_user_attr(HISTORY_ATTR, history)
 
 
-# optuna-dashboard 0.21 keeps a trial's note (Markdown) in its study's system attributes: a
-# version number and the text in pieces of at most 2045 characters (optuna_dashboard/_note.py;
-# tests/test_dashboard.py reads a note back through the dashboard). Written here directly, the
-# version and each piece (one up to about 35 epochs): its save_note also reads every system
-# attribute of the study, twice, which grows with the notes (tens of ms per trial on SQLite at
-# 1,000 trials), and importing optuna_dashboard takes about a second (it imports scikit-learn).
-NOTE_VERSION_KEY, NOTE_TEXT_KEY = "dashboard:{}:note_ver", "dashboard:{}:note_str:"
-NOTE_PIECE = 2045  # characters per system attribute
 HISTORY_COLUMNS = (("train loss", "train_loss", "{:.4f}"), ("train acc", "train_acc", "{:.4f}"),
                    ("val loss", "val_loss", "{:.4f}"), ("val acc", "val_acc", "{:.4f}"),
                    ("seconds", "epoch_seconds", "{:.2f}"))
@@ -214,12 +206,8 @@ def write_history_note(trial: optuna.Trial, history: dict) -> None:
     dashboard is replaced (reading it first would cost a read of every note of the study)."""
     if not isinstance(trial, optuna.Trial):  # a FixedTrial: no study, no dashboard
         return
-    storage, study, tid = trial.storage, private.study_id(trial.study), private.trial_id(trial)
-    text = history_markdown(history)
-    storage.set_study_system_attr(study, NOTE_VERSION_KEY.format(tid), 1)
-    for i in range(0, len(text), NOTE_PIECE):
-        storage.set_study_system_attr(study, NOTE_TEXT_KEY.format(tid) + str(i // NOTE_PIECE),
-                                      text[i:i + NOTE_PIECE])
+    private.write_dashboard_note(trial.storage, private.study_id(trial.study),
+                                 private.trial_id(trial), history_markdown(history))
 
 
 def history_markdown(history: dict) -> str:

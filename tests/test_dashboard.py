@@ -228,3 +228,34 @@ def test_a_study_artifact_deleted_in_the_dashboard_is_skipped_not_a_crash(tmp_pa
     # As the dashboard's DELETE /api/artifacts/<study>/<id> writes it.
     study._storage.set_study_system_attr(study._study_id, "artifacts:" + ids[0], "null")
     assert records.study_artifacts(study) == {"best_config.json": ids[1]}
+
+
+def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_path,
+                                                                            monkeypatch):
+    """A report on a store or weights folder this user may only read is still written; the
+    study just does not get its files, and one line says why."""
+    import types
+
+    from sqlalchemy.exc import OperationalError
+
+    from hpsearch import dashboard
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    (tmp_path / "report.md").write_text("# a report\n")
+    result = types.SimpleNamespace(files=[tmp_path / "report.md"], best=None)
+
+    def unwritable():
+        raise PermissionError(13, "Permission denied")
+
+    why = dashboard.attach_to_study(study, unwritable, result, tmp_path)
+    assert why == "the report was not attached to the study (Permission denied)"
+
+    def read_only(*args, **kwargs):
+        raise OperationalError("INSERT ...", {}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(optuna_dashboard, "save_note", read_only)
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    (tmp_path / "artifacts").mkdir()
+    why = dashboard.attach_to_study(study, lambda: store, result, tmp_path)
+    assert why == ("the report was not attached to the study (attempt to write a readonly "
+                   "database)")
