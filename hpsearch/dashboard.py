@@ -49,8 +49,9 @@ def attach_report(study, artifact_store, files: list, summary_markdown: str) -> 
 
 
 def attach_to_study(study, artifact_store: Callable, result, folder: Path) -> Optional[str]:
-    """After a report: its files and summary attached to the study (see attach_report) and
-    the test accuracy it measured recorded for `hpsearch best`. `artifact_store()` opens the
+    """After a report: its files and summary attached to the study (see attach_report), the
+    test accuracy it measured recorded for `hpsearch best`, and the objective named for the
+    dashboard where the study predates that. `artifact_store()` opens the
     store's weights folder. Returns None, or why the study could not take them (a store or
     folder this user may only read): the report itself is written either way."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -60,6 +61,7 @@ def attach_to_study(study, artifact_store: Callable, result, folder: Path) -> Op
                       [f for f in result.files if f.name in REPORT_FILES],
                       report_note(result.best, folder))
         records.write_tested(study, result.best)
+        records.name_the_metric(study)  # a study stored before it was named
     except (OSError, SQLAlchemyError) as err:
         reason = getattr(err, "orig", None) or getattr(err, "strerror", None) or err
         return f"the report was not attached to the study ({str(reason).splitlines()[0]})"
