@@ -57,7 +57,7 @@ def header(session, done: int) -> None:
         where = f"{workers} worker processes on {where.replace(plural, plural + ' each')}"
     where += f" in {session.precision}"  # auto differs by device
     if workers > 1 and session.shares_images:
-        where += "; the workers on one device share one copy of the images"
+        where += "; workers on one device share one copy of the images where it fits there"
     if data.on_host:
         where += "; the images stay in host memory (too large for the device's free memory)"
     print(f"Store: {session.spec.display}")
@@ -274,6 +274,8 @@ def best(record: dict, tested: Optional[dict], report_file) -> None:
 
 def status(store: str, rows: list) -> None:
     """`hpsearch status`: a line per study of records.status_row's values."""
+    from hpsearch.records import local_time
+
     print(f"Store: {store}")
     if not rows:
         print("No studies yet.")
@@ -286,18 +288,6 @@ def status(store: str, rows: list) -> None:
                       "-" if best_value is None else f"{best_value:.4f}",
                       "-" if last is None else local_time(last)))
     table(lines)
-
-
-def local_time(when) -> str:
-    """A time Optuna read back from a store, with its offset from UTC:
-    `2026-12-07 06:31:12 UTC+01:00`. Optuna 5 stores UTC and returns naive datetimes in the
-    local time of the process reading them (RDB and journal storages alike), so the offset is
-    this machine's at that time."""
-    local = when.astimezone()  # naive: taken as local time, as Optuna made it
-    minutes = round(local.utcoffset().total_seconds() / 60)
-    zone = "UTC" if minutes == 0 else \
-        f"UTC{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-    return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
 
 
 def dashboard_started(store: str, weights, host: str, port: int) -> None:

@@ -54,6 +54,7 @@ def attach_to_study(study, artifact_store: Callable, result, folder: Path) -> Op
     dashboard where the study predates that. `artifact_store()` opens the
     store's weights folder. Returns None, or why the study could not take them (a store or
     folder this user may only read): the report itself is written either way."""
+    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
@@ -62,8 +63,9 @@ def attach_to_study(study, artifact_store: Callable, result, folder: Path) -> Op
                       report_note(result.best, folder))
         records.write_tested(study, result.best)
         records.name_the_metric(study)  # a study stored before it was named
-    except (OSError, SQLAlchemyError) as err:
-        reason = getattr(err, "orig", None) or getattr(err, "strerror", None) or err
+    except (OSError, SQLAlchemyError, StorageInternalError) as err:
+        cause = err.__cause__ if isinstance(err, StorageInternalError) else err
+        reason = getattr(cause, "orig", None) or getattr(cause, "strerror", None) or cause
         return f"the report was not attached to the study ({str(reason).splitlines()[0]})"
     return None
 

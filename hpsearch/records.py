@@ -175,6 +175,18 @@ def status_row(study: optuna.Study) -> tuple:
     return study.study_name, count_states(trials), best, max(times) if times else None
 
 
+def local_time(when) -> str:
+    """A time Optuna read back from a store, with its offset from UTC:
+    `2026-12-07 06:31:12 UTC+01:00`. Optuna 5 stores UTC and returns naive datetimes in the
+    local time of the process reading them (RDB and journal storages alike), so the offset is
+    this machine's at that time."""
+    local = when.astimezone()  # naive: taken as local time, as Optuna made it
+    minutes = round(local.utcoffset().total_seconds() / 60)
+    zone = "UTC" if minutes == 0 else \
+        f"UTC{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
+
+
 # --- a trial: writing ------------------------------------------------------------------
 
 
@@ -202,8 +214,8 @@ HISTORY_COLUMNS = (("train loss", "train_loss", "{:.4f}"), ("train acc", "train_
 
 def write_history_note(trial: optuna.Trial, history: dict) -> None:
     """The per-epoch history as the trial's note, a table the dashboard shows on the trial's
-    page. Written once, as the trial ends: a note the user wrote on the running trial in the
-    dashboard is replaced (reading it first would cost a read of every note of the study)."""
+    page. Written once, as the trial ends, over whatever note the user wrote on the running
+    trial in the dashboard (reading it first would cost a read of every note of the study)."""
     if not isinstance(trial, optuna.Trial):  # a FixedTrial: no study, no dashboard
         return
     private.write_dashboard_note(trial.storage, private.study_id(trial.study),

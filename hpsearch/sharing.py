@@ -20,9 +20,7 @@ runs) instead of whichever worker allocates second.
 
 from __future__ import annotations
 
-import logging
 import queue
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -31,14 +29,11 @@ import torch
 from hpsearch import interrupts
 from hpsearch.data import Dataset, cap_device_memory
 
-log = logging.getLogger("hpsearch")
-
 # A CUDA context with the kernels a trial loads: the memory each further worker on a GPU
 # takes before it allocates anything (an estimate; `make gpu-check` prints the real one).
 CONTEXT_BYTES = 512 * 2**20
-# How long an owner waits for its users to stop, at most (the parent sets `release` at once
-# when they have; this only bounds a parent that died).
-OWNER_WAIT = 600.0
+
+_handed = False  # this process, an owner, has handed its images on
 
 
 def groups(workers: int, device: torch.device, gpu_count: int = 1) -> list:
@@ -93,10 +88,17 @@ def shares(workers: int, device: torch.device, gpu_count: int, ctx) -> dict:
 def hand_over(share: Share, data: Optional[Dataset], device: torch.device) -> int:
     """The owner's side: give each user `data` (None: load your own) and the bytes of device
     memory each worker's trials may take (0: no cap). Returns those bytes."""
+    global _handed
     per_worker = worker_bytes(device, len(share.members)) if data is not None else 0
     shared = data if data is not None and not data.on_host else None
+    if shared is not None:
+        for t in (shared.x_train, shared.y_train, shared.x_val, shared.y_val, shared.x_test,
+                  shared.y_test):
+            if t.device.type == "cpu":
+                t.share_memory_()  # here, not in the queue's thread while training reads it
     for _ in range(share.users):
         share.handoff.put((shared, per_worker))
+    _handed = shared is not None
     return per_worker
 
 
@@ -134,13 +136,22 @@ def cap(device: torch.device, per_worker: int) -> Optional[float]:
 
 
 def stay_for_users(share: Optional[Share]) -> None:
-    """An owner's last step: wait until the parent says its users have stopped, since they
-    may still be reading the images it holds."""
+    """An owner's last step. One that handed its images on waits until the parent says its
+    users have stopped (they may still be reading that memory, however long their last
+    trial), or until the parent is gone; one that never got as far as handing anything on
+    (its session failed first) tells its users to load their own, and ends."""
+    import multiprocessing
+
     if share is None or not share.is_owner:
         return
-    deadline = time.monotonic() + OWNER_WAIT
-    while not share.release.wait(timeout=0.5) and time.monotonic() < deadline:
-        pass
+    if not _handed:
+        for _ in range(share.users):
+            share.handoff.put((None, 0))
+        return
+    parent = multiprocessing.parent_process()
+    while not share.release.wait(timeout=0.5):
+        if parent is not None and not parent.is_alive():
+            return
 
 
 def release_finished(all_shares: dict, alive: dict) -> None:

@@ -230,13 +230,10 @@ def test_a_study_artifact_deleted_in_the_dashboard_is_skipped_not_a_crash(tmp_pa
     assert records.study_artifacts(study) == {"best_config.json": ids[1]}
 
 
-def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_path,
-                                                                            monkeypatch):
+def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_path):
     """A report on a store or weights folder this user may only read is still written; the
     study just does not get its files, and one line says why."""
     import types
-
-    from sqlalchemy.exc import OperationalError
 
     from hpsearch import dashboard
 
@@ -250,12 +247,11 @@ def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_
     why = dashboard.attach_to_study(study, unwritable, result, tmp_path)
     assert why == "the report was not attached to the study (Permission denied)"
 
-    def read_only(*args, **kwargs):
-        raise OperationalError("INSERT ...", {}, Exception("attempt to write a readonly database"))
-
-    monkeypatch.setattr(optuna_dashboard, "save_note", read_only)
+    # A store this user may only read: Optuna wraps the database's refusal.
+    url = f"sqlite:///file:{tmp_path / 's.db'}?mode=ro&uri=true"
+    read_only = optuna.load_study(study_name="s", storage=url)
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
     (tmp_path / "artifacts").mkdir()
-    why = dashboard.attach_to_study(study, lambda: store, result, tmp_path)
+    why = dashboard.attach_to_study(read_only, lambda: store, result, tmp_path)
     assert why == ("the report was not attached to the study (attempt to write a readonly "
                    "database)")

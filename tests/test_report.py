@@ -76,7 +76,7 @@ def test_the_report_is_a_document_of_nine_sections_in_each_format(real):
     summary = md.split("## Dataset")[0]
     assert "95% interval" in summary and "within one validation image" in summary
     assert "| conv 3x3, 1 -> " in md and "| total |" in md  # the chosen model's layers
-    assert "PED-ANOVA), from 6 completed trials" in md
+    assert "those of all), from 6 completed trials" in md
 
 
 def test_next_toml_runs_as_it_is(real, tmp_path):
@@ -298,7 +298,7 @@ def test_edge_cases_write_a_report(tmp_path, case):
     md = (tmp_path / "out" / "report.md").read_text()
     if not has_complete:
         assert "No trial has completed yet" in md
-    assert plt.get_fignums() == []  # every figure Optuna's plots opened is closed
+    assert plt.get_fignums() == []  # no figure left open in pyplot
     assert all(p.exists() for p in result.files)
 
 

@@ -111,3 +111,39 @@ def test_toml_values():
     assert advice.toml_value([["crop", "flip"], []]) == '[["crop", "flip"], []]'
     with pytest.raises(ValueError):
         advice.toml_value(math.inf)
+
+
+@pytest.mark.parametrize("p,values,best", [
+    (Range("width", 8, 64, step=8), [8, 16, 8], 8),  # a grid's low can go no lower
+    (Range("batch_size", 16, 256, step=16), [16, 32], 16),
+    (Range("depth", 2, 8, step=2), [2, 4], 2),
+    (Range("depth", 1, 7, step=2), [7, 5], 7),
+    (Range("lr", 0.001, 0.1), [0.001, 0.002], 0.001),  # linear: widening must stay above 0
+    (Range("weight_decay", 0.0, 0.9), [0.9, 0.85], 0.9),  # and below 1
+    (Range("weight_decay", 0.3, 1.0), [0.97, 0.9], 0.97),
+    (Range("dropout", 0.05, 0.5), [0.2, 0.3], 0.2),
+    (Range("depth", 1, 4), [3, 3, 3], 3),  # the best trials agree: a step either side
+])
+def test_a_narrowed_range_is_one_a_study_file_accepts(p, values, best):
+    from hpsearch.params import build_param, param_to_toml
+
+    new, _ = advice.narrowed(p, values, best)
+    assert build_param(p.name, param_to_toml(new)) == new
+    assert new.low <= min(values) and max(values) <= new.high and new.low < new.high
+    if p.step:
+        assert (new.low - p.low) % p.step == 0 and (new.high - p.low) % p.step == 0
+
+
+def test_too_few_trials_leave_the_space_as_it_was():
+    cfg = load_config(None)
+    plan = advice.next_study(cfg, rows_with([(2e-3, 3, "sgd")] * 3), improving=False, trials=3)
+    assert plan.changes == [] and "too few to narrow" in plan.advice[0]
+
+
+def test_any_folder_name_reads_back_from_the_study_file(tmp_path):
+    name = "folder:/photos/\U0001f4f7 caf\u00e9 \"2026\" \\ tab\t del\x7f"
+    path = tmp_path / "s.toml"
+    path.write_text(advice.to_toml({"data": {"dataset": name}}), encoding="utf-8")
+    import tomllib
+
+    assert tomllib.loads(path.read_text(encoding="utf-8"))["data"]["dataset"] == name

@@ -195,3 +195,12 @@ def test_running_out_of_gpu_memory_while_loading_is_one_line(monkeypatch):
     with pytest.raises(DataError, match=r"^out of memory on cuda:0 while loading the images "
                                         r"\(.*\); free the GPU .* or lower data.image_size$"):
         split(images, DataConfig(image_size=8), 0, torch.device("cuda", 0))
+
+
+def test_an_owner_whose_session_failed_before_loading_releases_its_users(monkeypatch):
+    """An owner that never handed anything on (its store or device failed first) tells its
+    users to load their own as it ends, instead of leaving them waiting."""
+    shares = sharing.shares(3, CPU, 1, mp.get_context("spawn"))
+    monkeypatch.setattr(sharing, "_handed", False)
+    sharing.stay_for_users(shares[0])  # returns at once: nothing of its is in use
+    assert [shares[0].handoff.get(timeout=5) for _ in range(2)] == [(None, 0), (None, 0)]

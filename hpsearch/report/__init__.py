@@ -61,15 +61,15 @@ def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] 
         document.training(cfg, result.best, records.device_of(best) if best else None),
         results.results(result, rows, ranked, trials, best, cfg, test_blocks),
         results.mattered(result, study, trials),
-        document.next_study(plan, NEXT_FILE),
-        document.run(*_run_facts(trials, summary, settings), _command()),
+        document.next_study(plan, out / NEXT_FILE),
+        document.run(*_run_facts(trials, summary, settings), _command(out)),
     ]
     if result.best is not None:
         _write(out / "best_config.json", json.dumps(result.best, indent=2) + "\n", result)
-    _write(out / NEXT_FILE, advice.to_toml(plan.settings, _next_header(study.study_name)),
+    _write(out / NEXT_FILE, advice.to_toml(plan.settings, _next_header(study.study_name, out)),
            result)
-    _write(out / STUDY_FILE, advice.to_toml(_as_run(settings, cfg, max(1, finished)),
-                                            _study_header(study)), result)
+    _write(out / STUDY_FILE, advice.to_toml(_as_run(cfg, max(1, finished)),
+                                            _study_header(study, out)), result)
     title = f"hpsearch report: {study.study_name}"
     _write(out / "report.md", markdown(title, sections) + "\n", result)
     _write(out / "report.html", html_page(title, sections, out) + "\n", result)
@@ -116,25 +116,26 @@ def _run_facts(trials: list, summary, settings: dict) -> tuple:
             summary.wall_seconds, summary.device, stored, now)
 
 
-def _command() -> str:
-    return f"hpsearch run --config {STUDY_FILE} --storage sqlite:///rerun.db"
+def _command(out: Path) -> str:
+    return f"hpsearch run --config {out / STUDY_FILE} --storage sqlite:///rerun.db"
 
 
-def _as_run(settings: dict, cfg, trials: int) -> dict:
-    """The study's stored settings as a study file, with what a store does not keep: the
-    trials it finished as the target, and the data folder."""
-    stored = settings["config"]
-    study = {**stored["study"], "trials": trials}
-    return {"study": study, "data": {**stored["data"], "data_dir": cfg.data.data_dir},
-            "train": stored["train"], "space": stored["space"]}
+def _as_run(cfg, trials: int) -> dict:
+    """The study as it ran (its stored settings, completed by the defaults of settings it
+    predates) as a study file, with what a store does not keep: the trials it finished as
+    the target, and the data folder; data paths absolute."""
+    ran = cfg.settings()
+    return {"study": {**ran["study"], "trials": trials},
+            "data": advice.absolute_paths({**ran["data"], "data_dir": cfg.data.data_dir}),
+            "train": ran["train"], "space": ran["space"]}
 
 
-def _next_header(name: str) -> str:
+def _next_header(name: str, out: Path) -> str:
     return (f"The next study after {name!r}, written by `hpsearch report`: its space is\n"
             f"narrowed around the best trials (see the report's Next study section).\n"
-            f"Run it: hpsearch run --config {NEXT_FILE}")
+            f"Run it from the folder the study ran in: hpsearch run --config {out / NEXT_FILE}")
 
 
-def _study_header(study) -> str:
+def _study_header(study, out: Path) -> str:
     return (f"The settings study {study.study_name!r} ran with, written by `hpsearch "
-            f"report`.\nRun it again into a new store: {_command()}")
+            f"report`.\nRun it again into a new store: {_command(out)}")

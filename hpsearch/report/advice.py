@@ -30,17 +30,18 @@ class NextStudy:
 def next_study(cfg, top: list, improving: bool, trials: int) -> NextStudy:
     """The study to run next, from this one's config and its completed rows (best first):
     `trials` of them (as many as this one finished); `improving`: the best trial was still
-    improving at its last epoch."""
+    improving at its last epoch. Relative data paths are made absolute, so that the file
+    runs from any folder."""
     chosen = top[:max(TOP_MIN, min(TOP_MAX, math.ceil(TOP_SHARE * len(top))))]
     settings = {
         "study": {"name": f"{cfg.study.name}-next", "trials": trials,
                   "sampler": cfg.study.sampler, "pruner": cfg.study.pruner,
                   "seed": cfg.study.seed},
-        "data": {k: getattr(cfg.data, k) for k in
-                 ("dataset", "image_size", "val_fraction", "test_fraction", "data_dir")},
+        "data": absolute_paths({k: getattr(cfg.data, k) for k in (
+            "dataset", "image_size", "val_fraction", "test_fraction", "data_dir")}),
         "train": {"epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
                   "precision": cfg.train.precision, "augment": cfg.train.augment},
-        "space": {},
+        "space": {p.name: param_to_toml(p) for p in cfg.space},
     }
     out = NextStudy(settings)
     if improving:
@@ -48,24 +49,47 @@ def next_study(cfg, top: list, improving: bool, trials: int) -> NextStudy:
         settings["train"]["epochs"] = more
         out.advice.append(f"The best trial was still improving at its last epoch: the next "
                           f"study trains {more} epochs instead of {cfg.train.epochs}.")
+    if len(top) < TOP_MIN:
+        out.advice.append(f"{len(top)} completed trial(s) are too few to narrow the space on: "
+                          f"`next.toml` searches the same space; run more trials first.")
+        return out
     for p in cfg.space:
         values = [r.params[p.name] for r in chosen if p.name in r.params]
-        new, note = narrowed(p, values, top[0].params.get(p.name) if top else None)
+        new, note = narrowed(p, values, top[0].params.get(p.name))
         settings["space"][p.name] = param_to_toml(new)
         if note:
             out.advice.append(note)
         if new != p:
             out.changes.append((p.name, _describe(p), _describe(new)))
-    if chosen:
-        out.advice.append(f"The next space is narrowed around the {len(chosen)} best "
-                          f"completed trials; `next.toml` holds it.")
+    out.advice.append(f"The next space is narrowed around the {len(chosen)} best completed "
+                      f"trials; `next.toml` holds it.")
+    return out
+
+
+def absolute_paths(data: dict) -> dict:
+    """A folder dataset's path and data_dir made absolute (from this folder) where they are
+    relative and exist here."""
+    from pathlib import Path
+
+    out = dict(data)
+    if out["dataset"].startswith("folder:"):
+        folder = Path(out["dataset"][len("folder:"):]).expanduser()
+        if not folder.is_absolute() and folder.is_dir():
+            out["dataset"] = f"folder:{folder.resolve()}"
+    data_dir = Path(out["data_dir"]).expanduser()
+    if not data_dir.is_absolute() and data_dir.is_dir():
+        out["data_dir"] = str(data_dir.resolve())
     return out
 
 
 def narrowed(p, values: list, best) -> tuple:
     """(the parameter for the next study, a sentence or "") from the values the best trials
     took: a choice keeps the values they used, a range shrinks to theirs plus a margin and
-    grows past an edge the best value sits at."""
+    grows past an edge the best value sits at, within what the trainer accepts. Whatever
+    the result, it reads back as a study file would (else the parameter stays as it was)."""
+    from hpsearch.errors import ConfigError
+    from hpsearch.params import build_param
+
     if isinstance(p, Fixed) or not values:
         return p, ""
     if isinstance(p, Choice):
@@ -73,7 +97,12 @@ def narrowed(p, values: list, best) -> tuple:
         if len(kept) == len(p.values):
             return p, ""
         return (Fixed(p.name, kept[0]) if len(kept) == 1 else Choice(p.name, kept)), ""
-    return _narrowed_range(p, values, best)
+    new, note = _narrowed_range(p, values, best)
+    try:
+        build_param(p.name, param_to_toml(new))
+    except ConfigError:
+        return p, ""
+    return new, note
 
 
 def _narrowed_range(p: Range, values: list, best) -> tuple:
@@ -83,21 +112,24 @@ def _narrowed_range(p: Range, values: list, best) -> tuple:
     width = high_t - low_t
     lo = max(low_t, fwd(min(values)) - MARGIN * width)
     hi = min(high_t, fwd(max(values)) + MARGIN * width)
+    floor, ceiling = WIDEST.get(p.name, (-math.inf, math.inf))
     edge = None
-    if best is not None:
-        floor, ceiling = WIDEST.get(p.name, (-math.inf, math.inf))
-        if fwd(best) - low_t <= EDGE * width and p.low > floor:
-            lo, edge = fwd(max(floor, back(low_t - WIDEN * width))), "bottom"
-        elif high_t - fwd(best) <= EDGE * width and p.high < ceiling:
-            hi, edge = fwd(min(ceiling, back(high_t + WIDEN * width))), "top"
+    if fwd(best) - low_t <= EDGE * width and p.low > floor:
+        lo, edge = fwd(max(floor, back(low_t - WIDEN * width))), "bottom"
+    elif high_t - fwd(best) <= EDGE * width and p.high < ceiling:
+        hi, edge = fwd(min(ceiling, back(high_t + WIDEN * width))), "top"
     low, high = _snap(p, back(lo), back(hi))
-    if not low < high:
-        return p, ""
+    low, high = _inside(p, low, high, floor, ceiling)
+    if not low < high:  # every best trial took one whole value: a step either side of it
+        unit = p.step or 1
+        low, high = max(p.low, low - unit), min(p.high, high + unit)
+        if not low < high:
+            return p, ""
     note = ""
-    if edge == "bottom":
+    if edge == "bottom" and low < p.low:
         note = (f"{p.name}: the best trial's value {_num(best, p)} sits at the bottom of its "
                 f"range: widen it downwards (next.toml starts at {_num(low, p)}).")
-    elif edge == "top":
+    elif edge == "top" and high > p.high:
         note = (f"{p.name}: the best trial's value {_num(best, p)} sits at the top of its "
                 f"range: widen it upwards (next.toml goes up to {_num(high, p)}).")
     return replace(p, low=low, high=high), note
@@ -105,20 +137,34 @@ def _narrowed_range(p: Range, values: list, best) -> tuple:
 
 def _snap(p: Range, low: float, high: float) -> tuple:
     """Bounds as the parameter's kind, rounded outwards (the range keeps every value it was
-    meant to hold): whole numbers, a step's grid, two significant digits on a log scale,
-    hundredths of the old width on a linear one."""
+    meant to hold): whole numbers, the step's grid from the old low, two significant digits
+    on a log scale, hundredths of the old width from the old low on a linear one."""
     if p.step is not None:
         low = p.low + math.floor((low - p.low) / p.step + 1e-9) * p.step
         high = p.low + math.ceil((high - p.low) / p.step - 1e-9) * p.step
+        return (int(round(low)), int(round(high))) if PARAM_KINDS[p.name] is int else \
+            (_tidy(low), _tidy(high))
     if PARAM_KINDS[p.name] is int:  # the trials' own values are whole: rounding keeps them
         return int(math.floor(low + 0.5)), int(math.ceil(high - 0.5))
-    if p.step is not None:
-        return _tidy(low), _tidy(high)
     if p.log:
         return _significant(low, math.floor), _significant(high, math.ceil)
     unit = (p.high - p.low) / 100
-    return (_tidy(math.floor(low / unit + 1e-9) * unit),
-            _tidy(math.ceil(high / unit - 1e-9) * unit))
+    return (_tidy(p.low + math.floor((low - p.low) / unit + 1e-9) * unit),
+            _tidy(p.low + math.ceil((high - p.low) / unit - 1e-9) * unit))
+
+
+def _inside(p: Range, low, high, floor: float, ceiling: float) -> tuple:
+    """Bounds moved back inside WIDEST (or the old range, where that reached further), a
+    step or a whole unit at a time, so that a stepped range stays on its grid."""
+    floor, ceiling = min(floor, p.low), max(ceiling, p.high)
+    step = p.step or (1 if PARAM_KINDS[p.name] is int else None)
+    if step is None:
+        return max(low, floor), min(high, ceiling)
+    while low < floor:
+        low += step
+    while high > ceiling:
+        high -= step
+    return low, high
 
 
 def _significant(v: float, direction) -> float:
@@ -163,8 +209,8 @@ def toml_value(v) -> str:
         if not math.isfinite(v):
             raise ValueError(f"TOML has no {v}")
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a TOML basic string: the same escapes
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes, and DEL escaped too
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):

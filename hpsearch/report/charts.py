@@ -13,7 +13,8 @@ from matplotlib.lines import Line2D
 
 from hpsearch.report.style import (BLACK, BLUE, GREY, VERMILION, WIDTH, accuracy_limits,
                                    below_handle, best_handle, bottom_legend, clipped, empty,
-                                   fmt_acc, integer_axis, nice_ticks, plain, styled, whole, zoom)
+                                   fmt_acc, integer_axis, levels, nice_ticks, plain, styled,
+                                   whole, zoom)
 
 ACC = "validation accuracy"
 
@@ -296,11 +297,11 @@ def _axis(values: list, categorical: bool, log: bool) -> tuple:
     """(positions 0..1 of the values, NaN where missing; [(position, tick label)])."""
     known = [v for v in values if v is not None]
     if categorical or (known and not all(isinstance(v, (int, float)) for v in known)):
-        levels = sorted({str(v) for v in known})
-        step = 1 / (len(levels) - 1) if len(levels) > 1 else 0
-        where = {lev: (i * step if len(levels) > 1 else 0.5) for i, lev in enumerate(levels)}
+        names = levels(known)
+        step = 1 / (len(names) - 1) if len(names) > 1 else 0
+        where = {lev: (i * step if len(names) > 1 else 0.5) for i, lev in enumerate(names)}
         pos = [np.nan if v is None else where[str(v)] for v in values]
-        return np.array(pos, dtype=float), [(where[lev], lev) for lev in levels]
+        return np.array(pos, dtype=float), [(where[lev], lev) for lev in names]
     integer = whole(known)
     raw = np.array([np.nan if v is None else float(v) for v in values])
     log = log and bool(known) and min(known) > 0

@@ -9,6 +9,7 @@ from typing import Optional
 
 from hpsearch.params import Choice, Range
 import hpsearch.report.facts as facts
+from hpsearch import records
 from hpsearch.report.render import Section, Table, Text
 
 SECTIONS = ("Summary", "Dataset", "Search space", "Model", "Training", "Results",
@@ -39,7 +40,7 @@ def summary(name: str, states: dict, best: Optional[dict], n_val: int, tied: int
             f"{tied} completed trials lie within one validation image ({1 / n_val:.4f}) of "
             f"the best: the validation split cannot tell them apart, so choosing trial "
             f"{best['trial']} among them is arbitrary (the earliest of the best). Results "
-            f"lists them."))
+            f"lists {'them' if tied <= 10 else 'the first ten'}."))
     return Section("Summary", blocks)
 
 
@@ -83,8 +84,10 @@ def search_space(cfg, n_trials: int) -> Section:
         else:
             how, values = "fixed", str(p.value)
         rows.append([p.name, how, values])
+    pruner = ("no pruner: every trial ran all its epochs" if cfg.study.pruner == "none" else
+              f"the {cfg.study.pruner} pruner stopped trials that fell behind at an epoch")
     text = (f"The {cfg.study.sampler} sampler drew {n_trials} finished trials from this "
-            f"space; the {cfg.study.pruner} pruner stopped trials that fell behind at an epoch.")
+            f"space; {pruner}.")
     return Section("Search space", [Text(text), Table(["parameter", "searched as", "values"],
                                                       rows)])
 
@@ -122,13 +125,13 @@ def training(cfg, best: Optional[dict], precision_run: Optional[str]) -> Section
     return Section("Training", [Text(text), Table(["", ""], rows)])
 
 
-def next_study(plan, file_name: str) -> Section:
+def next_study(plan, path) -> Section:
     blocks = [Text(sentence) for sentence in plan.advice]
     if plan.changes:
         blocks.append(Table(["parameter", "this study", "next study"],
                             [list(c) for c in plan.changes]))
-    blocks.append(Text(f"Run it with `hpsearch run --config {file_name}` (from the report's "
-                       f"folder; add `--storage` for another store)."))
+    blocks.append(Text(f"Run it from the folder the study ran in (its store is the default "
+                       f"there; `--storage` names another): `hpsearch run --config {path}`."))
     return Section("Next study", blocks)
 
 
@@ -149,11 +152,7 @@ def run(first: Optional[datetime], last: Optional[datetime], wall: float,
 
 
 def _when(t: Optional[datetime]) -> str:
-    """A stored time (Optuna keeps the writing machine's local time, without a zone) with
-    the zone of the machine writing the report."""
-    if t is None:
-        return "-"
-    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return "-" if t is None else records.local_time(t)
 
 
 def _floats(values: list) -> str:

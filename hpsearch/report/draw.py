@@ -14,8 +14,8 @@ from matplotlib.lines import Line2D
 
 from hpsearch.report.style import (  # noqa: F401  (styled, STYLE: part of draw's interface)
     BLACK, BLUE, GREY, MARKERS, PALETTE, STYLE, VERMILION, WIDTH, accuracy_limits, below_handle,
-    best_handle, bottom_legend, clipped, empty, fmt_acc, integer_axis, log_axis, styled, whole,
-    zoom)
+    best_handle, bottom_legend, clipped, empty, fmt_acc, integer_axis, levels, log_axis, styled,
+    whole, zoom)
 
 # --------------------------------------------------------------------------- learning curves
 
@@ -268,7 +268,7 @@ def _x_values(rows: list, name: str, categorical: bool) -> tuple:
         if whole(values) and len(set(values) - {None}) <= 10:
             return [None if v is None else v + j for v, j in zip(values, jitter)], None
         return values, None
-    ticks = sorted({str(v) for v in values if v is not None})
+    ticks = levels(values)
     return [None if v is None else ticks.index(str(v)) + j for v, j in zip(values, jitter)], ticks
 
 

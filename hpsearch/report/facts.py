@@ -23,7 +23,10 @@ def wilson(accuracy: float, n: int, z: float = Z95) -> tuple:
 
 
 def interval_text(accuracy: float, n: int) -> str:
-    """`0.9889 (95% interval 0.968-0.996, 270 images)`."""
+    """`0.9889 (95% interval 0.968-0.996, 270 images)`; without a count of images, the
+    accuracy alone."""
+    if n <= 0:
+        return f"{accuracy:.4f} (number of images not recorded)"
     low, high = wilson(accuracy, n)
     return f"{accuracy:.4f} (95% interval {low:.3f}-{high:.3f}, {n:,} images)"
 

@@ -56,7 +56,8 @@ def results(result: ReportResult, rows: list, ranked: list, trials: list, best, 
             "Each line is a completed trial through its parameter values, coloured by its "
             "accuracy; the chosen trial is drawn on top."))
     else:
-        result.notes.append("parallel_coordinate.png: needs at least two completed trials.")
+        result.notes.append("parallel_coordinate.png: needs two completed trials and a "
+                            "searched parameter.")
     blocks += test_blocks
     blocks += [Text(f"Not drawn: {note}") for note in result.notes]
     return Section("Results", blocks)
@@ -94,9 +95,10 @@ def mattered(result: ReportResult, study, trials: list) -> Section:
     rows = [[name, f"{value:.1%}"] for name, value in importances.items()]
     caution = " With fewer than about 30, read the order as rough." if n < 30 else ""
     return Section("What mattered", [
-        Text(f"How much of the variation in validation accuracy each parameter explains "
-             f"(PED-ANOVA), from {n} completed trials.{caution} Narrow the search on the top "
-             f"ones; the bottom ones can be fixed."),
+        Text(f"How much each parameter decides whether a trial is among the best ones "
+             f"(PED-ANOVA, Optuna's default: it compares the values the top trials took with "
+             f"those of all), from {n} completed trials.{caution} Narrow the search on the "
+             f"top ones; the bottom ones can be fixed."),
         figure(result, charts.param_importances(importances, n), "param_importances.png",
                f"Parameter importance from {n} completed trials."),
         Table(["parameter", "importance"], rows)])

@@ -182,3 +182,12 @@ def integer_axis(ax, values=(), which: str = "x") -> None:
         (ax.set_xlim if which == "x" else ax.set_ylim)(min(values) - 0.6, max(values) + 0.6)
     else:
         axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10], integer=True))
+
+
+def levels(values) -> list:
+    """The distinct choices among `values`, as tick labels in their natural order: numbers
+    by value (16, 32, 128, not "128", "16", "32"), anything else by name."""
+    known = {v for v in values if v is not None}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in known):
+        return [str(v) for v in sorted(known)]
+    return sorted({str(v) for v in known})
