@@ -114,6 +114,9 @@ def intermediate_values(rows: list, best_number: Optional[int], epochs: int) -> 
     curves = [r for r in rows if r.history.get("val_acc")]
     # Where the curves end, pruned ones included: a pruner's cut is what this chart shows.
     low, high = zoom([r.history["val_acc"][-1] for r in curves], headroom=0.05)
+    # A curve may peak before its last epoch: the top keeps every epoch in view.
+    peak = max((max(r.history["val_acc"]) for r in curves), default=high)
+    high = max(high, peak + 0.04 * (peak - low))
     with styled():
         fig = Figure(figsize=(WIDTH, 3.7), layout="constrained")
         ax = fig.subplots()

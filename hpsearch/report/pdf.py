@@ -96,36 +96,44 @@ def _section(pdf, section: Section, figures: dict, places: list) -> None:
 
 def _text(pdf, text: str, size: float = TEXT_PT, style: str = "",
           colour: tuple = (0, 0, 0)) -> None:
-    """A paragraph; `code` spans in the monospaced font."""
+    """A paragraph; `code` spans in the monospaced font. Words are placed one at a time, so
+    that a line breaks between words of either font, never inside one."""
     pdf.set_text_color(*colour)
     height = size * 0.5
+    right = pdf.w - pdf.r_margin
     for i, part in enumerate(re.split(r"`([^`]*)`", text)):
-        if not part:
-            continue
         pdf.set_font(MONO if i % 2 else FONT, "" if i % 2 else style, size)
-        pdf.write(height, part)
+        for word in re.findall(r"\S+\s*|\s+", part):
+            if pdf.get_x() > pdf.l_margin and \
+                    pdf.get_x() + pdf.get_string_width(word.rstrip()) > right - 2:
+                pdf.ln(height)
+                word = word.lstrip()
+            pdf.write(height, word)
     pdf.ln(height)
     pdf.ln(1.5)
     pdf.set_text_color(0, 0, 0)
 
 
 def _table(pdf, table: Table) -> None:
+    """Columns as wide as their widest cell (the heading in bold), spread to half the text
+    width at least; a short table starts a new page rather than being split."""
     cells = [[str(c).replace("`", "") for c in row] for row in table.rows]  # no code font
     header = [str(h) for h in table.header]
-    widths = [max([int(1.2 * len(header[i])) + 1] + [len(r[i]) + 1 for r in cells] + [3])
-              for i in range(len(header))]  # characters; a bold heading is wider
+    pdf.set_font(FONT, "B", TABLE_PT)
+    heads = [pdf.get_string_width(h) for h in header]
+    pdf.set_font(FONT, "", TABLE_PT)
+    widths = [min(110.0, max([heads[i]] + [pdf.get_string_width(r[i]) for r in cells]) + 2.6)
+              for i in range(len(header))]  # mm, with the cell's padding
     width = pdf.w - 2 * MARGIN
-    share = [min(w, 40) for w in widths]
-    natural = sum(share) * TABLE_PT * 0.2  # mm a column of these characters takes
-    full = width if natural > 0.6 * width else max(natural, 0.5 * width)
+    natural = sum(widths)
+    full = min(width, max(natural, 0.5 * width))
     rows_mm = (len(cells) + 1) * (TABLE_PT * 0.5 + 1.8)  # one line per row, padded
     room = pdf.h - MARGIN - pdf.get_y()
     if rows_mm > room and rows_mm < 0.5 * (pdf.h - 2 * MARGIN):
-        pdf.add_page()  # a short table is never split
-    pdf.set_font(FONT, "", TABLE_PT)
+        pdf.add_page()
     numeric = [all(_is_number(r[i]) for r in cells if r[i] not in ("", "-"))
                for i in range(len(header))]
-    with pdf.table(width=full, col_widths=share, align="LEFT", line_height=TABLE_PT * 0.5,
+    with pdf.table(width=full, col_widths=widths, align="LEFT", line_height=TABLE_PT * 0.5,
                    first_row_as_headings=any(header), padding=0.8,
                    text_align=tuple("RIGHT" if n else "LEFT" for n in numeric),
                    headings_style=_bold_headings()) as out:
