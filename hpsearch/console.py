@@ -265,7 +265,7 @@ def best(record: dict, tested: Optional[dict], report_file) -> None:
     rows.append(("Parameters", ""))
     rows += [(f"  {k}", f"{v:.4g}" if isinstance(v, float) else str(v))
              for k, v in record["params"].items()]
-    rows.append(("best_config.json", f"written by `hpsearch report`, by default to"))
+    rows.append(("best_config.json", "written by `hpsearch report`, by default to"))
     rows.append(("", str(report_file)))
     rows.append(("", "`hpsearch best --json` prints the same record"))
     for label, value in rows:

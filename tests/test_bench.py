@@ -16,7 +16,8 @@ def test_bench_runs_every_part_and_writes_its_tables(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "bench.json").read_text())
     assert {"throughput", "compute", "study", "pruning", "workers", "overhead",
-            "photos"} <= set(result)
+            "photos", "report"} <= set(result)
+    assert result["report"]["trials"] == 1000 and result["report"]["median_seconds"] > 0
     assert all(v["images_per_second"] > 0 for v in result["throughput"]["median"].values())
     compute = result["compute"]
     assert 0 < compute["share_of_fp32_peak"] < 1

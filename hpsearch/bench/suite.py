@@ -17,14 +17,13 @@ Parts (`python -m hpsearch.bench --what PART`):
 - overhead: milliseconds per trial outside training at 50 and 1,000 trials, per storage
   (bench.overhead), in this process after a warm-up, since start-up is not per trial;
 - photos: a folder of photos (bench.photo_folder) through the photo recipe (bench.photo_recipe)
-  and studies/photos.toml: the fixed trial at 32 and 64 pixels, a 20-trial study at 32.
+  and studies/photos.toml: the fixed trial at 32 and 64 pixels, a 20-trial study at 32;
+- report: `hpsearch report`'s make_report on a drawn 1,000-trial store (bench.report_time).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,7 +36,10 @@ from typing import Optional
 
 import optuna
 
-PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead", "photos")
+from hpsearch.bench.machine import commit, machine
+
+PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead", "photos",
+         "report")
 PRUNERS = ("none", "median", "hyperband", "sha")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -396,33 +398,10 @@ def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
               f"{photos.trials}-trial study, {repeats}x each.")
         result["photos"] = bench_photos(photos.trials, repeats, workdir, photos.folder,
                                         photos.per_class, epochs, photos.config)
+    if "report" in parts:
+        from hpsearch.bench.report_time import REPORT_TRIALS, bench_report
+
+        start(f"Report: make_report of a {REPORT_TRIALS:,}-trial study, {repeats}x.")
+        result["report"] = bench_report(repeats)
     done(result)
     return result
-
-
-def commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True).stdout.strip()
-        return head + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> dict:
-    import torch
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "optuna": optuna.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}

@@ -171,8 +171,16 @@ def _photos(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _report(r: dict) -> str:
+    runs = ", ".join(f"{s:.1f}" for s in r["seconds"])
+    return (f"**Report** of a drawn {r['trials']:,}-trial study (make_report: md, html, pdf, "
+            f"charts): median **{r['median_seconds']:.1f} s** ({runs}); target under "
+            f"{r['target_seconds']:.0f} s: {'met' if r['met'] else '**missed**'}.")
+
+
 TABLES = {"throughput": _throughput, "compute": _compute, "study": _study,
-          "pruning": _pruning, "workers": _workers, "overhead": _overhead, "photos": _photos}
+          "pruning": _pruning, "workers": _workers, "overhead": _overhead, "photos": _photos,
+          "report": _report}
 
 
 def overhead_share(result: dict) -> Optional[str]:
