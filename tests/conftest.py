@@ -147,3 +147,13 @@ def states(study: optuna.Study) -> dict:
     for t in study.trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+def finished_tiny_study(folder: Path, trials: int, *extra) -> tuple:
+    """(study file, store URL) of a tiny study the CLI ran to `trials` in `folder`."""
+    config = folder / "tiny.toml"
+    config.write_text(TINY_STUDY)
+    store = f"sqlite:///{folder / 'store.db'}"
+    out = run_cli("--config", config, "--storage", store, "--trials", trials, *extra)
+    assert out.returncode == 0, out.stderr
+    return config, store

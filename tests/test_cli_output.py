@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import hpsearch, load, run_cli
+from conftest import hpsearch, load
 
 
 def snapshot(folder) -> dict:
@@ -18,15 +18,10 @@ def snapshot(folder) -> dict:
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     """A store holding a finished tiny study: (folder, study file, store URL)."""
-    from conftest import TINY_STUDY
+    from conftest import finished_tiny_study
 
     folder = tmp_path_factory.mktemp("cli")
-    config = folder / "tiny.toml"
-    config.write_text(TINY_STUDY)
-    store = f"sqlite:///{folder / 'store.db'}"
-    out = run_cli("--config", config, "--storage", store, "--trials", 3)
-    assert out.returncode == 0, out.stderr
-    return folder, config, store
+    return (folder, *finished_tiny_study(folder, 3))
 
 
 def test_best_prints_a_summary_and_json_on_request(done):

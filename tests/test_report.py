@@ -14,7 +14,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import TINY_STUDY, hpsearch, load, run_cli
+from conftest import finished_tiny_study, hpsearch, load, run_cli
 from hpsearch.config import load_config
 from hpsearch.report import collect, make_report
 from hpsearch.records import SETTINGS_ATTR
@@ -28,12 +28,7 @@ CHARTS = ("learning_curves.png", "predictions.png", "comparison.png",
 def real(tmp_path_factory):
     """A real six-trial study made by the CLI, and its report."""
     folder = tmp_path_factory.mktemp("report")
-    config = folder / "tiny.toml"
-    config.write_text(TINY_STUDY)
-    store = f"sqlite:///{folder / 'store.db'}"
-    out = run_cli("--config", config, "--storage", store, "--trials", 6, "--set",
-                  "study.pruner='none'")
-    assert out.returncode == 0, out.stderr
+    config, store = finished_tiny_study(folder, 6, "--set", "study.pruner='none'")
     report = hpsearch("report", "--config", config, "--storage", store)
     assert report.returncode == 0, report.stderr
     return folder, config, store, folder / "reports" / "tiny", report.stdout

@@ -38,6 +38,14 @@ def _below(rows: list, low: float) -> list:
 
 # ------------------------------------------------------------------- optimization history
 
+def _accuracy_figure(title: str, xlabel: str) -> tuple:
+    """(figure, axes) of a chart of validation accuracy against `xlabel`."""
+    fig = Figure(figsize=(WIDTH, 3.7), layout="constrained")
+    ax = fig.subplots()
+    ax.set(title=title, xlabel=xlabel, ylabel=ACC)
+    return fig, ax
+
+
 def optimization_history(rows: list, best_number: Optional[int]) -> Figure:
     """Each completed trial's validation accuracy by trial number with the best so far as a
     step line; pruned trials as small hollow grey markers at their last reported accuracy;
@@ -48,9 +56,7 @@ def optimization_history(rows: list, best_number: Optional[int]) -> Figure:
     low, high = _limits(rows)
     best = _best(rows, best_number)
     with styled():
-        fig = Figure(figsize=(WIDTH, 3.7), layout="constrained")
-        ax = fig.subplots()
-        ax.set(title="Optimization history", xlabel="trial", ylabel=ACC)
+        fig, ax = _accuracy_figure("Optimization history", "trial")
         if not rows:
             empty(ax, "no finished trial yet")
             return fig
@@ -118,9 +124,7 @@ def intermediate_values(rows: list, best_number: Optional[int], epochs: int) -> 
     peak = max((max(r.history["val_acc"]) for r in curves), default=high)
     high = max(high, peak + 0.04 * (peak - low))
     with styled():
-        fig = Figure(figsize=(WIDTH, 3.7), layout="constrained")
-        ax = fig.subplots()
-        ax.set(title="Validation accuracy per epoch", xlabel="epoch", ylabel=ACC)
+        fig, ax = _accuracy_figure("Validation accuracy per epoch", "epoch")
         if not curves:
             empty(ax, "no trial has reported an epoch yet")
             return fig
