@@ -79,7 +79,13 @@ def _fonts(pdf) -> None:
 
 
 def _section(pdf, section: Section, figures: dict, places: list) -> None:
-    if pdf.get_y() > pdf.h - MARGIN - 30:  # a heading never ends a page
+    """A heading never ends a page, nor is it parted from a short table that opens its
+    section (the table would move to the next page on its own; see _table)."""
+    opening = next((b for b in section.blocks[:2] if isinstance(b, Table)), None)
+    need = 30 + (_table_mm(opening) if opening is not None else 0)
+    if pdf.get_y() + need > pdf.h - MARGIN and need < 0.5 * (pdf.h - 2 * MARGIN):
+        pdf.add_page()
+    elif pdf.get_y() > pdf.h - MARGIN - 30:
         pdf.add_page()
     pdf.ln(3)
     pdf.set_font(FONT, "B", 13)
@@ -127,7 +133,7 @@ def _table(pdf, table: Table) -> None:
     width = pdf.w - 2 * MARGIN
     natural = sum(widths)
     full = min(width, max(natural, 0.5 * width))
-    rows_mm = (len(cells) + 1) * (TABLE_PT * 0.5 + 1.8)  # one line per row, padded
+    rows_mm = _table_mm(table)
     room = pdf.h - MARGIN - pdf.get_y()
     if rows_mm > room and rows_mm < 0.5 * (pdf.h - 2 * MARGIN):
         pdf.add_page()
@@ -146,6 +152,11 @@ def _table(pdf, table: Table) -> None:
             for value in values:
                 row.cell(value)
     pdf.ln(2)
+
+
+def _table_mm(table: Table) -> float:
+    """About how tall a table of one-line rows prints, in mm."""
+    return (len(table.rows) + 1) * (TABLE_PT * 0.5 + 1.8)
 
 
 def _bold_headings():
