@@ -117,3 +117,16 @@ def test_a_weights_folder_that_does_not_exist_is_named_not_taken_for_none(stored
     assert len(lines) == 1 and "--artifacts" in lines[0] and "no such folder" in lines[0], lines
     assert not (tmp_path / "nope").exists() and not (tmp_path / "report").exists()
     assert snapshot(store) == before
+
+
+def test_a_report_folder_that_cannot_be_made_is_one_line(stored, tmp_path):
+    _, _, store = stored
+    before = snapshot(store)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = hpsearch("report", "--storage", store, "--study-name", "tiny", "--out",
+                   blocker / "report")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write the report into" in lines[0], lines
+    assert snapshot(store) == before

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from hpsearch import records
+from hpsearch.errors import ReportError
 from hpsearch.report import advice, collect, document, facts, results
 from hpsearch.report.output import ReportResult, figure as _figure, write_text as _write
 from hpsearch.report.pdf import pdf_document
@@ -27,10 +28,14 @@ def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] 
     trial to run on the test split. Weights come from `artifacts`; with `retrain_device` a
     best trial without weights is retrained there (never otherwise).
     """
-    out.mkdir(parents=True, exist_ok=True)
+    settings = collect.study_settings(study)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"cannot write the report into {out} ({err.strerror}); pass --out "
+                          f"a folder you can write to") from None
     result = ReportResult(out)
     trials = study.get_trials(deepcopy=False)
-    settings = collect.study_settings(study)
     cfg = records.config_of(settings, data_dir)
     rows = collect.finished_rows(trials)
     ranked = collect.top_rows(rows, len(rows))
