@@ -51,14 +51,19 @@ VERSIONED = ("hpsearch", "optuna", "torch", "torchvision", "numpy", "scikit-lear
 
 def settings_record(cfg, data) -> dict:
     """What a study keeps about how it was run: never a storage URL or a password."""
+    return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
+            "versions": installed_versions(VERSIONED)}
+
+
+def installed_versions(packages) -> dict:
+    """{package: its installed version, or None where it is not installed}."""
     versions = {}
-    for package in VERSIONED:
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
-            "versions": versions}
+    return versions
 
 
 def write_settings(study: optuna.Study, record: dict) -> None:

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from hpsearch.bench.recipe import train_and_report
+from hpsearch.bench.recipe import recipe_parser, train_and_report
 from hpsearch.config import DataConfig
 from hpsearch.data import split_indices
 from hpsearch.images import list_image_files
@@ -184,17 +184,11 @@ def main() -> None:
     """`python -m hpsearch.bench.photo_recipe --folder DIR --size 32 --trials 20 --seed 0`
     prints the recipe's study result as JSON; `--fixed-trial` times one trial of the fixed
     configuration instead."""
-    import argparse
     import json
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = recipe_parser(__doc__, trials=20, epochs=EPOCHS)
     parser.add_argument("--folder", required=True, type=Path, metavar="DIR")
     parser.add_argument("--size", type=int, default=32, help="pixels per side")
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fixed-trial", action="store_true")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--number", type=int, default=0, help="the fixed trial's number")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = args.folder.resolve()

@@ -145,19 +145,26 @@ def time_fixed_trial(epochs: int = EPOCHS, number: int = 0) -> dict:
     return {"seconds": seconds, "images": n_train * epochs, "val_acc": accuracy}
 
 
+def recipe_parser(doc: str, trials: int, epochs: int):
+    """The command line both recipes take: a study of --trials with --seed, or --fixed-trial
+    (its --epochs and trial --number) timed instead."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=trials)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fixed-trial", action="store_true")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--number", type=int, default=0, help="the fixed trial's number")
+    return parser
+
+
 def main() -> None:
     """`python -m hpsearch.bench.recipe --trials 50 --seed 0` prints the recipe's study
     result as JSON; `--fixed-trial` times one trial of the fixed configuration instead."""
-    import argparse
     import json
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fixed-trial", action="store_true")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--number", type=int, default=0, help="the fixed trial's number")
-    args = parser.parse_args()
+    args = recipe_parser(__doc__, trials=50, epochs=EPOCHS).parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.fixed_trial:
         print(json.dumps(time_fixed_trial(args.epochs, args.number)))

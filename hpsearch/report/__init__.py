@@ -105,18 +105,11 @@ def _layers(best: Optional[dict], record: dict) -> Optional[list]:
 
 
 def _run_facts(trials: list, summary, settings: dict) -> tuple:
-    from importlib import metadata
-
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     stored = {k: v for k, v in (settings.get("versions") or {}).items()
               if k in ("hpsearch", "optuna", "torch")}
-    now = {}
-    for package in stored:
-        try:
-            now[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            now[package] = None
+    now = records.installed_versions(stored)
     return (min(starts) if starts else None, max(ends) if ends else None,
             summary.wall_seconds, summary.device, stored, now)
 

@@ -11,7 +11,7 @@ import io
 import re
 from pathlib import Path
 
-from hpsearch.report.render import Image, Section, Table, Text
+from hpsearch.report.render import Image, Section, Table, Text, numeric_columns
 
 FONT = "dejavu"
 MONO = "dejavumono"
@@ -137,8 +137,7 @@ def _table(pdf, table: Table) -> None:
     room = pdf.h - MARGIN - pdf.get_y()
     if rows_mm > room and rows_mm < 0.5 * (pdf.h - 2 * MARGIN):
         pdf.add_page()
-    numeric = [all(_is_number(r[i]) for r in cells if r[i] not in ("", "-"))
-               for i in range(len(header))]
+    numeric = numeric_columns(table)
     with pdf.table(width=full, col_widths=widths, align="LEFT", line_height=TABLE_PT * 0.5,
                    first_row_as_headings=any(header), padding=0.8,
                    text_align=tuple("RIGHT" if n else "LEFT" for n in numeric),
@@ -163,10 +162,6 @@ def _bold_headings():
     from fpdf.fonts import FontFace
 
     return FontFace(family=FONT, emphasis="BOLD", fill_color=(235, 235, 235))
-
-
-def _is_number(text: str) -> bool:
-    return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?%?", text.strip()))
 
 
 def _image(pdf, image: Image, drawn, places: list) -> None:

@@ -86,8 +86,7 @@ def html_page(title: str, sections: list, folder: Path) -> str:
 def _html_table(table: Table) -> str:
     """Columns of numbers align right, whole; a table of label-value pairs (an empty
     header) has no header row."""
-    numeric = [all(_is_numeric(row[i]) for row in table.rows if str(row[i]) not in ("", "-"))
-               for i in range(len(table.header))]
+    numeric = numeric_columns(table)
     head = ""
     if any(str(h) for h in table.header):
         head = "<thead><tr>" + "".join(
@@ -99,6 +98,13 @@ def _html_table(table: Table) -> str:
                         else f"<td>{_inline(str(c))}</td>" for c, n in zip(row, numeric))
         body.append(f"<tr>{cells}</tr>")
     return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
+
+
+def numeric_columns(table: Table) -> list:
+    """Per column, whether every cell that holds something is a number (it aligns right):
+    one rule for the HTML and the PDF."""
+    return [all(_is_numeric(row[i]) for row in table.rows if str(row[i]) not in ("", "-"))
+            for i in range(len(table.header))]
 
 
 def _is_numeric(cell) -> bool:
