@@ -328,3 +328,39 @@ def test_the_device_comes_from_the_owner_record_or_an_older_attribute():
     before = create_trial(value=0.5, user_attrs={"device": "cpu"})
     assert [collect.device_of(t) for t in (now, earlier, before, create_trial(value=0.5))] == [
         "cpu (bf16)", "cuda:0", "cpu", None]
+
+
+def test_the_report_states_chance_level_and_why_the_result_is_poor(tmp_path):
+    """The issue's case, drawn: 720 photos of 6 classes, the best of five trials 0.343 and
+    still learning when its 10 epochs ran out."""
+    cfg = load_config(None, ["data.dataset='folder:/photos'", "data.image_size=32",
+                             "train.epochs=10"])
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'photos.db'}")
+    study = optuna.create_study(study_name="photos", storage=storage, direction="maximize")
+    study.set_user_attr(SETTINGS_ATTR, {"config": cfg.settings(), "split_seed": 0, "data": {
+        "classes": [f"class {i}" for i in range(6)],
+        "sizes": {"train": 504, "val": 108, "test": 108},
+        "normalization": {"mean": [0.5] * 3, "std": [0.2] * 3}}})
+    epochs = range(1, 11)
+    for final in (0.25, 37 / 108, 0.28, 0.31, 0.27):
+        val = [round(final - 0.02 * (10 - e), 6) for e in epochs]  # still rising at the end
+        history = {"train_loss": [1.8 - 0.06 * e for e in epochs],
+                   "train_acc": [0.2 + 0.021 * e for e in epochs],
+                   "val_loss": [1.8 - 0.05 * e for e in epochs], "val_acc": val,
+                   "epoch_seconds": [0.1] * 10}
+        study.add_trial(create_trial(
+            params={"lr": 3e-3, "depth": 2, "width": 16, "dropout": 0.1, "optimizer": "adam"},
+            distributions=DISTRIBUTIONS, value=val[-1],
+            intermediate_values=dict(zip(epochs, val)),
+            user_attrs={"history": history, "n_params": 5_000, "seed": 1}))
+    out = tmp_path / "out"
+    make_report(study, out)
+    md = (out / "report.md").read_text()
+    summary = md.split("## Dataset")[0]
+    found = md.split("## Results")[1].split("## What mattered")[0]
+    assert "0.343, about 2.1 times chance level (0.167, 6 classes)" in summary
+    assert "Diagnosis of trial 1, from its own curves" in found
+    assert "Still learning: over its last 4 epochs its training loss changed -0.060" in found
+    assert "Few images: about 84 training images per class" in found
+    assert "the next study trains 15 epochs instead of 10" in md.split("## Next study")[1]
+    assert "\nepochs = 15\n" in (out / "next.toml").read_text()

@@ -1,6 +1,6 @@
-"""What the report states: Wilson intervals, ties within one image, a trial still improving,
-the chosen model's layers, and the next study (narrowed ranges, advice, a study file that
-reads back)."""
+"""What the report states: Wilson intervals, ties within one image, chance level, a trial
+still improving, the chosen model's layers, and the next study (narrowed ranges, advice, a
+study file that reads back)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hpsearch.config import load_config
 from hpsearch.params import Choice, Fixed, Range
 from hpsearch.report import advice, facts
 from hpsearch.report.collect import Row
+from hpsearch.report.diagnose import Finding
 
 
 def test_wilson_intervals():
@@ -30,10 +31,55 @@ def test_ties_within_one_image_and_a_trial_still_improving():
     best = 267 / n
     values = [best, 266 / n, 266 / n, 265 / n, 0.5]
     assert facts.within_one_image(values, best, n) == 3
-    assert facts.still_improving([0.9, 0.95, 0.97, 0.99], n)
-    assert not facts.still_improving([0.9, 0.99, 0.98, 0.985], n)  # its best came earlier
-    assert not facts.still_improving([0.982, 0.984, 0.985], n)  # under one image in two epochs
-    assert not facts.still_improving([0.9, 0.95], n)
+    flat_loss = [0.3, 0.29, 0.29, 0.29]
+    assert facts.still_improving(curves(flat_loss, [0.9, 0.95, 0.97, 0.99]), n, 10)
+    # its best came earlier
+    assert not facts.still_improving(curves(flat_loss, [0.9, 0.99, 0.98, 0.985]), n, 10)
+    # under one image in two epochs
+    assert not facts.still_improving(curves(flat_loss[1:], [0.982, 0.984, 0.985]), n, 10)
+    assert not facts.still_improving(curves([2.0, 1.0], [0.9, 0.95]), n, 10)  # no trend yet
+
+
+def curves(train_loss: list, val_acc: list) -> dict:
+    return {"train_loss": train_loss, "val_acc": val_acc}
+
+
+def test_a_tie_after_a_rise_while_the_loss_rises_is_not_still_improving():
+    # The digits report said "still improving" here: the last epoch tied the one before it,
+    # which had risen more than one image above the epoch two before, while the loss rose.
+    history = curves([0.40, 0.15, 0.09, 0.07, 0.075], [0.90, 0.95, 0.97, 0.978, 0.978])
+    assert not facts.still_improving(history, 270, 10)
+
+
+def test_a_fast_falling_loss_is_still_improving_when_the_last_epoch_lost_one_image():
+    n = 270
+    val_acc = [0.5, 0.6, 0.7, 0.8, 0.8 - 1 / n]  # the last epoch is not the best
+    assert facts.still_improving(curves([2.0, 1.5, 1.1, 0.8, 0.6], val_acc), n, 10)
+    assert facts.still_improving(curves([], val_acc), n, 10)  # the accuracy's trend alone
+    assert facts.still_improving(curves([2.0, 1.5, 1.1, 0.8, 0.6], [0.5] * 5), n, 10)
+    assert facts.loss_falling([2.0, 1.5, 1.1, 0.8, 0.6], 10)
+    assert not facts.loss_falling([0.2, 0.1, 0.05, 0.03, 0.02], 10)  # falling ever less
+
+
+def test_accuracy_against_chance_level():
+    assert facts.against_chance(0.343, 6, 108) == (
+        "0.343, about 2.1 times chance level (0.167, 6 classes)")
+    assert facts.near_chance(0.19, 6, 108)  # 2.5 images above chance on 108
+    assert "no better than guessing" in facts.against_chance(0.19, 6, 108)
+    assert not facts.near_chance(0.19, 6, 10_000)  # the same accuracy on many more images
+    assert not facts.near_chance(0.19, 0, 108)  # classes not recorded: nothing to say
+
+
+def test_the_summary_says_plainly_when_the_best_is_no_better_than_guessing():
+    from hpsearch.report import document
+
+    best = {"trial": 3, "validation_accuracy": 0.19}
+    section = document.summary("s", {"COMPLETE": 4}, best, 108, 6, 1, None, 10.0, "cpu")
+    text = [b.text for b in section.blocks if hasattr(b, "text")]
+    assert any(t.startswith("The best trial is no better than guessing") for t in text)
+    rows = dict(section.blocks[1].rows)
+    assert rows["validation accuracy against chance level (1 / classes)"].startswith(
+        "0.190, no better than guessing")
 
 
 def test_the_layer_table_adds_up_to_the_model():
@@ -91,7 +137,7 @@ def test_the_next_study_file_reads_back_as_a_study(tmp_path):
                              "data.dataset='folder:/data/ph\u00f6tos \"2026\"'"])
     ranked = rows_with([(2e-3, 3, "sgd"), (3e-3, 3, "sgd"), (1e-3, 2, "sgd"),
                         (4e-3, 4, "sgd"), (2e-3, 3, "sgd")])
-    plan = advice.next_study(cfg, ranked, improving=True, trials=30)
+    plan = advice.next_study(cfg, ranked, [Finding("still learning", "")], trials=30)
     path = tmp_path / "next.toml"
     path.write_text(advice.to_toml(plan.settings, "the next study\nrun it"))
     again = load_config(path)
@@ -136,7 +182,7 @@ def test_a_narrowed_range_is_one_a_study_file_accepts(p, values, best):
 
 def test_too_few_trials_leave_the_space_as_it_was():
     cfg = load_config(None)
-    plan = advice.next_study(cfg, rows_with([(2e-3, 3, "sgd")] * 3), improving=False, trials=3)
+    plan = advice.next_study(cfg, rows_with([(2e-3, 3, "sgd")] * 3), [], trials=3)
     assert plan.changes == [] and "too few to narrow" in plan.advice[0]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from hpsearch import records
 from hpsearch.errors import ReportError
-from hpsearch.report import advice, collect, document, facts, results
+from hpsearch.report import advice, collect, diagnose, document, facts, results
 from hpsearch.report.output import ReportResult, figure as _figure, write_text as _write
 from hpsearch.report.pdf import pdf_document
 from hpsearch.report.render import html_page, markdown
@@ -42,29 +42,31 @@ def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] 
     best = collect.best_trial(trials)
     summary = collect.summarize(study, trials, settings)
     record = settings.get("data") or {}
-    n_val = int((record.get("sizes") or {}).get("val", 0))
+    sizes = record.get("sizes") or {}
+    n_val, classes = int(sizes.get("val", 0)), len(record.get("classes") or [])
     if best is not None:
         result.best = collect.best_config(study, best, settings, cfg)
     data = load_data(cfg) if load_data is not None and best is not None else None
     test_blocks = results.test_split(result, best, cfg, artifacts, study, data,
                                      retrain_device)
     best_row = next((r for r in ranked if best is not None and r.number == best.number), None)
-    improving = best_row is not None and facts.still_improving(
-        best_row.history.get("val_acc") or [], n_val)
+    findings = [] if best_row is None else diagnose.diagnose(
+        best_row.history, n_val, classes, int(sizes.get("train", 0)) / max(1, classes))
     finished = sum(summary.states.get(k, 0) for k in ("COMPLETE", "PRUNED"))
-    plan = advice.next_study(cfg, ranked, improving, max(1, finished))
+    plan = advice.next_study(cfg, ranked, findings, max(1, finished),
+                             collect.max_epochs(settings))
     test = ((result.test_accuracy, result.best["test_size"])
             if result.test_accuracy is not None else None)
     tied = facts.within_one_image([r.value for r in ranked], best.value, n_val) if best else 0
 
     sections = [
-        document.summary(study.study_name, summary.states, result.best, n_val, tied, test,
-                         summary.wall_seconds, summary.device),
+        document.summary(study.study_name, summary.states, result.best, n_val, classes, tied,
+                         test, summary.wall_seconds, summary.device),
         document.dataset(cfg, record, _per_class(data)),
         document.search_space(cfg, finished),
         document.model(result.best, _layers(result.best, record)),
         document.training(cfg, result.best, records.device_of(best) if best else None),
-        results.results(result, rows, ranked, trials, best, cfg, test_blocks),
+        results.results(result, rows, ranked, trials, best, cfg, test_blocks, findings),
         results.mattered(result, study, trials),
         document.next_study(plan, out / NEXT_FILE),
         document.run(*_run_facts(trials, summary, settings), _command(out)),

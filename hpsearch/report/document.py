@@ -16,10 +16,10 @@ SECTIONS = ("Summary", "Dataset", "Search space", "Model", "Training", "Results"
             "What mattered", "Next study", "Run")
 
 
-def summary(name: str, states: dict, best: Optional[dict], n_val: int, tied: int,
-            test: Optional[tuple], wall: float, device: Optional[str]) -> Section:
+def summary(name: str, states: dict, best: Optional[dict], n_val: int, classes: int,
+            tied: int, test: Optional[tuple], wall: float, device: Optional[str]) -> Section:
     """`test`: (accuracy, images) or None; `tied`: completed trials within one validation
-    image of the best, the best included."""
+    image of the best, the best included; `classes`: how many (0 when not recorded)."""
     counts = ", ".join(f"{n} {k.lower()}" for k, n in sorted(states.items())) or "none"
     blocks = [Text(f"Study `{name}`: {sum(states.values())} trials ({counts}) in "
                    f"{facts.duration_text(wall)} on {device or 'an unrecorded device'}.")]
@@ -29,12 +29,21 @@ def summary(name: str, states: dict, best: Optional[dict], n_val: int, tied: int
             "accuracy.")])
     rows = [["chosen trial", best["trial"]],
             ["validation accuracy", facts.interval_text(best["validation_accuracy"], n_val)]]
+    if classes >= 2:
+        rows.append(["validation accuracy against chance level (1 / classes)",
+                     facts.against_chance(best["validation_accuracy"], classes, n_val)])
     rows.append(["test accuracy (held out, measured once)",
                  facts.interval_text(*test) if test else "not measured (see Results)"])
     rows.append(["trials within one validation image of the best", tied])
     blocks.append(Table(["", ""], rows))
     blocks.append(Text("Intervals are 95% Wilson score intervals for the number of images "
                        "each accuracy was measured on."))
+    if facts.near_chance(best["validation_accuracy"], classes, n_val):
+        blocks.append(Text(
+            f"The best trial is no better than guessing: a model that picks one of the "
+            f"{classes} classes at random scores {1 / classes:.3f} on average, and "
+            f"{best['validation_accuracy']:.3f} on {n_val:,} validation images could be that "
+            f"luck. Results says why, from the chosen trial's curves."))
     if tied > 1:
         blocks.append(Text(
             f"{tied} completed trials lie within one validation image ({1 / n_val:.4f}) of "

@@ -1,5 +1,6 @@
-"""Numbers the report states about its results: intervals, ties, the model's layers, the
-epochs, the run. Plain values in, plain values out; nothing here draws or writes."""
+"""Numbers the report states about its results: intervals, ties, chance level, the trend at
+a trial's end, the model's layers, the epochs, the run. Plain values in, plain values out;
+nothing here draws or writes."""
 
 from __future__ import annotations
 
@@ -39,12 +40,67 @@ def within_one_image(values: list, best: float, n: int) -> int:
     return sum(1 for v in values if best - v <= 1.0 / n + 1e-12)
 
 
-def still_improving(val_acc: list, n: int) -> bool:
-    """Whether a trial's validation accuracy was still rising when its epochs ran out: its
-    last epoch is its best, more than one image above the epoch two before."""
-    if len(val_acc) < 3 or n <= 0:
+# A training loss counts as still falling while its fitted fall per epoch is more than this
+# share of ln(classes), the loss of a model that guesses: 0.023 per epoch for 10 classes. A
+# loss shrinking by ever less towards 0 on memorised images does not count.
+LOSS_FALL = 0.01
+
+
+def trend(values: list) -> tuple:
+    """(epochs, slope per epoch) of the least-squares line through the last third of
+    `values`, at least 3 of them; (0, 0.0) for fewer than 3: a trend, not the last step."""
+    if len(values) < 3:
+        return 0, 0.0
+    k = max(3, math.ceil(len(values) / 3))
+    ys = values[-k:]
+    mean_x, mean_y = (k - 1) / 2, sum(ys) / k
+    spread = sum((x - mean_x) ** 2 for x in range(k))
+    return k, sum((x - mean_x) * (y - mean_y) for x, y in enumerate(ys)) / spread
+
+
+def loss_falling(train_loss: list, classes: int) -> bool:
+    """Whether the training loss was still falling at the end: its fitted fall per epoch over
+    the last epochs is more than LOSS_FALL of the loss of guessing (ln classes)."""
+    k, slope = trend(train_loss)
+    return k > 0 and classes >= 2 and -slope > LOSS_FALL * math.log(classes)
+
+
+def accuracy_rising(val_acc: list, n: int) -> bool:
+    """Whether the validation accuracy was still rising at the end: its fitted line over the
+    last epochs rises more than one of the n validation images across them, and its slope is
+    above the slope's standard error from the binomial noise of n images (so two equal
+    epochs after a rise, or one image lost after a fast rise, are read as the trend says)."""
+    k, slope = trend(val_acc)
+    if k == 0 or n <= 0:
         return False
-    return val_acc[-1] >= max(val_acc[:-1]) and val_acc[-1] - val_acc[-3] > 1.0 / n
+    p = min(max(sum(val_acc[-k:]) / k, 1 / n), 1 - 1 / n)
+    error = math.sqrt(p * (1 - p) / n) / math.sqrt(k * (k * k - 1) / 12)
+    return slope * (k - 1) > 1.0 / n and slope > error
+
+
+def still_improving(history: dict, n: int, classes: int) -> bool:
+    """Whether a trial was still learning when its epochs ran out: its training loss still
+    falling or its validation accuracy (of n images) still rising, fitted over its last
+    epochs. The report's diagnosis and the next study's epochs both read this."""
+    return (loss_falling(history.get("train_loss") or [], classes)
+            or accuracy_rising(history.get("val_acc") or [], n))
+
+
+def near_chance(accuracy: float, classes: int, n: int) -> bool:
+    """Whether an accuracy on n images is no better than guessing among `classes`: chance
+    level (1 / classes) reaches into its 95% Wilson interval."""
+    return classes >= 2 and n > 0 and wilson(accuracy, n)[0] <= 1.0 / classes
+
+
+def against_chance(accuracy: float, classes: int, n: int) -> str:
+    """`0.343, about 2.1 times chance level (0.167, 6 classes)`; near chance, that it is no
+    better than guessing."""
+    chance = 1.0 / classes
+    level = f"chance level ({chance:.3f}, {classes} classes)"
+    if near_chance(accuracy, classes, n):
+        return (f"{accuracy:.3f}, no better than guessing: its 95% interval reaches down to "
+                f"{level}")
+    return f"{accuracy:.3f}, about {accuracy / chance:.1f} times {level}"
 
 
 def layer_table(params: dict, channels: int, classes: int, image_size: int) -> list:

@@ -18,8 +18,9 @@ N_SAMPLES = 32  # test images in the prediction grid
 
 
 def results(result: ReportResult, rows: list, ranked: list, trials: list, best, cfg,
-            test_blocks: list) -> Section:
-    """`ranked`: completed rows, best first; `test_blocks`: what test_split made."""
+            test_blocks: list, findings: list) -> Section:
+    """`ranked`: completed rows, best first; `test_blocks`: what test_split made;
+    `findings`: the diagnosis of the chosen trial (see diagnose.py)."""
     if not rows:
         return Section("Results", [Text("No trial has finished yet: nothing to show.")])
     names = collect.searched(trials)
@@ -27,13 +28,16 @@ def results(result: ReportResult, rows: list, ranked: list, trials: list, best, 
     log = {n: collect.is_log(trials, n) for n in names}
     chosen = best.number if best is not None else None
     blocks = [*_top_table(ranked[:N_TOP], names)]
+    if findings:  # a trained model that generalises needs no paragraph
+        blocks.append(Text(f"Diagnosis of trial {chosen}, from its own curves (the learning "
+                           f"curves below) and the data: " + " ".join(f.text for f in findings)))
     blocks.append(figure(
         result, charts.optimization_history(rows, chosen), "optimization_history.png",
         "Each completed trial's validation accuracy in the order the trials ran, and the best "
         "so far: a line that flattens early means more trials would gain little."))
     if any(r.history.get("val_acc") for r in rows):
         blocks.append(figure(
-            result, charts.intermediate_values(rows, chosen, cfg.train.epochs),
+            result, charts.intermediate_values(rows, chosen, _epochs(result)),
             "intermediate_values.png",
             "Validation accuracy per epoch of every trial: pruned trials stop at the epoch "
             "the pruner stopped them."))
@@ -61,6 +65,12 @@ def results(result: ReportResult, rows: list, ranked: list, trials: list, best, 
     blocks += test_blocks
     blocks += [Text(f"Not drawn: {note}") for note in result.notes]
     return Section("Results", blocks)
+
+
+def _epochs(result: ReportResult) -> int:
+    """The epochs a trial could run, as best_config.json holds them (0 without a best)."""
+    epochs = (result.best or {}).get("epochs")
+    return epochs if isinstance(epochs, int) else 0
 
 
 def _top_table(top: list, searched: list) -> list:
@@ -122,7 +132,7 @@ def test_split(result: ReportResult, best, cfg, artifacts, study, data,
         model = best_model.loaded_model(params, data, state)
         source = f"the weights trial {best.number} saved"
     elif retrain_device is not None:
-        model = best_model.retrain(params, cfg.train.epochs, result.best["seed"], data,
+        model = best_model.retrain(params, _epochs(result), result.best["seed"], data,
                                    retrain_device, usable(retrain_device, cfg.train.precision))
         source = f"trial {best.number} retrained with its seed (--retrain), as it had no weights"
     else:
