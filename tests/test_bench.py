@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, cli_env, hpsearch
 from hpsearch.config import load_config
 
@@ -131,3 +133,89 @@ def test_the_gpu_check_without_a_gpu_says_so_and_exits_0():
                          capture_output=True, text=True, timeout=120,
                          env=cli_env(CUDA_VISIBLE_DEVICES=""))
     assert out.returncode == 0 and "no CUDA GPU on this machine" in out.stdout
+
+
+def test_the_hard_folder_is_drawn_the_same_each_time_and_unlike_the_easy_one(tmp_path):
+    from hpsearch.bench.photo_folder import MARKER, make_photo_folder, read_marker
+
+    def contents(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.glob("*/*")}
+
+    hard = make_photo_folder(tmp_path / "hard", per_class=3, seed=1, difficulty="hard")
+    again = make_photo_folder(tmp_path / "again", per_class=3, seed=1, difficulty="hard")
+    easy = make_photo_folder(tmp_path / "easy", per_class=3, seed=1)
+    assert contents(hard) == contents(again) and len(contents(hard)) == 6 * 3
+    shared = set(contents(hard)) & set(contents(easy))
+    assert shared and all(contents(hard)[name] != contents(easy)[name] for name in shared)
+    # The easy folder's marker is as before, so folders drawn before are reused.
+    assert read_marker(easy) == {"version": 1, "per_class": 3, "classes": 6, "seed": 1}
+    assert read_marker(hard)["difficulty"] == "hard" and (hard / MARKER).is_file()
+    # A folder drawn at the other difficulty is drawn again, not reused.
+    make_photo_folder(easy, per_class=3, seed=1, difficulty="hard")
+    assert contents(easy) == contents(hard)
+
+
+def test_the_real_photos_become_one_folder_per_class(tmp_path):
+    pytest.importorskip("skimage")
+    from hpsearch.bench.real_photos import CLASSES, make_real_folder
+    from hpsearch.images import list_image_files
+
+    root = make_real_folder(tmp_path / "faces")
+    files, labels, classes = list_image_files(root)
+    assert classes == CLASSES and len(files) == 200
+    assert [labels.count(i) for i in range(2)] == [100, 100]
+    stamp = (root / files[0]).stat().st_mtime_ns
+    assert make_real_folder(root) == root and (root / files[0]).stat().st_mtime_ns == stamp
+
+
+def test_accuracy_per_minute_is_read_off_the_best_so_far_curve():
+    from hpsearch.bench.curves import best_at, best_so_far, time_to_reach
+    from hpsearch.bench.panel import middle
+
+    finished = [[112.0, "COMPLETE", 0.7], [105.0, "COMPLETE", 0.5], [108.0, "PRUNED", 0.9],
+                [120.0, "COMPLETE", 0.6], [130.0, "FAIL", None]]
+    curve = best_so_far(finished, started=100.0)
+    assert curve == [[5.0, 0.5], [12.0, 0.7], [20.0, 0.7]]
+    assert best_at(curve, 4.9) is None and best_at(curve, 12.0) == 0.7
+    assert time_to_reach(curve, 0.6) == 12.0 and time_to_reach(curve, 0.8) is None
+    assert middle([None, 3.0, 1.0], float("inf")) == 3.0
+    assert middle([None, 0.5], float("-inf")) is None
+
+
+def test_panel_data_are_named_by_kind_count_and_size():
+    from hpsearch.bench.panel import PanelData, parse_data
+
+    assert parse_data("hard-500@32") == PanelData("hard-500@32", "drawn", 32, "hard", 500)
+    assert parse_data("faces@32") == PanelData("faces@32", "real", 32)
+    assert parse_data("digits") == PanelData("digits", "digits")
+    for bad in ("hard-500", "faces-10@32", "digits@32", "easy@32", "medium-5@32", "hard-5@4"):
+        with pytest.raises(ValueError):
+            parse_data(bad)
+
+
+def test_the_panel_runs_end_to_end_and_writes_its_table(tmp_path):
+    out = hpsearch("bench", "--what", "panel", "--panel", "hard-8@16", "--panel-trials", 2,
+                   "--epochs", 1, "--panel-epochs", 1, "--panel-set", "train.epochs=1",
+                   "--panel-time", "8s", "--panel-short", 0.5,
+                   "--repeats", 1, "--out", tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    panel = json.loads((tmp_path / "bench.json").read_text())["panel"]
+    assert set(panel) >= {"trials", "time", "repeats", "reference", "data", "rows", "skipped"}
+    (row,) = panel["rows"]
+    assert set(row) == {"data", "images", "classes", "recipe_seconds", "recipe_best",
+                        "hpsearch_seconds", "hpsearch_best", "reference_acc",
+                        "reference_seconds", "at_recipe_time",
+                        "hpsearch_reaches_recipe_best_seconds", "short_seconds",
+                        "short_best"}
+    assert panel["time"] == "8s" and panel["short"] == 0.5
+    assert 0 <= row["short_best"] <= 1 and row["short_seconds"] > 0
+    assert row["data"] == "hard-8@16" and row["images"] == 6 * 8 and row["classes"] == 6
+    assert set(row["at_recipe_time"]) == {"25%", "50%", "100%"}
+    assert row["at_recipe_time"]["100%"]["recipe"] == row["recipe_best"]
+    run = panel["data"]["hard-8@16"]["runs"][0]
+    assert run["recipe"]["curve"] and run["hpsearch"]["curve"]
+    assert 0 < run["hpsearch"]["curve"][0][0] < run["hpsearch"]["wall_seconds"]
+    assert 0 <= row["reference_acc"] <= 1
+    table = (tmp_path / "bench.md").read_text()
+    assert "**Panel**" in table and "| hard-8@16 | 48 (6) |" in table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "panel"]

@@ -8,11 +8,18 @@ lines, with the shape's colour sometimes close to the background's, so that a sm
 some greyscale, and some JPEGs stored rotated with an EXIF orientation tag (0x0112) that
 turns them upright when shown, as phone photos are.
 
-Every image is drawn from its own random stream (seed, class, index), so the folder is the
-same on every machine and is drawn in parallel. A marker file records what was drawn: a
-folder that holds it is reused as it is.
+That is the "easy" folder. The "hard" one (`difficulty="hard"`) is drawn otherwise, with the
+same file mix: the shape is smaller, may run off the edge of the central square, and stands
+out less from its background; fainter and smaller shapes of the other kinds lie behind it;
+there are more and thicker lines, light that falls unevenly in a colour cast, more noise and
+more blur. A person still names the class at a glance (the largest, clearest shape), a small
+CNN at 32 pixels much less often.
 
-`python -m hpsearch.bench.photo_folder DIR --per-class 500` makes one.
+Every image is drawn from its own random stream (seed, class, index, and a fourth number
+for the hard folder), so the folder is the same on every machine and is drawn in parallel.
+A marker file records what was drawn: a folder that holds it is reused as it is.
+
+`python -m hpsearch.bench.photo_folder DIR --per-class 500 --difficulty hard` makes one.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from PIL import Image, ImageDraw, ImageFilter
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "arrow")
 MARKER = ".photo-folder.json"  # hidden: neither hpsearch nor ImageFolder takes it for a class
 VERSION = 1  # bump when the drawing changes: older folders are then drawn again
+DIFFICULTIES = ("easy", "hard")
+HARD_STREAM = 1  # the hard folder's fourth number of each image's random stream
 ORIENTATION = 0x0112  # EXIF: how a viewer turns the stored pixels to show the photo
 # Orientation tag -> the transpose that stores an upright image so that the tag shows it
 # upright (the inverse of the one a viewer, or ImageOps.exif_transpose, applies).
@@ -38,23 +47,28 @@ STORED = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
 
 
 def make_photo_folder(root: Path, per_class: int = 500, classes: int = 6,
-                      seed: int = 0) -> Path:
-    """`root` holding `classes` sub-folders of `per_class` images each; drawn unless a
-    complete folder of the same settings is there already."""
+                      seed: int = 0, difficulty: str = "easy") -> Path:
+    """`root` holding `classes` sub-folders of `per_class` images each, drawn at `difficulty`
+    (easy or hard); drawn unless a complete folder of the same settings is there already."""
     if not 2 <= classes <= len(SHAPES):
         raise ValueError(f"classes must be 2..{len(SHAPES)}, got {classes}")
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got "
+                         f"{difficulty!r}")
     root = Path(root)
     settings = {"version": VERSION, "per_class": per_class, "classes": classes, "seed": seed}
-    if _marker(root) == settings:
+    if difficulty != "easy":  # the easy folder's marker stays as it was: its folders reused
+        settings["difficulty"] = difficulty
+    if read_marker(root) == settings:
         return root
     (root / MARKER).unlink(missing_ok=True)
     for name in SHAPES:  # what an earlier, other or unfinished drawing left
         shutil.rmtree(root / name, ignore_errors=True)
     for name in SHAPES[:classes]:
         (root / name).mkdir(parents=True)
-    jobs = [(root, seed, label, start, min(start + 50, per_class))
+    jobs = [(root, seed, label, start, min(start + 50, per_class), difficulty)
             for label in range(classes) for start in range(0, per_class, 50)]
     with ProcessPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         list(pool.map(_draw_files, jobs))
@@ -62,18 +76,24 @@ def make_photo_folder(root: Path, per_class: int = 500, classes: int = 6,
     return root
 
 
-def _marker(root: Path):
+def read_marker(root: Path, name: str = MARKER):
+    """The settings a drawn or written folder's marker file records; None without one."""
     try:
-        return json.loads((root / MARKER).read_text())
+        return json.loads((root / name).read_text())
     except (OSError, ValueError):
         return None
 
 
 def _draw_files(job: tuple) -> None:
-    root, seed, label, start, stop = job
+    root, seed, label, start, stop, difficulty = job
     for index in range(start, stop):
-        rng = np.random.default_rng([seed, label, index])
-        _save(draw_photo(rng, SHAPES[label]), rng, root / SHAPES[label] / f"{index:05d}")
+        if difficulty == "hard":
+            rng = np.random.default_rng([seed, label, index, HARD_STREAM])
+            img = draw_hard_photo(rng, SHAPES[label])
+        else:
+            rng = np.random.default_rng([seed, label, index])
+            img = draw_photo(rng, SHAPES[label])
+        _save(img, rng, root / SHAPES[label] / f"{index:05d}")
 
 
 def draw_photo(rng: np.random.Generator, shape: str) -> Image.Image:
@@ -93,6 +113,56 @@ def draw_photo(rng: np.random.Generator, shape: str) -> Image.Image:
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
     return img
+
+
+def draw_hard_photo(rng: np.random.Generator, shape: str) -> Image.Image:
+    """One upright RGB image of `shape` as the hard folder draws it: smaller, perhaps cut
+    off by the crop, at lower contrast, among fainter shapes of other kinds, under clutter,
+    uneven light and blur."""
+    w, h = (int(v) for v in rng.integers(72, 201, size=2))
+    img = _background(rng, w, h)
+    draw = ImageDraw.Draw(img)
+    side = min(w, h)
+    for _ in range(int(rng.integers(1, 6))):
+        _random_line(draw, rng, w, h, width_max=max(1, side // 25))
+    radius = side * rng.uniform(0.2, 0.32)
+    others = [s for s in SHAPES if s != shape]
+    for _ in range(int(rng.integers(0, 3))):  # behind the shape, at most 0.55 of its size
+        x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        faint = _faint_colour(rng, img.getpixel((int(x), int(y))))
+        _draw_shape(draw, str(rng.choice(others)), x, y, radius * rng.uniform(0.3, 0.55),
+                    rng.uniform(0, 2 * math.pi), faint, rng)
+    # The centre inside the central square, up to a quarter of the radius from its edge: the
+    # crop to a square may cut off a part of the shape.
+    reach = side - 1.5 * radius
+    cx = (w - side) / 2 + 0.75 * radius + rng.uniform(0, reach)
+    cy = (h - side) / 2 + 0.75 * radius + rng.uniform(0, reach)
+    colour = _shape_colour(rng, img.getpixel((int(cx), int(cy))), contrast=40, close=0.15)
+    _draw_shape(draw, shape, cx, cy, radius, rng.uniform(0, 2 * math.pi), colour, rng)
+    for _ in range(int(rng.integers(0, 3))):  # clutter over the shape too
+        _random_line(draw, rng, w, h, width_max=max(1, side // 40))
+    img = _uneven_light(rng, img)
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(side * rng.uniform(0.004, 0.016)))
+    return img
+
+
+def _faint_colour(rng: np.random.Generator, under: tuple) -> tuple:
+    return tuple(int(np.clip(c + rng.normal(0, 40), 0, 255)) for c in under)
+
+
+def _uneven_light(rng: np.random.Generator, img: Image.Image) -> Image.Image:
+    """Light falling from one side, dimmer or brighter overall, in a colour cast, with
+    sensor noise on top."""
+    w, h = img.size
+    angle = rng.uniform(0, 2 * math.pi)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = x * math.cos(angle) + y * math.sin(angle)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+    dark, bright = rng.uniform(0.35, 0.8), rng.uniform(0.95, 1.35)
+    light = (dark + (bright - dark) * t)[..., None] * rng.uniform(0.8, 1.2, size=3)
+    pixels = np.asarray(img, np.float32) * light + rng.normal(0, rng.uniform(4, 16), (h, w, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
@@ -121,14 +191,15 @@ def _random_line(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h:
     draw.line(points, fill=colour, width=int(rng.integers(1, width_max + 1)))
 
 
-def _shape_colour(rng: np.random.Generator, under: tuple) -> tuple:
-    """A random colour that stands out from the background under the shape; one time in ten
-    one close to it instead."""
-    if rng.random() < 0.1:
+def _shape_colour(rng: np.random.Generator, under: tuple, contrast: float = 70,
+                  close: float = 0.1) -> tuple:
+    """A random colour whose luma differs from the background's under the shape by at least
+    `contrast`; a `close` share of the time one near the background's instead."""
+    if rng.random() < close:
         return tuple(int(np.clip(c + rng.normal(0, 60), 0, 255)) for c in under)
     for _ in range(20):
         colour = rng.integers(0, 256, size=3)
-        if abs(_luma(colour) - _luma(under)) >= 70:
+        if abs(_luma(colour) - _luma(under)) >= contrast:
             break
     return tuple(int(c) for c in colour)
 
@@ -208,9 +279,11 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=500, metavar="N")
     parser.add_argument("--classes", type=int, default=6, metavar="N")
     parser.add_argument("--seed", type=int, default=0, metavar="N")
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy")
     args = parser.parse_args()
-    root = make_photo_folder(Path(args.folder), args.per_class, args.classes, args.seed)
-    print(f"{root}: {args.classes} classes x {args.per_class} images")
+    root = make_photo_folder(Path(args.folder), args.per_class, args.classes, args.seed,
+                             args.difficulty)
+    print(f"{root}: {args.classes} classes x {args.per_class} images, {args.difficulty}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from hpsearch.bench.recipe import recipe_parser, train_and_report
+from hpsearch.bench.recipe import recipe_parser, study_result, train_and_report
 from hpsearch.config import DataConfig
 from hpsearch.data import split_indices
 from hpsearch.images import list_image_files
@@ -151,19 +151,15 @@ def objective(trial: optuna.Trial, root: Path, size: int, split_seed: int = 0,
     return train_and_report(trial, model, optimizer, train_loader, valid_loader, epochs, dev)
 
 
-def run_recipe(root: Path, size: int = 32, trials: int = 20, seed: int = 0) -> dict:
-    """Run the recipe's study; wall time, best validation accuracy and trials by state."""
+def run_recipe(root: Path, size: int = 32, trials: int = 20, seed: int = 0,
+               epochs: int = EPOCHS) -> dict:
+    """Run the recipe's study; see bench.recipe.study_result."""
     start = time.perf_counter()
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner())
-    study.optimize(lambda trial: objective(trial, root, size, seed), n_trials=trials)
-    states: dict = {}
-    for t in study.trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    return {"seconds": time.perf_counter() - start, "best_value": study.best_value,
-            "states": states,
-            "epochs_run": sum(len(t.intermediate_values) for t in study.trials)}
+    study.optimize(lambda trial: objective(trial, root, size, seed, epochs), n_trials=trials)
+    return study_result(study, start)
 
 
 def time_fixed_trial(root: Path, size: int = 64, epochs: int = EPOCHS, number: int = 0) -> dict:
@@ -195,7 +191,7 @@ def main() -> None:
     if args.fixed_trial:
         print(json.dumps(time_fixed_trial(root, args.size, args.epochs, args.number)))
     else:
-        print(json.dumps(run_recipe(root, args.size, args.trials, args.seed)))
+        print(json.dumps(run_recipe(root, args.size, args.trials, args.seed, args.epochs)))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from hpsearch.bench.curves import finished_trials
 from hpsearch.config import DataConfig
 from hpsearch.data import digits_images, split_indices
 from hpsearch.model import build_cnn
@@ -115,19 +116,27 @@ def train_and_report(trial: optuna.Trial, model, optimizer, train_loader, valid_
     return accuracy
 
 
-def run_recipe(trials: int = 50, seed: int = 0) -> dict:
-    """Run the recipe's study; wall time, best validation accuracy and trials by state."""
+def run_recipe(trials: int = 50, seed: int = 0, epochs: int = EPOCHS) -> dict:
+    """Run the recipe's study; see study_result."""
     start = time.perf_counter()
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner())
-    study.optimize(lambda trial: objective(trial, seed), n_trials=trials)
+    study.optimize(lambda trial: objective(trial, seed, epochs), n_trials=trials)
+    return study_result(study, start)
+
+
+def study_result(study: optuna.Study, start: float) -> dict:
+    """A recipe's study as its run prints it: seconds since `start` (perf_counter), best
+    validation accuracy, trials by state, epochs run, and each finished trial's finish time
+    (seconds since the epoch), state and value, for the accuracy-per-minute curve."""
     states: dict = {}
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     return {"seconds": time.perf_counter() - start, "best_value": study.best_value,
             "states": states,
-            "epochs_run": sum(len(t.intermediate_values) for t in study.trials)}
+            "epochs_run": sum(len(t.intermediate_values) for t in study.trials),
+            "trials": finished_trials(study.trials)}
 
 
 FIXED = {"lr": 1e-3, "depth": 3, "width": 32, "dropout": 0.0, "optimizer": "adam"}
@@ -154,7 +163,9 @@ def recipe_parser(doc: str, trials: int, epochs: int):
     parser.add_argument("--trials", type=int, default=trials)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fixed-trial", action="store_true")
-    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--epochs", type=int, default=epochs,
+                        help=f"epochs per trial, of the study or the fixed trial (default "
+                             f"{epochs})")
     parser.add_argument("--number", type=int, default=0, help="the fixed trial's number")
     return parser
 
@@ -169,7 +180,7 @@ def main() -> None:
     if args.fixed_trial:
         print(json.dumps(time_fixed_trial(args.epochs, args.number)))
     else:
-        print(json.dumps(run_recipe(args.trials, args.seed)))
+        print(json.dumps(run_recipe(args.trials, args.seed, args.epochs)))
 
 
 if __name__ == "__main__":

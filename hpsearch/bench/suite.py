@@ -18,7 +18,12 @@ Parts (`python -m hpsearch.bench --what PART`):
   (bench.overhead), in this process after a warm-up, since start-up is not per trial;
 - photos: a folder of photos (bench.photo_folder) through the photo recipe (bench.photo_recipe)
   and studies/photos.toml: the fixed trial at 32 and 64 pixels, a 20-trial study at 32;
-- report: `hpsearch report`'s make_report on a drawn 1,000-trial store (bench.report_time).
+- report: `hpsearch report`'s make_report on a drawn 1,000-trial store (bench.report_time);
+- panel, run only when named, being long: the recipes and hpsearch on a panel of data sets in
+  accuracy per minute, beside a long-trained reference (bench.panel).
+
+Every study run also returns its best-so-far curve: the best validation accuracy against the
+seconds since its process started (bench.curves).
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from typing import Optional
 
 import optuna
 
+from hpsearch.bench.curves import best_so_far, finished_trials
 from hpsearch.bench.machine import commit, machine
 
 PARTS = ("throughput", "compute", "study", "pruning", "workers", "overhead", "photos",
-         "report")
+         "report", "panel")
+NAMED_ONLY = ("panel",)  # left out of `all`: too long for a routine `make bench`
 PRUNERS = ("none", "median", "hyperband", "sha")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -118,35 +125,39 @@ def bench_compute(epochs: int = 10) -> dict:
 def run_recipe(trials: int, seed: int, module: str = "hpsearch.bench.recipe",
                args: tuple = ()) -> dict:
     """A recipe's study (`module` with `args`) in a process of its own."""
+    started = time.time()
     seconds, stdout = timed([sys.executable, "-m", module, *args, "--trials", str(trials),
                              "--seed", str(seed)])
     result = last_json(stdout)
     return {"wall_seconds": seconds, "best_value": result["best_value"],
-            "states": result["states"], "epochs_run": result["epochs_run"]}
+            "states": result["states"], "epochs_run": result["epochs_run"],
+            "curve": best_so_far(result["trials"], started)}
 
 
-def run_hpsearch(trials: int, seed: int, workdir: Path, sets: tuple = (),
-                 workers: int = 1, config: Optional[Path] = None) -> dict:
-    """One `hpsearch run` of the study file `config` (default study: None), `--set` overrides
-    applied, on a new store in a folder of its own under `workdir` that goes once the store is
-    read: the run's weights and checkpoints land beside it (48 MB in a `make bench`)."""
+def run_hpsearch(trials: Optional[int], seed: int, workdir: Path, sets: tuple = (),
+                 workers: int = 1, config: Optional[Path] = None, flags: tuple = ()) -> dict:
+    """One `hpsearch run` of the study file `config` (default study: None) to `trials` (None:
+    no --trials flag), `--set` overrides and other `flags` applied, on a new store in a folder
+    of its own under `workdir` that goes once the store is read: the run's weights and
+    checkpoints land beside it (48 MB in a `make bench`)."""
     folder = Path(tempfile.mkdtemp(prefix=f"run-{seed}-", dir=workdir))
     try:
-        return _run_hpsearch_in(folder, trials, seed, sets, workers, config)
+        return _run_hpsearch_in(folder, trials, seed, sets, workers, config, flags)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_hpsearch_in(folder: Path, trials: int, seed: int, sets: tuple, workers: int,
-                     config: Optional[Path] = None) -> dict:
+def _run_hpsearch_in(folder: Path, trials: Optional[int], seed: int, sets: tuple,
+                     workers: int, config: Optional[Path] = None, flags: tuple = ()) -> dict:
     url = f"sqlite:///{folder / 'bench.db'}"
-    cmd = [sys.executable, "-m", "hpsearch.cli", "run", "--trials", str(trials), "--seed",
-           str(seed), "--storage", url, "--quiet", "--study-name", "bench",
-           "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "hpsearch.cli", "run", "--seed", str(seed), "--storage", url,
+           "--quiet", "--study-name", "bench", "--workers", str(workers)]
+    cmd += ["--trials", str(trials)] if trials is not None else []
     cmd += ["--config", str(config)] if config is not None else []
     for item in sets:
         cmd += ["--set", item]
-    seconds, _ = timed(cmd)
+    started = time.time()
+    seconds, _ = timed(cmd + list(flags))
     storage = optuna.storages.RDBStorage(url)
     study = optuna.load_study(study_name="bench", storage=storage)
     states: dict = {}
@@ -161,7 +172,8 @@ def _run_hpsearch_in(folder: Path, trials: int, seed: int, sets: tuple, workers:
     storage.engine.dispose()  # its connections, before its folder goes
     return {"wall_seconds": seconds, "best_value": best, "states": states,
             "epochs_run": epochs, "trial_seconds_mean": statistics.mean(durations),
-            "trials_per_minute": 60 * finished / seconds}
+            "trials_per_minute": 60 * finished / seconds,
+            "curve": best_so_far(finished_trials(study.trials), started)}
 
 
 def bench_study(trials: int = 50, repeats: int = 1, workdir: Path = Path("studies/bench")) -> dict:
@@ -363,8 +375,9 @@ def photo_targets(fixed: dict, study: dict) -> dict:
 
 def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
             overhead_at: tuple = (50, 1000), say=print, done=lambda result: None,
-            photos: PhotoOptions = PhotoOptions()) -> dict:
-    """The parts in order; `done(result)` after each, so a long run keeps what it measured."""
+            photos: PhotoOptions = PhotoOptions(), panel=None) -> dict:
+    """The parts in order; `done(result)` after each, so a long run keeps what it measured.
+    `panel`: the panel's bench.panel.PanelOptions (default: its defaults)."""
     result: dict = {"commit": commit(), "machine": machine()}
 
     def start(line: str) -> None:  # announces a part, after saving the parts before it
@@ -403,5 +416,12 @@ def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
 
         start(f"Report: make_report of a {REPORT_TRIALS:,}-trial study, {repeats}x.")
         result["report"] = bench_report(repeats)
+    if "panel" in parts:
+        from hpsearch.bench.panel import PanelOptions, bench_panel
+
+        panel = panel or PanelOptions()
+        start(f"Panel: {', '.join(panel.data)}: the recipe, hpsearch and the reference, "
+              f"{repeats}x each.")
+        result["panel"] = bench_panel(panel, repeats, epochs, workdir)
     done(result)
     return result

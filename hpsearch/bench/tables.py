@@ -133,9 +133,7 @@ def _overhead(r: dict) -> str:
 
 
 def _photos(r: dict) -> str:
-    fixed = next(iter(r["fixed"].values()))["params"]
-    params = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                       for k, v in fixed.items())
+    params = _params(next(iter(r["fixed"].values()))["params"])
     rows = [f"**Photos**: `{r['folder']}`, {r['images']} images in {len(r['classes'])} "
             f"classes ({', '.join(r['classes'])}), through the canonical photo recipe "
             f"(ImageFolder, per-sample transforms, 2 loader workers) and through `hpsearch run "
@@ -171,6 +169,11 @@ def _photos(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _params(params: dict) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in params.items())
+
+
 def _report(r: dict) -> str:
     runs = ", ".join(f"{s:.1f}" for s in r["seconds"])
     return (f"**Report** of a drawn {r['trials']:,}-trial study (make_report: md, html, pdf, "
@@ -178,9 +181,61 @@ def _report(r: dict) -> str:
             f"{r['target_seconds']:.0f} s: {'met' if r['met'] else '**missed**'}.")
 
 
+def _panel(r: dict) -> str:
+    ref, sets = r["reference"], "".join(f" `--set {s}`" for s in r["sets"])
+    rows = [f"**Panel**: each data set through its canonical recipe ({r['trials']} trials of "
+            f"{r['recipe_epochs']} epochs, median pruner) and through `hpsearch run` "
+            f"({_budget(r)}; the default study on digits, `{Path(r['config']).name}` on "
+            f"folders{sets}), each its own process; the reference is "
+            f"{_params(ref['params'])} trained {ref['epochs']} epochs by hpsearch's trainer in "
+            f"the study file's settings. Best validation accuracy; *at N%*: each side's best "
+            f"within that share of the recipe's wall time, recipe / hpsearch; median of "
+            f"{r['repeats']}:"]
+    if r["rows"]:
+        shares = list(r["rows"][0]["at_recipe_time"])
+        rows += ["", "| data | images (classes) | recipe s | recipe best | hpsearch s | "
+                     "hpsearch best | " + " | ".join(f"at {s}" for s in shares)
+                 + " | hpsearch reaches the recipe's best | reference |"
+                 + (f" hpsearch on {r['short']:.2g} of the budget |" if r.get("short") else ""),
+                 "|---|---|---|---|---|---|" + "---|" * len(shares) + "---|---|"
+                 + ("---|" if r.get("short") else "")]
+        rows += [_panel_row(row) for row in r["rows"]]
+    if r["time_unused"]:
+        rows += ["", "This checkout's `hpsearch run` has no `--time`: hpsearch ran its "
+                     "trials without a time budget."]
+    if r["skipped"]:
+        rows += ["", "Not run: " + ", ".join(r["skipped"]) + "."]
+    return "\n".join(rows)
+
+
+def _panel_row(row: dict) -> str:
+    at = " | ".join(f"{_acc(v['recipe'])} / {_acc(v['hpsearch'])}"
+                    for v in row["at_recipe_time"].values())
+    reach = row["hpsearch_reaches_recipe_best_seconds"]
+    return (f"| {row['data']} | {row['images']} ({row['classes']}) | "
+            f"{row['recipe_seconds']:.1f} | {row['recipe_best']:.4f} | "
+            f"{row['hpsearch_seconds']:.1f} | {row['hpsearch_best']:.4f} | {at} | "
+            f"{'not reached' if reach is None else f'{reach:.1f} s'} | "
+            f"{row['reference_acc']:.4f} in {row['reference_seconds']:.1f} s |"
+            + (f" {row['short_best']:.4f} in {row['short_seconds']:.1f} s |"
+               if row.get("short_best") is not None else ""))
+
+
+def _budget(r: dict) -> str:
+    if r["time"] == "recipe":
+        return "a time budget of the recipe's wall time, `--time`"
+    if r["time"]:
+        return f"a time budget of {r['time']}, `--time`"
+    return f"{r['trials']} trials"
+
+
+def _acc(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 TABLES = {"throughput": _throughput, "compute": _compute, "study": _study,
           "pruning": _pruning, "workers": _workers, "overhead": _overhead, "photos": _photos,
-          "report": _report}
+          "report": _report, "panel": _panel}
 
 
 def overhead_share(result: dict) -> Optional[str]:
