@@ -6,7 +6,14 @@ from __future__ import annotations
 from torch import nn
 
 from hpsearch.model import build_cnn
+from hpsearch.schedule import auto_epochs
 from hpsearch.train import FitSettings
+
+
+def max_epochs(epochs, n_train: int, batch_size: int) -> int:
+    """A trial's most epochs: `train.epochs` as the study file gives it (a number, or "auto":
+    see schedule.auto_epochs for n_train training images in batches of batch_size)."""
+    return auto_epochs(n_train, batch_size) if epochs == "auto" else int(epochs)
 
 
 def model_for(params: dict, data) -> nn.Sequential:
@@ -22,4 +29,23 @@ def fit_settings(params: dict, epochs: int, seed: int, precision: str = "auto") 
     return FitSettings(epochs=epochs, batch_size=params["batch_size"], lr=params["lr"],
                        optimizer=params["optimizer"], weight_decay=params["weight_decay"],
                        seed=seed, precision=precision,
-                       augment=params.get("augment", "none"))
+                       augment=params.get("augment", "none"),
+                       schedule=params.get("schedule", "constant"),
+                       label_smoothing=params.get("label_smoothing", 0.0))
+
+
+def probe_seconds_per_epoch(params: dict, data, device, precision: str = "auto") -> float:
+    """Seconds one epoch of the model of `params` takes on `device`: an epoch trained and
+    timed, its first few steps (one-time set-up: kernels chosen, memory taken) included, so
+    the figure errs long."""
+    import time
+
+    import torch
+
+    from hpsearch.train import fit
+
+    torch.manual_seed(0)
+    model = model_for(params, data)
+    start = time.perf_counter()
+    fit(model, data, fit_settings(params, 1, 0, precision), device)
+    return time.perf_counter() - start

@@ -12,6 +12,8 @@ from typing import Optional
 
 from hpsearch import console, interrupts
 from hpsearch.errors import USER_ERRORS, OutOfMemory
+from hpsearch.flags import (dashed_values, duration, epochs, positive_float, positive_int,
+                            trials_flag, whole_number)
 
 EXIT_USAGE = 2  # bad input: a flag, a config value, a store, a device
 EXIT_FAILED = 1  # the study stopped because its trials kept crashing
@@ -25,30 +27,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: type, ok, what: str, limit: str):
-    """An argparse type: a `kind` for which `ok(value)` holds."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(value):
-            shown = value if kind is int else text
-            raise argparse.ArgumentTypeError(f"must be {limit}, got {shown}")
-        return value
-
-    return parse
-
-
-def whole_number(minimum: int):
-    return _number(int, lambda v: v >= minimum, "a whole number", f"at least {minimum}")
-
-
-positive_int = whole_number(1)
-positive_float = _number(float, lambda v: v > 0, "a number of seconds", "positive")
-
-
 def build_parser() -> Parser:
     from hpsearch.storage import DEFAULT_STORAGE
 
@@ -58,13 +36,21 @@ def build_parser() -> Parser:
     sub.required = True
     run = sub.add_parser("run", allow_abbrev=False,
                          help="run or resume a study until it has its trials",
-                         description="Run a study, or resume it: --trials is the study's total.")
+                         description="Run a study, or resume it: --trials and --time are "
+                                     "the study's totals.")
     run.add_argument("--config", metavar="PATH",
                      help="study file (TOML); default: the packaged digits study")
     run.add_argument("--trials", type=positive_int, metavar="N",
-                     help="finished trials the study should hold (default: study.trials)")
+                     help="finished trials the study should hold (default: study.trials; "
+                          "no limit when --time is given without it)")
+    run.add_argument("--time", type=duration, metavar="DURATION",
+                     help="the time the study may spend on trials over all its runs: 90 "
+                          "(seconds), 300s, 20m, 1.5h or 1h30m (default: study.time, none); a "
+                          "rerun spends what is left. It ends the study, as --trials does: no "
+                          "trial starts after it, the one running then finishes")
     run.add_argument("--timeout", type=positive_float, metavar="SECONDS",
-                     help="stop this run after SECONDS (the study can be resumed)")
+                     help="stop this run after SECONDS (the study can be resumed; "
+                          "--time is the study's total)")
     run.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
                      help=f"sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH "
                           f"(default: {DEFAULT_STORAGE})")
@@ -72,7 +58,8 @@ def build_parser() -> Parser:
     run.add_argument("--artifacts", metavar="DIR",
                      help="where completed trials' weights go (default: artifacts/ beside a "
                           "store file, else studies/artifacts)")
-    run.add_argument("--epochs", type=positive_int, metavar="N", help="default: train.epochs")
+    run.add_argument("--epochs", type=epochs, metavar="N",
+                     help="the most a trial trains: N or auto (default: train.epochs)")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     run.add_argument("--seed", type=whole_number(0), metavar="N", help="default: study.seed")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -165,7 +152,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         if argv[:1] == ["bench"]:
             return bench(argv[1:])
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(dashed_values(argv))
         console.configure_logging(verbose=getattr(args, "verbose", False))
         return args.func(args)
     except KeyboardInterrupt:
@@ -218,8 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.config import load_config
     from hpsearch.session import RunOptions, Session
 
-    flags = {"study.trials": args.trials, "study.name": args.study_name,
-             "train.epochs": args.epochs, "study.seed": args.seed, "study.backup": args.backup}
+    flags = {"study.trials": trials_flag(args), "study.time": args.time,
+             "study.name": args.study_name, "train.epochs": args.epochs, "study.seed": args.seed,
+             "study.backup": args.backup}
     cfg = load_config(args.config, args.set, {k: v for k, v in flags.items() if v is not None})
     interrupts.check()
     options = RunOptions(storage=args.storage, device=args.device, workers=args.workers,
@@ -247,12 +235,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_trials(session, done: int, quiet: bool):
     """The trials themselves: in this process, or in --workers spawned ones."""
     study, cfg = session.study, session.cfg
-    with console.progress_bar(study, cfg.study.trials, done, quiet=quiet) as bar:
+    with console.progress_bar(study, cfg.study.trials, done, quiet=quiet,
+                              time_left=session.time_left) as bar:
         if session.options.workers == 1:
             return session.run(callbacks=(bar,))
         from hpsearch.workers import run_workers
 
-        return run_workers(cfg, session.options, poll=lambda: bar.poll(study))
+        with session.spending() as budget:
+            return run_workers(cfg, session.options, poll=lambda: bar.poll(study),
+                               budget=budget)
 
 
 def finish(session, result) -> int:
@@ -262,7 +253,11 @@ def finish(session, result) -> int:
         console.stopped_by_failures(result.last_fail_reason)
         return EXIT_FAILED
     done = session.finished()
-    if done < cfg.study.trials:
+    if cfg.study.trials and done >= cfg.study.trials:
+        return 0
+    if session.time_left() == 0:
+        console.time_budget_spent(session, done)
+    else:
         console.short_of_target(done, cfg, bool(timeout and result.seconds >= timeout))
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -29,9 +31,12 @@ MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take 32-bit seeds
 @dataclass(frozen=True)
 class StudyConfig:
     name: str = "digits-cnn"
-    trials: int = 50  # the study's total of finished (complete or pruned) trials
+    trials: int = 50  # the study's total of finished (complete or pruned) trials; 0: no limit
+    # The seconds all its runs together may spend running trials (0: no budget); the file
+    # says it as a duration (see DURATION_FORMS). A trial running when it ends finishes.
+    time: float = 0.0
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "hyperband"  # median | hyperband | sha | none (see study.make_pruner)
     seed: int = 0
     heartbeat_interval: int = 30  # seconds between heartbeats of a running trial
     grace_period: int = 120  # seconds without a heartbeat before a trial counts as dead
@@ -50,7 +55,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 6
+    # The most epochs a trial trains (the pruner stops poor ones earlier), or "auto": about
+    # schedule.AUTO_STEPS optimizer steps, as epochs of this dataset (see schedule.auto_epochs)
+    epochs: Union[int, str] = "auto"
     batch_size: int = 64  # used unless [space] names batch_size
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see precision.choose_precision)
     # auto (by dataset: see shape_defaults) | none | crop | flip | crop+flip; the file may
@@ -68,7 +75,8 @@ class Config:
     def settings(self) -> dict:
         """The settings a resumed run must share with the first: everything but the target
         count and where the data files live (the dataset's fingerprint covers its content)."""
-        local = ("trials", "backup", "backup_interval")  # may differ from machine to machine
+        # may differ from run to run and machine to machine
+        local = ("trials", "time", "backup", "backup_interval")
         study = {k: v for k, v in asdict(self.study).items() if k not in local}
         data = {k: v for k, v in asdict(self.data).items() if k != "data_dir"}
         return {
@@ -142,6 +150,32 @@ def parse_value(text: str) -> Any:
         return text
 
 
+DURATION_FORMS = "90 (seconds), 300s, 20m, 1.5h or 1h30m"
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"{_NUMBER}|(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
+
+
+def duration_seconds(value: Any) -> Optional[float]:
+    """The seconds of a duration above zero: a number (of seconds) or a text such as "300s",
+    "20m", "1.5h", "1h30m". None when it is none of these."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip().lower())):
+        bare, h, m, s = (float(g) if g else None for g in match.groups())
+        seconds = bare if bare is not None else (h or 0) * 3600 + (m or 0) * 60 + (s or 0)
+    else:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def duration(key: str, value: Any) -> float:
+    """A duration setting's seconds, or a ConfigError naming the key, the value and the forms."""
+    seconds = duration_seconds(value)
+    need(seconds is not None,
+         f"{key} must be a duration above zero: {DURATION_FORMS}; got {value!r}")
+    return seconds
+
+
 def build_config(raw: dict) -> Config:
     unknown = sorted(set(raw) - set(_SECTION_NAMES))
     if unknown:
@@ -185,8 +219,16 @@ def _build_section(section: str, cls: type, values: Any):
     defaults = cls()
     checked = {}
     for key, value in values.items():
+        if (section, key) == ("study", "time"):
+            checked[key] = duration(f"{section}.{key}", value)
+            continue
         if (section, key) == ("train", "augment"):
             checked[key] = value if value == "auto" else augment_name(value)
+            continue
+        if (section, key) == ("train", "epochs"):
+            need(value == "auto" or (isinstance(value, int) and not isinstance(value, bool)),
+                 f"train.epochs must be auto or a whole number of epochs, got {value!r}")
+            checked[key] = value
             continue
         expected = type(getattr(defaults, key))
         checked[key] = check_type(f"{section}.{key}", value, expected)
@@ -197,7 +239,8 @@ def _build_section(section: str, cls: type, values: Any):
 
 def _check_study(s: StudyConfig) -> None:
     need(bool(s.name.strip()), "study.name must not be empty")
-    need(s.trials >= 1, f"study.trials must be at least 1, got {s.trials}")
+    need(s.trials >= 1 or (s.trials == 0 and s.time > 0),
+         f"study.trials must be at least 1, got {s.trials}; 0 (no limit) needs a study.time")
     need(s.sampler in SAMPLERS,
          f"study.sampler must be one of {names(SAMPLERS)}, got {s.sampler!r}")
     need(s.pruner in PRUNERS, f"study.pruner must be one of {names(PRUNERS)}, got {s.pruner!r}")
@@ -221,7 +264,8 @@ def _check_data(d: DataConfig) -> None:
 
 
 def _check_train(t: TrainConfig) -> None:
-    need(1 <= t.epochs <= 10_000, f"train.epochs must be 1..10000, got {t.epochs}")
+    need(t.epochs == "auto" or 1 <= t.epochs <= 10_000,
+         f"train.epochs must be auto or 1..10000, got {t.epochs!r}")
     need(t.batch_size >= 2, f"train.batch_size must be at least 2, got {t.batch_size}")
     need(t.precision in PRECISIONS,
          f"train.precision must be one of {' | '.join(PRECISIONS)}, got {t.precision!r}")

@@ -61,10 +61,47 @@ def header(session, done: int) -> None:
     if data.on_host:
         where += "; the images stay in host memory (too large for the device's free memory)"
     print(f"Store: {session.spec.display}")
-    print(f"Study {cfg.study.name!r}: {done} of {cfg.study.trials} trials finished; "
-          f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {cfg.train.epochs} epochs")
+    print(f"Study {cfg.study.name!r}: {trials_finished(done, cfg)}; "
+          f"{cfg.study.sampler} sampler, {cfg.study.pruner} pruner, {epochs_text(session)}")
+    left = session.time_left()
+    if left is not None:
+        print(f"Time budget: {time_spent(session)} spent, {duration_text(left)} left (no trial "
+              f"starts after it; the one running then finishes)")
     print(f"Data: {cfg.data.dataset}, {sizes} images of {data.image_size}x{data.image_size}, "
           f"{len(data.classes)} classes; training on {where}")
+
+
+def epochs_text(session) -> str:
+    """`6 epochs`, or `up to 40 epochs (auto: about 1,200 steps)` as hpsearch worked it out."""
+    from hpsearch.build import max_epochs
+    from hpsearch.schedule import AUTO_STEPS
+
+    epochs, cfg = session.max_epochs, session.cfg
+    said = max_epochs(cfg.train.epochs, len(session.data.y_train), cfg.train.batch_size)
+    why = f"auto: about {AUTO_STEPS:,} steps" if cfg.train.epochs == "auto" else ""
+    if epochs < said:
+        why += f"{'; ' if why else ''}{said} cut to a quarter of the time budget"
+    return f"up to {epochs} epochs a trial" + (f" ({why})" if why else "")
+
+
+def trials_finished(done: int, cfg) -> str:
+    """`3 of 50 trials finished`, or `3 trials finished (no trial limit)`."""
+    if cfg.study.trials:
+        return f"{done} of {cfg.study.trials} trials finished"
+    return f"{done} trial{'' if done == 1 else 's'} finished (no trial limit)"
+
+
+def duration_text(seconds: float) -> str:
+    """`1h30m`, `20m`, `5m12s`, `42s`: to the second, in the forms --time takes."""
+    rest = round(seconds)
+    parts = [(rest // 3600, "h"), (rest // 60 % 60, "m"), (rest % 60, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+def time_spent(session) -> str:
+    """`5m12s of 20m`: the study's time budget as spent now."""
+    spent = session.budget.spent_now()
+    return f"{duration_text(spent)} of {duration_text(session.cfg.study.time)}"
 
 
 def nothing_searched(cfg) -> None:
@@ -112,9 +149,11 @@ def recovered(number: int, queued: bool) -> None:
 
 def nothing_to_do(session, done: int) -> None:
     cfg = session.cfg
-    if done >= cfg.study.trials:
+    if cfg.study.trials and done >= cfg.study.trials:
         print(f"Study {cfg.study.name!r} already has {done} finished trials (target "
               f"{cfg.study.trials}); pass a larger --trials to run more.")
+    elif session.time_left() == 0:
+        time_budget_spent(session, done)
     else:
         print(f"Study {cfg.study.name!r} has tried every point of its grid ({done} finished "
               f"trials); widen [space] under a new --study-name to search further.")
@@ -135,23 +174,28 @@ def short_of_target(done: int, cfg, timed_out: bool) -> None:
         why = "--timeout reached"
     else:
         why = "the grid is exhausted" if cfg.study.sampler == "grid" else "stopped early"
-    print(f"{done} of {cfg.study.trials} trials finished ({why}); run the same command to "
-          f"continue.")
+    print(f"{trials_finished(done, cfg)} ({why}); run the same command to continue.")
+
+
+def time_budget_spent(session, done: int) -> None:
+    print(f"Study {session.cfg.study.name!r} has spent its time budget ({time_spent(session)}, "
+          f"{trials_finished(done, session.cfg)}); pass a larger --time to run more.")
 
 
 class progress_bar:
-    """A tqdm bar over the study's finished trials, with the best value so far. The best is
-    read from the store once, then taken from each trial this process finishes (a read per
-    trial would cost a store query per trial); `poll` reads both again."""
+    """A tqdm bar over the study's finished trials (`target` 0: no limit), with the best
+    value so far and, where `time_left()` gives a number, the time left of the study's budget.
+    The best is read from the store once, then taken from each trial this process finishes (a
+    read per trial would cost a store query per trial); `poll` reads both again."""
 
-    def __init__(self, study, target: int, done: int, quiet: bool):
+    def __init__(self, study, target: int, done: int, quiet: bool, time_left=lambda: None):
         from optuna.study import StudyDirection
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=target, initial=done, unit="trial", disable=quiet,
+        self.bar = tqdm(total=target or None, initial=done, unit="trial", disable=quiet,
                         dynamic_ncols=True, file=sys.stderr)
         self.sign = 1 if study.direction == StudyDirection.MAXIMIZE else -1
-        self.best = None
+        self.best, self.time_left = None, time_left
         self._read_best(study)
 
     def __enter__(self):
@@ -169,7 +213,8 @@ class progress_bar:
             self.bar.update(1)
         if trial.state == TrialState.COMPLETE and (
                 self.best is None or self.sign * (trial.value - self.best) > 0):
-            self._show(trial.value)
+            self.best = trial.value
+        self._show()
 
     def poll(self, study) -> None:
         """For workers in other processes: read the finished count from the store."""
@@ -180,13 +225,16 @@ class progress_bar:
 
     def _read_best(self, study) -> None:
         try:
-            self._show(study.best_value)
+            self.best = study.best_value
         except ValueError:
             pass  # no completed trial yet
+        self._show()
 
-    def _show(self, best: float) -> None:
-        self.best = best
-        self.bar.set_postfix_str(f"best={best:.4f}")
+    def _show(self) -> None:
+        left = self.time_left()
+        shown = [] if self.best is None else [f"best={self.best:.4f}"]
+        shown += [] if left is None else [f"{duration_text(left)} left"]
+        self.bar.set_postfix_str(", ".join(shown))
 
 
 def summary(study, result, store: str, cfg) -> None:
@@ -217,8 +265,9 @@ def summary(study, result, store: str, cfg) -> None:
                                          f"for over a second each time; nothing was lost)"))
     rows.append(("Store", store))
     print()
+    width = max(14, *(len(label) for label, _ in rows))
     for label, value in rows:
-        print(f"{label:<14} {value}")
+        print(f"{label:<{width}} {value}")
 
 
 # --- the result commands ------------------------------------------------------------------

@@ -12,7 +12,7 @@ import optuna
 import torch
 
 from hpsearch import interrupts, records
-from hpsearch.build import fit_settings, model_for
+from hpsearch.build import fit_settings, max_epochs, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
@@ -28,13 +28,16 @@ log = logging.getLogger("hpsearch")
 
 def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None,
                    checkpoints: Optional[Path] = None, backup=None,
-                   trainer: Optional[Callable] = None):
+                   trainer: Optional[Callable] = None, epochs: Optional[int] = None):
     """The function `study.optimize` calls: returns the final validation accuracy. With an
     artifact store, a completed trial's weights are uploaded to it; with a checkpoint folder,
     every epoch is checkpointed and a retried trial resumes from its last one; with a backup,
     the store and the checkpoint are copied when a trial starts and after its epochs.
-    `trainer` stands in for `train.fit` (the overhead benchmark trains nothing)."""
+    `trainer` stands in for `train.fit` (the overhead benchmark trains nothing). `epochs`: the
+    most a trial trains (default: what `train.epochs` comes to for this data)."""
     trainer = trainer or fit
+    if epochs is None:
+        epochs = max_epochs(cfg.train.epochs, len(data.y_train), cfg.train.batch_size)
     precision = choose_precision(torch.device(device), cfg.train.precision).name
 
     def objective(trial: optuna.Trial) -> float:
@@ -42,7 +45,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         torch.manual_seed(seed)
         model = model_for(params, data)
         records.write_n_params(trial, count_params(model))
-        settings = fit_settings(params, cfg.train.epochs, seed, cfg.train.precision)
+        settings = fit_settings(params, epochs, seed, cfg.train.precision)
         ckpt = checkpoint_of(trial, cfg, params, checkpoints)
         resume = resume_from(trial, ckpt, f"{precision} on {torch.device(device).type}")
         if backup is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from hpsearch.errors import ConfigError
+from hpsearch.schedule import SCHEDULES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = ("flatten", "gap")  # the classifier on the last feature map: all of it, or its mean
@@ -26,6 +27,8 @@ PARAM_KINDS = {
     "head": str,
     "growth": int,
     "augment": str,
+    "schedule": str,
+    "label_smoothing": float,
 }
 PARAM_DEFAULTS = {
     "lr": 1e-3,
@@ -54,7 +57,8 @@ def shape_defaults(data) -> dict:
     raised the photos' accuracy, and cost the digits some (a flipped digit is another
     glyph). CIFAR-10 takes the photos' defaults."""
     glyphs = data.dataset in ("digits", "mnist", "fashion-mnist")
-    return {"head": "flatten", "growth": 1, "augment": "none" if glyphs else "crop+flip"}
+    return {"head": "flatten", "growth": 1, "augment": "none" if glyphs else "crop+flip",
+            "schedule": "wsd", "label_smoothing": 0.0}
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ _PARAM_LIMITS = {
     "head": (lambda v: v in HEADS, " | ".join(HEADS)),
     "growth": (lambda v: 1 <= v <= 4, "1..4 (1 keeps the width, 2 doubles it per block)"),
     "augment": (lambda v: True, ""),
+    "schedule": (lambda v: v in SCHEDULES, " | ".join(SCHEDULES)),
+    "label_smoothing": (lambda v: 0 <= v <= 0.5, "0..0.5"),
 }
 
 

@@ -25,6 +25,9 @@ from hpsearch.params import PARAM_DEFAULTS, default_space
 
 SETTINGS_ATTR = "hpsearch"  # study: the settings a resumed run must share (see Config)
 TESTED_ATTR = "tested"  # study: what the last report measured of its best trial on the test split
+# study: seconds its runs spent running trials, for a time budget (see study.TimeBudget);
+# written as each trial ends when there is a budget, and as each run ends
+TIME_SPENT_ATTR = "time_spent"
 OWNER_ATTR = "owner"  # trial: who runs it (see owner.py), first thing in the trial
 N_PARAMS_ATTR = "n_params"  # trial: the model's parameter count
 HISTORY_ATTR = "history"  # trial: per-epoch scalars (train.History), stored when it ends
@@ -49,10 +52,37 @@ VERSIONED = ("hpsearch", "optuna", "torch", "torchvision", "numpy", "scikit-lear
 # --- the study -------------------------------------------------------------------------
 
 
-def settings_record(cfg, data) -> dict:
-    """What a study keeps about how it was run: never a storage URL or a password."""
+def settings_record(cfg, data, max_epochs: int) -> dict:
+    """What a study keeps about how it was run: never a storage URL or a password.
+    `max_epochs`: what `train.epochs` came to for this data (and time budget), which every
+    trial of the study keeps, also when a later hpsearch would work it out otherwise."""
     return {"config": cfg.settings(), "data": data.record(), "split_seed": cfg.study.seed,
-            "versions": installed_versions(VERSIONED)}
+            "max_epochs": max_epochs, "versions": installed_versions(VERSIONED)}
+
+
+def stored_max_epochs(settings: dict) -> Optional[int]:
+    """The most epochs the study's trials train, as stored (what `epochs = "auto"` came to),
+    else its train.epochs where that is a number (a study stored before hpsearch stored the
+    former); None when neither says."""
+    stored = settings.get("max_epochs")
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored > 0:
+        return stored
+    epochs = ((settings.get("config") or {}).get("train") or {}).get("epochs")
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+def max_epochs_of(settings: dict, cfg) -> int:
+    """The most epochs the study's trials train: as stored, else what this run's config and
+    the stored data sizes come to."""
+    stored = stored_max_epochs(settings)
+    if stored is not None:
+        return stored
+    if isinstance(cfg.train.epochs, int):
+        return cfg.train.epochs
+    from hpsearch.build import max_epochs
+
+    sizes = (settings.get("data") or {}).get("sizes") or {}
+    return max_epochs(cfg.train.epochs, int(sizes.get("train", 0)), cfg.train.batch_size)
 
 
 def installed_versions(packages) -> dict:
@@ -120,7 +150,8 @@ def stored_settings(study: optuna.Study) -> Optional[dict]:
 # Settings added after studies were already stored, with the value those studies ran with.
 LATER_SETTINGS = {("train", "precision"): "auto", ("train", "augment"): "auto",
                   ("space", "head"): "flatten", ("space", "growth"): 1,
-                  ("space", "augment"): "none"}
+                  ("space", "augment"): "none", ("space", "schedule"): "constant",
+                  ("space", "label_smoothing"): 0.0}
 
 
 def with_later_defaults(stored: dict) -> dict:
@@ -351,3 +382,18 @@ def weights_artifact(trial, study) -> Optional[str]:
             private.study_id(study), chain[-1]))
         own -= {m.artifact_id for m in get_all_artifact_meta(retried, storage=storage)}
     return min(own) if own else None
+
+
+# --- the study's time ------------------------------------------------------------------
+
+
+def time_spent(study: optuna.Study) -> float:
+    """Seconds the study's runs spent running trials; 0 for one stored before they were
+    counted."""
+    spent = study.user_attrs.get(TIME_SPENT_ATTR)
+    ok = isinstance(spent, (int, float)) and not isinstance(spent, bool) and spent > 0
+    return float(spent) if ok else 0.0
+
+
+def write_time_spent(study: optuna.Study, seconds: float) -> None:
+    study.set_user_attr(TIME_SPENT_ATTR, round(seconds, 3))

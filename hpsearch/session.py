@@ -8,7 +8,8 @@ A Ctrl-C between these steps stops the run there (see interrupts).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,12 +21,16 @@ from hpsearch.backup import Backup, refuse_network_sqlite
 from hpsearch.config import Config
 from hpsearch.data import Dataset, Progress, load_dataset
 from hpsearch.objective import make_objective
-from hpsearch.records import count_finished, settings_record
+from hpsearch.build import max_epochs, probe_seconds_per_epoch
+from hpsearch.records import (count_finished, max_epochs_of, settings_record,
+                              stored_max_epochs, stored_settings)
+from hpsearch.schedule import budget_epochs
+from hpsearch.space import middle_params
 from hpsearch.sqlite import sync_finished_trials, use_wal
 from hpsearch.storage import (DEFAULT_STORAGE, StorageSpec, artifact_folder, beside_store,
                               check_store_file, open_artifacts, open_storage, parse_storage)
-from hpsearch.study import (RunResult, grid_is_exhausted, open_study, recover_dead_trials, run,
-                            runs_alone)
+from hpsearch.study import (RunResult, TimeBudget, find_study, grid_is_exhausted, open_study,
+                            recover_dead_trials, run, runs_alone)
 from hpsearch.precision import choose_precision
 from hpsearch.sharing import Share, cap, groups, hand_over, receive
 from hpsearch.train import configure_threads, resolve_device
@@ -80,6 +85,23 @@ def training_setup(cfg: Config, device: torch.device, workers: int = 1,
     return threads, data
 
 
+def study_length(cfg: Config, data: Dataset, device: torch.device, storage,
+                 probe: bool = True) -> int:
+    """The most epochs a trial of a new study trains: `train.epochs` for this data (see
+    build.max_epochs) and, with a time budget, few enough that a middling model of the space
+    trained to the end takes at most a quarter of it (one epoch of it is timed here; `probe`
+    False, as in the parent of --workers, whose data sit in host memory, times nothing). A
+    study already stored keeps its own; this is not worked out for it."""
+    epochs = max_epochs(cfg.train.epochs, len(data.y_train), cfg.train.batch_size)
+    if cfg.study.time <= 0 or not probe:
+        return epochs
+    stored = find_study(storage, cfg.study.name)
+    if stored is not None and stored_max_epochs(stored_settings(stored) or {}) is not None:
+        return epochs
+    seconds = probe_seconds_per_epoch(middle_params(cfg), data, device, cfg.train.precision)
+    return budget_epochs(epochs, seconds, cfg.study.time)
+
+
 @dataclass
 class Session:
     """One process's share of a study: what it trains on and the study it runs."""
@@ -96,17 +118,21 @@ class Session:
     checkpoints: Path
     backup: Optional[Backup] = None
     restored: bool = False  # the store was copied back from the backup just now
+    # The study's time budget as this run spends it (see time_left)
+    budget: TimeBudget = field(default_factory=lambda: TimeBudget(0.0, 0.0))
 
     @classmethod
     def open(cls, cfg: Config, options: RunOptions = RunOptions(), worker: Optional[int] = None,
              on_note: Optional[Callable[[str], None]] = None,
-             on_progress: Progress = None, share: Optional[Share] = None) -> "Session":
+             on_progress: Progress = None, share: Optional[Share] = None,
+             budget: Optional[TimeBudget] = None) -> "Session":
         """Check, load and open everything a run needs. The run itself (worker None) also
         restores a missing store from its backup, telling `on_note` at once, and switches
         SQLite to write-ahead logging; its workers find both done. `on_progress` hears how
         far a folder's decoding is. The parent of `--workers` loads the data into host
         memory only (to check and record it): its workers train, each on its own device,
-        sharing the images with the others there by `share`."""
+        sharing the images with the others there by `share`, and the run's clock by `budget`
+        (the study's time budget as the run spends it; by default read from the study)."""
         device = worker_device(options.device, worker)
         if worker is not None and device.type == "cuda":
             torch.cuda.set_device(device)  # nothing of this process lands on another GPU
@@ -130,13 +156,16 @@ class Session:
         interrupts.check()
         storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)
-        study = open_study(storage, cfg, settings_record(cfg, data), worker=worker or 0,
+        epochs = study_length(cfg, data, device, storage,
+                              probe=not (worker is None and options.workers > 1))
+        study = open_study(storage, cfg, settings_record(cfg, data, epochs), worker=worker or 0,
                            alone=runs_alone(spec, options.workers))
         if worker is None:
             use_wal(spec, storage)
         interrupts.check()
         return cls(cfg, options, spec, device, precision, threads, data, study, artifacts,
-                   checkpoints, backup, restored=bool(note) and note.startswith("restored"))
+                   checkpoints, backup, restored=bool(note) and note.startswith("restored"),
+                   budget=budget or TimeBudget.of(study, cfg.study.time))
 
     @property
     def shares_images(self) -> bool:
@@ -144,6 +173,11 @@ class Session:
         images (see sharing)."""
         gpus = torch.cuda.device_count() if self.device.type == "cuda" else 1
         return any(len(g) > 1 for g in groups(self.options.workers, self.device, gpus))
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial of this study trains, as the study stored it."""
+        return max_epochs_of(stored_settings(self.study), self.cfg)
 
     @property
     def alone(self) -> bool:
@@ -154,9 +188,27 @@ class Session:
         return count_finished(self.study)
 
     def nothing_to_do(self, finished: int) -> bool:
-        """Whether a study with `finished` trials needs no more: its target met, or its grid
-        tried."""
-        return finished >= self.cfg.study.trials or grid_is_exhausted(self.study)
+        """Whether a study with `finished` trials needs no more: its target met, its time
+        budget spent, or its grid tried."""
+        target = self.cfg.study.trials
+        return bool(target and finished >= target) or self.time_left() == 0 or \
+            grid_is_exhausted(self.study)
+
+    def time_left(self) -> Optional[float]:
+        """Seconds left now of the study's time budget (`cfg.study.time`, over all its runs);
+        None without a budget."""
+        return self.budget.left()
+
+    @contextmanager
+    def spending(self):
+        """The study's clock runs inside; the time spent is stored as it ends, however it
+        ends. A run in this process needs nothing more: Session.run uses it."""
+        self.budget.start()
+        try:
+            yield self.budget
+        finally:
+            self.budget.stop()
+            self.budget.record(self.study)
 
     def recover_dead_trials(self) -> list:
         """(trial number, retry queued) of each trial a dead process left running."""
@@ -164,14 +216,21 @@ class Session:
 
     def objective(self, trainer: Optional[Callable] = None):
         return make_objective(self.cfg, self.data, self.device, open_artifacts(self.artifacts),
-                              self.checkpoints, self.backup, trainer)
+                              self.checkpoints, self.backup, trainer, self.max_epochs)
 
     def run(self, callbacks: tuple = (), objective: Optional[Callable] = None) -> RunResult:
-        """Trials in this process until the study holds its target (see study.run), of
-        `objective` (default: the session's own)."""
-        return run(self.study, objective or self.objective(), self.cfg.study.trials,
-                   timeout=self.options.timeout,
-                   callbacks=(sync_finished_trials(self.spec), *callbacks), alone=self.alone)
+        """Trials in this process until the study holds its target (see study.run) or its
+        time budget is spent, of `objective` (default: the session's own)."""
+        objective = objective or self.objective()
+        # With a budget, the time spent is stored as each trial ends (before the sync that
+        # makes the trial durable): a killed run loses at most its running trial's time.
+        spent = (self.budget.record,) if self.budget.total else ()
+        with self.spending():
+            limits = [t for t in (self.options.timeout, self.time_left()) if t is not None]
+            return run(self.study, objective, self.cfg.study.trials or None,
+                       timeout=min(limits, default=None),
+                       callbacks=(*spent, sync_finished_trials(self.spec), *callbacks),
+                       alone=self.alone)
 
     def close(self) -> None:
         """A last backup, however the run ended."""

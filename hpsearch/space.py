@@ -39,3 +39,18 @@ def fixed_params(cfg: Config) -> dict:
 
 def searched_names(cfg: Config) -> list:
     return [p.name for p in cfg.space if not isinstance(p, Fixed)]
+
+
+def middle_params(cfg: Config) -> dict:
+    """A middling trial of the space: each range at its middle (on a log scale where it is
+    one), each choice at its first value; what a study times to size its trials to a budget."""
+    params = {**PARAM_DEFAULTS, "batch_size": cfg.train.batch_size}
+    for p in cfg.space:
+        if isinstance(p, Fixed):
+            params[p.name] = p.value
+        elif isinstance(p, Choice):
+            params[p.name] = p.values[0]
+        else:
+            middle = (p.low * p.high) ** 0.5 if p.log else (p.low + p.high) / 2
+            params[p.name] = round(middle) if PARAM_KINDS[p.name] is int else middle
+    return params

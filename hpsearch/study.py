@@ -1,4 +1,5 @@
-"""Samplers, pruners, create-or-resume, recovery of dead trials, stopping at the target."""
+"""Samplers, pruners, create-or-resume, recovery of dead trials, stopping at the target
+count or the time budget."""
 
 from __future__ import annotations
 
@@ -51,19 +52,28 @@ def runs_alone(spec, workers: int) -> bool:
     return workers == 1 and spec.kind == "sqlite"
 
 
-def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
-    name, epochs = cfg.study.pruner, cfg.train.epochs
+def make_pruner(cfg: Config, epochs: int) -> optuna.pruners.BasePruner:
+    """The study file's pruner for trials of at most `epochs` epochs."""
+    name = cfg.study.pruner
     if name == "median":
         # The default, with Optuna's defaults: five finished trials to compare with, then
         # judged from the first epoch on; chosen by `make bench` (see BENCHMARKS.md).
         return CompletedOncePerTrial(
             optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
-                                              reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=first_rung(epochs),
+                                              max_resource=epochs, reduction_factor=3)
     if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(epochs),
+                                                      reduction_factor=3)
     return optuna.pruners.NopPruner()
+
+
+def first_rung(epochs: int) -> int:
+    """The epoch at which hyperband and successive halving first judge a trial: a 27th of the
+    longest (three rungs of reduction factor 3 below the maximum), so that a long trial is not
+    judged on a few steps of its warmup; epoch 1 for short ones."""
+    return max(1, epochs // 27)
 
 
 class CompletedOncePerTrial(optuna.pruners.BasePruner):
@@ -139,7 +149,10 @@ def check_settings(study: optuna.Study, record: dict) -> None:
 # size (its last digits depend on how it was summed, which a newer hpsearch may do otherwise);
 # train.augment from config.space.augment, which holds the value it resolved to; and the
 # precision may change with the machine, as the device may (a trial resumes in another one).
-DERIVED_SETTINGS = ("data.normalization", "config.train.augment", "config.train.precision")
+# max_epochs follows from train.epochs and the data (and the time budget, which may change):
+# a resumed study keeps the stored one.
+DERIVED_SETTINGS = ("data.normalization", "config.train.augment", "config.train.precision",
+                    "max_epochs")
 
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list:
@@ -181,7 +194,7 @@ def open_study(storage, cfg: Config, record: dict, worker: int = 0,
     records.name_the_metric(study)  # on resume too: studies stored before it was named
     n_stored = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(cfg, sampler_seed(cfg.study.seed, n_stored, worker), alone)
-    study.pruner = make_pruner(cfg)
+    study.pruner = make_pruner(cfg, records.max_epochs_of(records.stored_settings(study), cfg))
     return study
 
 
@@ -273,6 +286,44 @@ class TrialTarget:
 
 
 @dataclass
+class TimeBudget:
+    """A study's time budget as a run spends it: the study's total, what earlier runs spent
+    and when this run's trials began. Its worker processes get a copy, so that they share
+    one clock and none counts the others' time twice (the clock starts as they are spawned:
+    their start-up counts). Optuna's timeout ends a run: no trial starts once the budget is
+    spent, and the one running then finishes."""
+
+    total: float  # seconds the study may spend running trials in all (cfg.study.time); 0: none
+    spent: float  # seconds spent before this run's trials began (records.time_spent)
+    # time.time() when this run's trials began (a clock its worker processes share, as
+    # perf_counter is not); None before they begin and after they end
+    since: Optional[float] = None
+
+    @classmethod
+    def of(cls, study: optuna.Study, total: float) -> "TimeBudget":
+        """The budget `total` of a study, less what its earlier runs spent."""
+        return cls(total, records.time_spent(study))
+
+    def start(self) -> None:
+        if self.since is None:
+            self.since = time.time()
+
+    def stop(self) -> None:
+        self.spent, self.since = self.spent_now(), None
+
+    def spent_now(self) -> float:
+        return self.spent + (0.0 if self.since is None else max(0.0, time.time() - self.since))
+
+    def left(self) -> Optional[float]:
+        """Seconds left of the budget now, or None without one."""
+        return max(0.0, self.total - self.spent_now()) if self.total else None
+
+    def record(self, study: optuna.Study, trial: Optional[FrozenTrial] = None) -> None:
+        """Store the time spent so far (also a study callback, run as each trial ends)."""
+        records.write_time_spent(study, self.spent_now())
+
+
+@dataclass
 class RunResult:
     ran: int  # trials this run finished (any state)
     seconds: float
@@ -282,13 +333,14 @@ class RunResult:
     lock_retries: int = 0  # statements retried because the SQLite store was locked
 
 
-def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float] = None,
-        callbacks: tuple = (), alone: bool = False) -> RunResult:
-    """Run trials until the study holds `target` finished ones, the timeout passes or trials
-    keep failing. Crashing trials are recorded as FAIL and the study goes on. `alone`: this
-    process runs the study's only trials (see runs_alone). A Ctrl-C or SIGTERM (see
-    interrupts) stops the running trial at its next batch, or the study after its trial;
-    the interrupted trial is queued for the next run and KeyboardInterrupt raised."""
+def run(study: optuna.Study, objective, target: Optional[int], *,
+        timeout: Optional[float] = None, callbacks: tuple = (), alone: bool = False) -> RunResult:
+    """Run trials until the study holds `target` finished ones (None: no limit), the timeout
+    passes or trials keep failing. Crashing trials are recorded as FAIL and the study goes
+    on. `alone`: this process runs the study's only trials (see runs_alone). A Ctrl-C or
+    SIGTERM (see interrupts) stops the running trial at its next batch, or the study after
+    its trial; the interrupted trial is queued for the next run and KeyboardInterrupt
+    raised."""
     from hpsearch.sqlite import lock_retries
     from hpsearch.train import release_device_memory
 
@@ -302,7 +354,7 @@ def run(study: optuna.Study, objective, target: int, *, timeout: Optional[float]
             timeout=timeout,
             catch=(Exception,),
             gc_after_trial=False,  # the trainer holds no reference cycles worth a collection
-            callbacks=[TrialTarget(study, target, alone), streak,
+            callbacks=[*([TrialTarget(study, target, alone)] if target else []), streak,
                        lambda s, t: ran.append(t.number),
                        lambda s, t: release_device_memory(), *callbacks,
                        interrupts.stop_study],

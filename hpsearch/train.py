@@ -22,6 +22,7 @@ from hpsearch.errors import DeviceError, OutOfMemory
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer
 from hpsearch.precision import Precision, choose_precision, cpu_vendor
+from hpsearch.schedule import LrPlan, Steps, resumed_plan, steps_per_epoch
 
 
 TRAINING_ADVICE = "a smaller train.batch_size or width range fits"
@@ -57,6 +58,8 @@ class FitSettings:
     seed: int = 0  # initialisation, shuffling and augmentation
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; see choose_precision
     augment: str = "none"  # none | crop | flip | crop+flip (see augment.py)
+    schedule: str = "constant"  # the learning rate over the steps: see schedule.lr_factor
+    label_smoothing: float = 0.0  # share of the target spread over the other classes
 
 
 @dataclass
@@ -194,6 +197,8 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     eval_size = eval_batch_size(net, data.image_size, device, _bytes(precision.input_dtype))
     scaler = precision.scaler
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
+    plan = LrPlan(s.lr, s.schedule, s.epochs * steps_per_epoch(len(data.y_train),
+                                                               s.batch_size))
     history, first = History(), 1
     if resume is not None:
         net.load_state_dict(padded.pad(resume["model"]))
@@ -205,16 +210,17 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
             scaler.load_state_dict(resume["scaler"])
         set_rng_state(resume["rng"], gen, device)
         history, first = History(**resume["history"]), resume["epoch"] + 1
+        plan = resumed_plan(plan, resume.get("schedule"))
     try:
         for epoch in range(first, s.epochs + 1):
-            fit_epoch(net, data, s, optimizer, precision, gen, epoch, history, eval_size)
+            fit_epoch(net, data, s, optimizer, precision, gen, epoch, history, eval_size, plan)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, history)
             # Saved after the hook, so that an epoch that ends the trial (the last, or one the
             # hook stops at) writes no checkpoint that would only be deleted.
             if save_state is not None and epoch < s.epochs:
                 save_state(epoch, training_state(padded, net, optimizer, precision, gen,
-                                                 history, device))
+                                                 history, device, plan))
     finally:
         padded.copy_back()  # the caller's model holds what was trained, however it ended
     return history
@@ -232,22 +238,27 @@ def training_net(model: nn.Module, s: FitSettings, device: torch.device) -> tupl
 
 
 def training_state(padded: PaddedNet, net: nn.Module, optimizer, precision: Precision, gen,
-                   history: History, device: torch.device) -> dict:
+                   history: History, device: torch.device, plan: LrPlan) -> dict:
     """What a checkpoint needs to go on after an epoch, in the model's own shapes (the padding
     is this process's business), with the precision and device it was written in."""
     return {"model": padded.unpad(net.state_dict()),
             "optimizer": padded.unpad(optimizer.state_dict()),
             "scaler": precision.scaler.state_dict(), "precision": precision.name,
-            "device": device.type, "rng": rng_state(gen, device), "history": history.as_dict()}
+            "device": device.type, "rng": rng_state(gen, device), "history": history.as_dict(),
+            "schedule": plan.record()}
 
 
 def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precision, gen,
-              epoch: int, history: History, eval_size: Optional[int] = None) -> None:
+              epoch: int, history: History, eval_size: Optional[int] = None,
+              plan: Optional[LrPlan] = None) -> None:
     """Train one epoch, score it on the validation images and append it to `history`."""
     start = time.perf_counter()
     augment = Augment.named(s.augment, data.image_size)
+    steps = Steps(plan, (epoch - 1) * steps_per_epoch(len(data.y_train), s.batch_size),
+                  s.label_smoothing)
     try:
-        loss, acc = train_epoch(net, data, optimizer, precision, s.batch_size, gen, augment)
+        loss, acc = train_epoch(net, data, optimizer, precision, s.batch_size, gen, augment,
+                                steps)
     except torch.cuda.OutOfMemoryError:
         raise OutOfMemory(f"training at batch size {s.batch_size}",
                           TRAINING_ADVICE) from None
@@ -259,12 +270,12 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
 
 
 def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
-               optimizer, precision: Precision) -> tuple:
+               optimizer, precision: Precision, label_smoothing: float = 0.0) -> tuple:
     """One optimisation step in the given precision, the same code on every device; returns
     the detached (loss, logits) without reading them back to the host."""
     with precision.autocast():
         logits = model(xb)
-        loss = nn.functional.cross_entropy(logits, yb)
+        loss = nn.functional.cross_entropy(logits, yb, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     precision.scaler.scale(loss).backward()
     precision.scaler.step(optimizer)
@@ -273,7 +284,7 @@ def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
 
 
 def train_epoch(model, data, optimizer, precision: Precision, batch_size: int, gen,
-                augment: Augment = Augment()) -> tuple:
+                augment: Augment = Augment(), steps: Steps = Steps()) -> tuple:
     """One pass over the shuffled training images by indexing, each batch augmented and
     normalised on the device; returns (mean loss, accuracy)."""
     model.train()
@@ -303,7 +314,9 @@ def train_epoch(model, data, optimizer, precision: Precision, batch_size: int, g
         if draws is not None:
             xb = apply(xb, draws.part(start, stop))
         yb = y[order_y[start:stop]]
-        loss, logits = train_step(model, data.normalized(xb, dtype), yb, optimizer, precision)
+        steps.set_lr(optimizer, start // batch_size)
+        loss, logits = train_step(model, data.normalized(xb, dtype), yb, optimizer, precision,
+                                  steps.label_smoothing)
         loss, weight = loss.float(), stop - start
         if skips:
             weight = torch.isfinite(loss).float() * weight

@@ -5,7 +5,8 @@ pools. Each worker opens its own session from the run's config and options (see
 session.Session.open): an equal share of the CPU threads (or its own GPU) and its own sampler
 seed, and runs until the study holds its target; the trial target (study.TrialTarget) reads
 the store after every trial and stops every worker, so the study overshoots by at most the
-number of workers minus one. Workers on one device share its images and memory (see
+number of workers minus one. A time budget runs on one clock, the parent's, so that no
+trial starts after it in any worker. Workers on one device share its images and memory (see
 sharing); the parent itself holds nothing on a GPU.
 """
 
@@ -25,7 +26,7 @@ from hpsearch import interrupts
 from hpsearch.config import Config
 from hpsearch.session import RunOptions, Session, worker_device
 from hpsearch.sharing import Share, release_finished, shares, stay_for_users
-from hpsearch.study import RunResult
+from hpsearch.study import RunResult, TimeBudget
 
 log = logging.getLogger("hpsearch")
 
@@ -33,15 +34,15 @@ STOP_WAIT = 120.0  # seconds stopping workers may take to queue their trials aga
 
 
 def worker_main(cfg: Config, options: RunOptions, index: int, results,
-                share: Optional[Share] = None) -> None:
-    """One worker process: its session, then its trials; an owner of shared images then
-    waits for the workers that use them (see sharing)."""
+                share: Optional[Share] = None, budget: Optional[TimeBudget] = None) -> None:
+    """One worker process: its session, then its trials, on the run's clock (`budget`);
+    an owner of shared images then waits for the workers that use them (see sharing)."""
     from hpsearch.console import configure_logging
 
     interrupts.install()  # the parent's SIGTERM and a terminal's Ctrl-C
     configure_logging(verbose=False, prefix=f"[worker {index}] ")
     try:
-        result = Session.open(cfg, options, worker=index, share=share).run()
+        result = Session.open(cfg, options, worker=index, share=share, budget=budget).run()
     except KeyboardInterrupt:
         results.put((index, None))
         return
@@ -50,16 +51,20 @@ def worker_main(cfg: Config, options: RunOptions, index: int, results,
     results.put((index, asdict(result)))
 
 
-def run_workers(cfg: Config, options: RunOptions, poll: Callable[[], None]) -> RunResult:
+def run_workers(cfg: Config, options: RunOptions, poll: Callable[[], None],
+                budget: Optional[TimeBudget] = None) -> RunResult:
     """Spawn `options.workers` processes, call `poll()` about twice a second while they run,
-    and combine their results. Ctrl-C or SIGTERM reaches every worker, which queues its
-    interrupted trial again before it exits; then KeyboardInterrupt is raised here."""
+    and combine their results. `budget`: the study's time budget, its clock running (see
+    Session.spending); without it, each worker reads the budget from the study. Ctrl-C or
+    SIGTERM reaches every worker, which queues its interrupted trial again before it exits;
+    then KeyboardInterrupt is raised here."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     device = worker_device(options.device, None)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 1
     sharing = shares(options.workers, device, gpus, ctx)
-    procs = [ctx.Process(target=worker_main, args=(cfg, options, i, results, sharing.get(i)),
+    procs = [ctx.Process(target=worker_main,
+                         args=(cfg, options, i, results, sharing.get(i), budget),
                          name=f"hpsearch-{i}") for i in range(options.workers)]
     start = time.perf_counter()
     # Started with Ctrl-C ignored, until each has installed its own handler: a worker still

@@ -67,6 +67,12 @@ CASES = {
     "unknown precision": (["--set", "train.precision='fp8'"], "train.precision must be one of"),
     "fp16 on the CPU": (["--set", "train.precision='fp16'", "--device", "cpu"],
                         "fp16 needs a CUDA device"),
+    "time not a duration": (["--time", "abc"], "argument --time: expected a duration above "
+                            "zero: 90 (seconds), 300s, 20m, 1.5h or 1h30m; got 'abc'"),
+    "negative time": (["--time", "-5m"], "argument --time: expected a duration above zero"),
+    "no time in the file": (["--set", "study.time='0s'"],
+                            "study.time must be a duration above zero: 90 (seconds), 300s, "
+                            "20m, 1.5h or 1h30m; got '0s'"),
 }
 
 

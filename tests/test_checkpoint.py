@@ -20,21 +20,25 @@ def new_model(data):
                      dropout=0.3)
 
 
-@pytest.mark.parametrize("padding,augment", [((1, None), "none"), ((16, None), "none"),
-                                             ((1, None), "crop+flip")],
-                         ids=["plain", "padded", "augmented"])
+@pytest.mark.parametrize("padding,augment,schedule",
+                         [((1, None), "none", "constant"), ((16, None), "none", "constant"),
+                          ((1, None), "crop+flip", "constant"), ((1, None), "none", "wsd")],
+                         ids=["plain", "padded", "augmented", "wsd-schedule"])
 def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path, monkeypatch, padding,
-                                                                augment):
+                                                                augment, schedule):
     """With the conv channels trained as they are and padded (the checkpoint keeps the
-    model's own shapes either way), and with crops and flips: the resumed epochs draw the
-    augmentations the uninterrupted ones drew."""
+    model's own shapes either way), with crops and flips (the resumed epochs draw the
+    augmentations the uninterrupted ones drew), and along a warmup-hold-decay learning-rate
+    curve with label smoothing (the resumed steps take the rates the uninterrupted ones
+    took)."""
     from dataclasses import replace
 
     from hpsearch import train
 
     monkeypatch.setattr(train, "channel_padding", lambda device: padding)
     data = load_dataset(DataConfig(image_size=8), 0)
-    settings = replace(SETTINGS, augment=augment)
+    settings = replace(SETTINGS, augment=augment, schedule=schedule,
+                       label_smoothing=0.1 if schedule == "wsd" else 0.0)
     whole = fit(new_model(data), data, settings, torch.device("cpu"))
 
     ckpt = TrialCheckpoint.under(tmp_path, "s", 3, {"lr": 0.01})
@@ -56,6 +60,34 @@ def test_a_resumed_fit_repeats_the_uninterrupted_one_on_the_cpu(tmp_path, monkey
     resumed = fit(new_model(data), data, settings, torch.device("cpu"), resume=state)
     assert resumed.val_acc == whole.val_acc
     assert resumed.train_loss == whole.train_loss
+    if schedule == "wsd":
+        from hpsearch.schedule import steps_per_epoch
+
+        steps = 5 * steps_per_epoch(len(data.y_train), 64)
+        assert state["schedule"] == {"name": "wsd", "lr": 0.01, "total_steps": steps}
+
+
+def test_a_resumed_trial_keeps_the_curve_it_started_on():
+    """A checkpoint's schedule wins over this run's (a trial goes on along the curve it
+    started on); one written before schedules existed trained at a constant rate."""
+    from hpsearch.schedule import LrPlan, resumed_plan
+
+    mine = LrPlan(0.01, "wsd", 100)
+    assert resumed_plan(mine, {"name": "wsd", "lr": 0.02, "total_steps": 80}) == \
+        LrPlan(0.02, "wsd", 80)
+    assert resumed_plan(mine, None) == LrPlan(0.01, "constant", 100)
+
+
+def test_the_learning_rate_warms_up_holds_and_decays_to_zero():
+    from hpsearch.schedule import lr_factor
+
+    total = 1000
+    curve = [lr_factor(step, total, "wsd") for step in range(total)]
+    assert curve[0] == pytest.approx(0.1) and max(curve) == 1.0
+    assert all(a <= b for a, b in zip(curve[:30], curve[1:31]))  # the warmup rises
+    assert curve[30:600] == [1.0] * 570  # holds while the pruner judges
+    assert all(a > b for a, b in zip(curve[600:], curve[601:])) and curve[-1] < 0.01
+    assert {lr_factor(step, total, "constant") for step in range(total)} == {1.0}
 
 
 def test_an_epoch_that_ends_the_trial_writes_no_checkpoint():

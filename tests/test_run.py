@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,8 +24,9 @@ def test_study_finishes_and_prints_summary(study_file, store, tmp_path):
     assert out.returncode == 0, out.stderr
     study = load(store)
     assert states(study) == {"COMPLETE": 3}
-    assert "Best           validation accuracy" in out.stdout
-    assert f"Store          {tmp_path / 'store.db'}" in out.stdout  # absolute path
+    assert re.search(r"^Best +validation accuracy", out.stdout, re.M)
+    assert re.search(rf"^Store +{re.escape(str(tmp_path / 'store.db'))}$", out.stdout,
+                     re.M)  # absolute path
     best = study.best_trial
     history = best.user_attrs["history"]
     assert len(history["val_acc"]) == 2 and len(history["epoch_seconds"]) == 2
@@ -69,6 +71,28 @@ def test_trials_is_the_total_and_resume_never_repeats(study_file, store):
     assert again.returncode == 0, again.stderr
     assert "already has 5 finished trials" in again.stdout
     assert len(load(store).trials) == 5
+
+
+def test_time_is_the_studys_total_and_ends_it_before_its_trials(study_file, store):
+    def run(*flags):
+        out = run_cli("--config", study_file, "--storage", store, *flags)
+        assert out.returncode == 0, out.stderr
+        return out, load(store)
+
+    out, study = run("--trials", 50, "--time", "2s")
+    done, spent = len(study.trials), study.user_attrs["time_spent"]
+    assert 1 <= done < 50 and spent >= 2
+    assert "Time budget: 0s of 2s spent, 2s left" in out.stdout
+    assert f"has spent its time budget ({round(spent)}s of 2s, {done} of 50 trials" in out.stdout
+
+    # --time alone lifts the study file's trial count; this budget is spent: nothing runs.
+    out, study = run("--time", "2s")
+    assert "(no trial limit)" in out.stdout and "has spent its time budget" in out.stdout
+    assert len(study.trials) == done and study.user_attrs["time_spent"] == spent
+
+    out, study = run("--time", "1h", "--trials", done + 1)  # another budget: the same study
+    assert len(study.trials) == done + 1 and study.user_attrs["time_spent"] > spent
+    assert "spent its time budget" not in out.stdout
 
 
 def test_default_study_file_is_found_from_any_folder(tmp_path):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from hpsearch.config import load_config
+from hpsearch.records import time_spent
+from hpsearch.session import RunOptions, Session
 from hpsearch.storage import open_storage, parse_storage
 from hpsearch.study import SettingsMismatch, check_settings, open_study, run
 
@@ -58,6 +63,40 @@ def test_settings_differences_are_named(tmp_path):
     assert "config.space.depth was {'low': 1, 'high': 4, 'log': False}, now 2" in message
     assert "config.train.epochs was 6, now 3" in message
     assert "--study-name NEW" in message
+
+
+def test_a_changed_time_budget_resumes_the_same_study(tmp_path):
+    cfg, study = tiny_study(tmp_path)
+    budget = load_config(None, ["study.name='s'", "data.image_size=8", "study.time='20m'"])
+    check_settings(study, {"config": budget.settings()})  # like trials: no mismatch
+
+
+def test_a_time_budget_ends_the_run_and_its_time_is_stored_as_each_trial_ends(tmp_path):
+    def session(budget: str) -> Session:
+        cfg = load_config(None, ["study.name='s'", "data.image_size=8", "study.trials=50",
+                                 f"study.time={budget!r}"])
+        return Session.open(cfg, RunOptions(storage=f"sqlite:///{tmp_path / 's.db'}",
+                                            device="cpu"))
+
+    first = session("1s")
+    assert first.time_left() == first.cfg.study.time == 1.0
+    seen = []
+
+    def objective(trial):
+        seen.append(time_spent(first.study))  # as a run killed now would leave it
+        time.sleep(0.1)
+        return 0.5
+
+    result = first.run(objective=objective)
+    assert 2 <= result.ran < 50 and len(seen) == result.ran
+    assert seen[0] == 0 and all(a < b for a, b in zip(seen, seen[1:]))
+    spent = time_spent(first.study)
+    assert spent >= 1.0 and first.time_left() == 0 and first.nothing_to_do(result.ran)
+
+    again = session("1s")  # a rerun: its budget is spent, it starts no trial
+    assert again.time_left() == 0 and again.run(objective=objective).ran == 0
+    longer = session("1m")  # a larger budget: what is left of it
+    assert longer.time_left() == pytest.approx(60 - spent, abs=0.01)
 
 
 def test_a_study_stored_before_a_setting_existed_resumes_with_its_default(tmp_path):

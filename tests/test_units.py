@@ -47,12 +47,29 @@ def test_overrides_are_read_as_toml_values():
     ({"space": {"optimizer": ["adam", "rmsprop"]}}, "space.optimizer must be adam | adamw | sgd"),
     ({"study": {"pruner": "asha"}}, "study.pruner must be one of median, hyperband, sha, none"),
     ({"study": {"trials": 0}}, "study.trials must be at least 1, got 0"),
+    ({"study": {"time": "0s"}},
+     "study.time must be a duration above zero: 90 (seconds), 300s, 20m, 1.5h or 1h30m; got '0s'"),
+    ({"study": {"time": "-5m"}}, "study.time must be a duration above zero"),
+    ({"study": {"time": "ten minutes"}}, "got 'ten minutes'"),
+    ({"study": {"time": True}}, "study.time must be a duration above zero"),
     ({"model": {}}, "unknown section [model]"),
 ])
 def test_config_errors_name_key_value_and_what_is_allowed(raw, message):
     with pytest.raises(ConfigError) as err:
         build_config(raw)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("value,seconds", [
+    ("90", 90), (90, 90), (2.5, 2.5), ("300s", 300), ("20m", 1200), ("1.5h", 5400),
+    ("1h30m", 5400), ("1h 30m 15s", 5415), ("2H", 7200), (".5m", 30),
+])
+def test_a_time_budget_is_read_in_each_form_as_seconds(value, seconds):
+    cfg = load_config(None, [f"study.time={value!r}" if isinstance(value, str) else
+                             f"study.time={value}"])
+    assert cfg.study.time == seconds and isinstance(cfg.study.time, float)
+    assert "time" not in cfg.settings()["study"]  # like trials: may change on resume
+    assert load_config(None).study.time == 0  # none unless asked for
 
 
 def test_grid_values_enumerate_steps():

@@ -54,7 +54,7 @@ def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] 
         best_row.history, n_val, classes, int(sizes.get("train", 0)) / max(1, classes))
     finished = sum(summary.states.get(k, 0) for k in ("COMPLETE", "PRUNED"))
     plan = advice.next_study(cfg, ranked, findings, max(1, finished),
-                             collect.max_epochs(settings))
+                             records.stored_max_epochs(settings))
     test = ((result.test_accuracy, result.best["test_size"])
             if result.test_accuracy is not None else None)
     tied = facts.within_one_image([r.value for r in ranked], best.value, n_val) if best else 0

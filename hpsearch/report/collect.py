@@ -95,7 +95,7 @@ def summarize(study, trials: list, settings: dict) -> Summary:
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     devices = {device_of(t) for t in finished} - {None}
     cfg = settings["config"]
-    epochs = max_epochs(settings) or max(
+    epochs = records.stored_max_epochs(settings) or max(
         (len(t.intermediate_values) for t in finished), default=0)
     return Summary(
         name=study.study_name, states=states, wall_seconds=wall,
@@ -103,17 +103,6 @@ def summarize(study, trials: list, settings: dict) -> Summary:
         pruner=cfg["study"]["pruner"], epochs=epochs,
         epochs_run=sum(len(t.intermediate_values) for t in finished),
         epochs_possible=len(finished) * epochs)
-
-
-def max_epochs(settings: dict) -> Optional[int]:
-    """The most epochs a trial of the study could run: what `epochs = "auto"` resolved to
-    (the record's max_epochs), else train.epochs where that is a number; None when neither
-    says."""
-    resolved = settings.get("max_epochs")
-    if isinstance(resolved, int):
-        return resolved
-    epochs = ((settings.get("config") or {}).get("train") or {}).get("epochs")
-    return epochs if isinstance(epochs, int) else None
 
 
 def best_trial(trials: list) -> Optional[FrozenTrial]:
@@ -142,7 +131,7 @@ def best_config(study, trial: FrozenTrial, settings: dict, cfg) -> dict:
         "seed": trial_seed(cfg.study.seed, trial),
         "dataset": cfg.data.dataset,
         "image_size": cfg.data.image_size,
-        "epochs": max_epochs(settings) or cfg.train.epochs,  # a number to retrain with
+        "epochs": records.max_epochs_of(settings, cfg),  # a number to retrain with
         "precision": cfg.train.precision,
         "split_seed": settings.get("split_seed", cfg.study.seed),
         "normalization": data.get("normalization"),

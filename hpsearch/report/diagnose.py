@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hpsearch.report import facts
+from hpsearch.report.facts import still_improving, trend, wilson
 
 # Training accuracy above validation accuracy by more than this, and above the top of the
 # validation accuracy's 95% interval (so not one small split's luck), is overfitting.
@@ -33,7 +33,7 @@ def diagnose(history: dict, n_val: int, classes: int, per_class: float) -> list:
     """The findings about one trial, most important first; [] for a trained model that
     generalises. `history`: its per-epoch lists (see train.History); `n_val`: validation
     images; `per_class`: training images per class (their mean; 0 when unknown)."""
-    improving = facts.still_improving(history, n_val, classes)
+    improving = still_improving(history, n_val, classes)
     found = [_still_learning(history, n_val) if improving else None,
              _overfitting(history, n_val)]
     if not improving and found[1] is None:
@@ -44,7 +44,7 @@ def diagnose(history: dict, n_val: int, classes: int, per_class: float) -> list:
 
 def _still_learning(history: dict, n: int) -> Finding:
     loss, acc = history.get("train_loss") or [], history.get("val_acc") or []
-    (k_loss, loss_slope), (k_acc, acc_slope) = facts.trend(loss), facts.trend(acc)
+    (k_loss, loss_slope), (k_acc, acc_slope) = trend(loss), trend(acc)
     said = []
     if k_loss:
         said.append(f"its training loss changed {loss_slope:+.3f} per epoch (to {loss[-1]:.3f})")
@@ -60,7 +60,7 @@ def _overfitting(history: dict, n: int):
     train, val = history.get("train_acc") or [], history.get("val_acc") or []
     if not train or not val or n <= 0:
         return None
-    low, high = facts.wilson(val[-1], n)
+    low, high = wilson(val[-1], n)
     gap = train[-1] - val[-1]
     if gap <= GAP or train[-1] <= high:
         return None
@@ -73,7 +73,7 @@ def _overfitting(history: dict, n: int):
 
 def _underfitting(history: dict, classes: int):
     train = history.get("train_acc") or []
-    k, slope = facts.trend(train)
+    k, slope = trend(train)
     if k == 0 or train[-1] >= LOW_ACC or slope >= FLAT:
         return None
     chance = f", chance level {1 / classes:.3f}" if classes >= 2 else ""

@@ -123,7 +123,9 @@ def training(cfg, best: Optional[dict], precision_run: Optional[str]) -> Section
             ["learning rate", _num(p["lr"]) if "lr" in p else "-"],
             ["weight decay", _num(p.get("weight_decay", 0.0))],
             ["batch size", p.get("batch_size", cfg.train.batch_size)],
-            ["epochs", cfg.train.epochs],
+            ["epochs (the most a trial trains)", _epochs(cfg, best)],
+            ["learning-rate schedule", _schedule(p)],
+            ["label smoothing", _num(p.get("label_smoothing", 0.0))],
             ["augmentation", p.get("augment", cfg.train.augment)],
             ["precision (setting, then as run)",
              f"{cfg.train.precision}; {precision_run or 'not recorded'}"],
@@ -132,6 +134,20 @@ def training(cfg, best: Optional[dict], precision_run: Optional[str]) -> Section
     text = ("Each trial trained from scratch on the training split and was scored on the "
             "validation split after every epoch; the values are the chosen trial's.")
     return Section("Training", [Text(text), Table(["", ""], rows)])
+
+
+def _epochs(cfg, best: Optional[dict]) -> str:
+    """`40` as the file said it, `auto: 40` where hpsearch worked it out."""
+    resolved = (best or {}).get("epochs")
+    if cfg.train.epochs == "auto":
+        return f"auto: {resolved}" if resolved else "auto"
+    return str(cfg.train.epochs)
+
+
+def _schedule(p: dict) -> str:
+    if p.get("schedule") == "wsd":
+        return "warmup, hold, linear decay to 0 at the last epoch"
+    return "constant" if p else "-"
 
 
 def next_study(plan, path) -> Section:
