@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from hpsearch.bench.panel import (DEFAULT_PANEL, REFERENCE_EPOCHS, PanelOptions, parse_data,
-                                  time_budget)
+from hpsearch.bench.panel import (DEFAULT_PANEL, REFERENCE_EPOCHS, PanelOptions, bench_panel,
+                                  parse_data, time_budget)
 from hpsearch.bench.suite import NAMED_ONLY, PARTS, PHOTOS_STUDY, PhotoOptions, run_all
 from hpsearch.bench.tables import markdown
 
@@ -115,8 +115,11 @@ def main() -> int:
     panel = PanelOptions(data, args.panel_trials, args.panel_time, args.panel_epochs,
                          tuple(args.panel_set), config=args.photo_config,
                          short=args.panel_short)
+    named = {"panel": (f"Panel: {', '.join(panel.data)}: the recipe, hpsearch and the "
+                       f"reference, {args.repeats}x each.",
+                       lambda: bench_panel(panel, args.repeats, args.epochs, out))}
     run_all(parts, args.trials, args.repeats, args.epochs, out, args.overhead_at,
-            say=lambda line: print(line, flush=True), done=save, photos=photos, panel=panel)
+            say=lambda line: print(line, flush=True), done=save, photos=photos, named=named)
     print((out / "bench.md").read_text(), end="")
     print(f"Written: {out / 'bench.json'}, {out / 'bench.md'}")
     return 0

@@ -375,9 +375,10 @@ def photo_targets(fixed: dict, study: dict) -> dict:
 
 def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
             overhead_at: tuple = (50, 1000), say=print, done=lambda result: None,
-            photos: PhotoOptions = PhotoOptions(), panel=None) -> dict:
+            photos: PhotoOptions = PhotoOptions(), named: Optional[dict] = None) -> dict:
     """The parts in order; `done(result)` after each, so a long run keeps what it measured.
-    `panel`: the panel's bench.panel.PanelOptions (default: its defaults)."""
+    `named`: the parts run only when named (the panel, which imports this module), as
+    {part: (the line that announces it, a function that measures it)}."""
     result: dict = {"commit": commit(), "machine": machine()}
 
     def start(line: str) -> None:  # announces a part, after saving the parts before it
@@ -416,12 +417,9 @@ def run_all(parts: tuple, trials: int, repeats: int, epochs: int, workdir: Path,
 
         start(f"Report: make_report of a {REPORT_TRIALS:,}-trial study, {repeats}x.")
         result["report"] = bench_report(repeats)
-    if "panel" in parts:
-        from hpsearch.bench.panel import PanelOptions, bench_panel
-
-        panel = panel or PanelOptions()
-        start(f"Panel: {', '.join(panel.data)}: the recipe, hpsearch and the reference, "
-              f"{repeats}x each.")
-        result["panel"] = bench_panel(panel, repeats, epochs, workdir)
+    for part, (line, measure) in (named or {}).items():
+        if part in parts:
+            start(line)
+            result[part] = measure()
     done(result)
     return result
