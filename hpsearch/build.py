@@ -1,11 +1,13 @@
 """A trial's parameters -> the CNN and the settings it trains with: one mapping for the
-objective, `train --best`, the report and the benchmarks."""
+objective, `train --best`, the report and the benchmarks. Each parameter goes by its name to
+the part the parameter table says it feeds (params.Spec.feeds)."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from hpsearch.model import build_cnn
+from hpsearch.params import values_for
 from hpsearch.schedule import auto_epochs
 from hpsearch.train import FitSettings
 
@@ -19,19 +21,13 @@ def max_epochs(epochs, n_train: int, batch_size: int) -> int:
 def model_for(params: dict, data) -> nn.Sequential:
     """The CNN of these parameters for this dataset's images and classes."""
     return build_cnn(in_channels=data.channels, num_classes=len(data.classes),
-                     image_size=data.image_size, depth=params["depth"], width=params["width"],
-                     dropout=params["dropout"], head=params.get("head", "flatten"),
-                     growth=params.get("growth", 1))
+                     image_size=data.image_size, **values_for("model", params))
 
 
 def fit_settings(params: dict, epochs: int, seed: int, precision: str = "auto") -> FitSettings:
     """How the model of these parameters trains: `seed` fixes initialisation and shuffling."""
-    return FitSettings(epochs=epochs, batch_size=params["batch_size"], lr=params["lr"],
-                       optimizer=params["optimizer"], weight_decay=params["weight_decay"],
-                       seed=seed, precision=precision,
-                       augment=params.get("augment", "none"),
-                       schedule=params.get("schedule", "constant"),
-                       label_smoothing=params.get("label_smoothing", 0.0))
+    return FitSettings(epochs=epochs, seed=seed, precision=precision,
+                       **values_for("training", params))
 
 
 def probe_seconds_per_epoch(params: dict, data, device, precision: str = "auto") -> float:

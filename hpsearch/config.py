@@ -18,7 +18,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from hpsearch.errors import ConfigError
 from hpsearch.params import (Fixed, Range, augment_name, build_param, check_type,
-                             default_space, names, need, param_to_toml, shape_defaults)
+                             default_space, fixed_defaults, names, need, param_to_toml)
 
 
 SAMPLERS = ("tpe", "random", "gp", "grid")
@@ -60,7 +60,7 @@ class TrainConfig:
     epochs: Union[int, str] = "auto"
     batch_size: int = 64  # used unless [space] names batch_size
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see precision.choose_precision)
-    # auto (by dataset: see shape_defaults) | none | crop | flip | crop+flip; the file may
+    # auto (by dataset: see params.PARAMS) | none | crop | flip | crop+flip; the file may
     # give a list (["crop", "flip"]). [space] augment searches or fixes it instead.
     augment: str = "auto"
 
@@ -195,13 +195,14 @@ _SECTION_NAMES = ("study", "data", "train", "space")
 
 def _full_space(named: tuple, data: DataConfig, train: TrainConfig) -> tuple:
     """The default space with the file's parameters in place of (or after) the defaults',
-    and head, growth and augment fixed at their defaults unless named."""
+    and the parameters the table fixes by default (head, growth, augment, ...) fixed at
+    their defaults unless named."""
     by_name = {p.name: p for p in named}  # a stored study's record names both when they agree
     if train.augment != "auto" and by_name.get("augment", Fixed("augment", train.augment)) != \
             Fixed("augment", train.augment):
         raise ConfigError("augment is set both in [train] and in [space]; keep one "
                           "([space] to search it)")
-    shape = shape_defaults(data)
+    shape = fixed_defaults(data)
     if train.augment != "auto":
         shape["augment"] = train.augment
     space = [by_name.pop(p.name, p) for p in default_space()]

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from hpsearch import private
+from hpsearch.params import OPTIMIZERS
 
-KINDS = ("adam", "adamw", "sgd")
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 MOMENTUM = 0.9  # hpsearch's SGD: Nesterov momentum without dampening
 
@@ -32,8 +32,8 @@ class FusedOptimizer:
     _step_supports_amp_scaling = True
 
     def __init__(self, params, kind: str, lr: float, weight_decay: float = 0.0):
-        if kind not in KINDS:
-            raise ValueError(f"optimizer must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
         self.params = [p for p in params if p.requires_grad]
         kinds = {(p.device, p.dtype) for p in self.params}
         if len(kinds) != 1:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from hpsearch import private
 from hpsearch.config import build_config
-from hpsearch.params import PARAM_DEFAULTS, default_space
+from hpsearch.params import PARAMS, default_space, later_params
 
 SETTINGS_ATTR = "hpsearch"  # study: the settings a resumed run must share (see Config)
 TESTED_ATTR = "tested"  # study: what the last report measured of its best trial on the test split
@@ -147,11 +147,15 @@ def stored_settings(study: optuna.Study) -> Optional[dict]:
     return settings if isinstance(settings, dict) and "config" in settings else None
 
 
-# Settings added after studies were already stored, with the value those studies ran with.
-LATER_SETTINGS = {("train", "precision"): "auto", ("train", "augment"): "auto",
-                  ("space", "head"): "flatten", ("space", "growth"): 1,
-                  ("space", "augment"): "none", ("space", "schedule"): "constant",
-                  ("space", "label_smoothing"): 0.0}
+# Settings of [train] added after studies were already stored, with the value those studies
+# ran with; the parameters' are the table's (params.Spec.before).
+LATER_TRAIN_SETTINGS = {("train", "precision"): "auto", ("train", "augment"): "auto"}
+
+
+def later_settings() -> dict:
+    """{(section, key): the value studies stored before the setting existed ran with}."""
+    return {**LATER_TRAIN_SETTINGS,
+            **{("space", name): value for name, value in later_params().items()}}
 
 
 def with_later_defaults(stored: dict) -> dict:
@@ -162,13 +166,14 @@ def with_later_defaults(stored: dict) -> dict:
         return stored
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     space = config.get("space")
-    if isinstance(space, dict) and "head" not in space:
-        # Stored before the default space: what its [space] left out was fixed at its default.
-        for p in default_space():
-            space.setdefault(p.name, PARAM_DEFAULTS[p.name])
-    for (section, key), value in LATER_SETTINGS.items():
+    # Stored before the default space: what its [space] left out was fixed at its default.
+    before_default_space = isinstance(space, dict) and "head" not in space
+    for (section, key), value in later_settings().items():
         if isinstance(config.get(section), dict):
             config[section].setdefault(key, value)
+    if before_default_space:
+        for p in default_space():
+            space.setdefault(p.name, PARAMS[p.name].default)
     return {**stored, "config": config}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from hpsearch.config import Config
-from hpsearch.params import PARAM_DEFAULTS, PARAM_KINDS, Choice, Fixed, Param, Range
+from hpsearch.params import PARAMS, Choice, Fixed, Param, Range, start_values
 
 
 def suggest_params(trial: optuna.Trial, cfg: Config) -> dict:
@@ -14,7 +14,7 @@ def suggest_params(trial: optuna.Trial, cfg: Config) -> dict:
     Parameters the space fixes or leaves out are not suggested (so they do not clutter the
     sampler's space); they come from the study file or the defaults.
     """
-    params = {**PARAM_DEFAULTS, "batch_size": cfg.train.batch_size}
+    params = _start(cfg)
     for p in cfg.space:
         params[p.name] = p.value if isinstance(p, Fixed) else suggest(trial, p)
     return params
@@ -23,7 +23,7 @@ def suggest_params(trial: optuna.Trial, cfg: Config) -> dict:
 def suggest(trial: optuna.Trial, p: Param):
     if isinstance(p, Choice):
         return trial.suggest_categorical(p.name, list(p.values))
-    if PARAM_KINDS[p.name] is int:
+    if PARAMS[p.name].kind is int:
         step = 1 if p.step is None else int(p.step)
         return trial.suggest_int(p.name, int(p.low), int(p.high), step=step, log=p.log)
     assert isinstance(p, Range)
@@ -32,7 +32,7 @@ def suggest(trial: optuna.Trial, p: Param):
 
 def fixed_params(cfg: Config) -> dict:
     """The parameters every trial shares: defaults, [train] batch size and fixed values."""
-    params = {**PARAM_DEFAULTS, "batch_size": cfg.train.batch_size}
+    params = _start(cfg)
     params.update({p.name: p.value for p in cfg.space if isinstance(p, Fixed)})
     return {k: v for k, v in params.items() if k not in searched_names(cfg)}
 
@@ -44,7 +44,7 @@ def searched_names(cfg: Config) -> list:
 def middle_params(cfg: Config) -> dict:
     """A middling trial of the space: each range at its middle (on a log scale where it is
     one), each choice at its first value; what a study times to size its trials to a budget."""
-    params = {**PARAM_DEFAULTS, "batch_size": cfg.train.batch_size}
+    params = _start(cfg)
     for p in cfg.space:
         if isinstance(p, Fixed):
             params[p.name] = p.value
@@ -52,5 +52,10 @@ def middle_params(cfg: Config) -> dict:
             params[p.name] = p.values[0]
         else:
             middle = (p.low * p.high) ** 0.5 if p.log else (p.low + p.high) / 2
-            params[p.name] = round(middle) if PARAM_KINDS[p.name] is int else middle
+            params[p.name] = round(middle) if PARAMS[p.name].kind is int else middle
     return params
+
+
+def _start(cfg: Config) -> dict:
+    """The values a trial starts from: the table's defaults and [train] batch_size."""
+    return {**start_values(), "batch_size": cfg.train.batch_size}

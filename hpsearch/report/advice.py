@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from hpsearch.params import PARAM_KINDS, Choice, Fixed, Range, param_to_toml, shape_defaults
+from hpsearch.params import PARAMS, Choice, Fixed, Range, default_of, param_to_toml
 
 # The best trials the next space is drawn around: a fifth of the completed ones, 5 to 20.
 TOP_SHARE, TOP_MIN, TOP_MAX = 0.2, 5, 20
@@ -19,9 +19,6 @@ WIDEN = 0.25  # how far a range grows past an edge its best value sits at, of it
 MORE_EPOCHS = 1.5  # epochs of the next study when the best trial was still improving
 DROPOUT_REACH = 0.2  # how much higher the dropout range reaches when the best trial overfits
 CAPACITY = ("depth", "width")  # the ranges that grow when the best trial underfits
-# How far a range may be widened: the values the trainer accepts (see params).
-WIDEST = {"lr": (1e-6, 1.0), "depth": (1, 8), "width": (1, 1024), "dropout": (0.0, 0.9),
-          "weight_decay": (0.0, 1.0), "batch_size": (2, 65536), "growth": (1, 4)}
 
 
 @dataclass
@@ -112,10 +109,10 @@ def _train_longer(epochs, max_epochs: Optional[int], train: dict) -> str:
 
 
 def _against_overfitting(cfg, space: dict, train: dict) -> str:
-    """Augmentation on where the data are photos (as shape_defaults gives them: none for
-    digits), and a dropout range that reaches DROPOUT_REACH higher."""
+    """Augmentation on where the data are photos (as its default for the dataset gives it:
+    none for digits), and a dropout range that reaches DROPOUT_REACH higher."""
     did = []
-    photos = shape_defaults(cfg.data)["augment"]
+    photos = default_of("augment", cfg.data)
     aug = space.get("augment")
     used = aug.values if isinstance(aug, Choice) else (getattr(aug, "value", None),)
     if photos != "none" and photos not in used:
@@ -126,11 +123,12 @@ def _against_overfitting(cfg, space: dict, train: dict) -> str:
     # A fixed dropout becomes a range, which a grid sampler cannot take without a step.
     if isinstance(drop, Range) or (isinstance(drop, Fixed) and cfg.study.sampler != "grid"):
         low = float(drop.low if isinstance(drop, Range) else drop.value)
-        top = min(WIDEST["dropout"][1], _high(cfg.space, "dropout", low) + DROPOUT_REACH)
+        widest = PARAMS["dropout"].widest
+        top = min(widest[1], _high(cfg.space, "dropout", low) + DROPOUT_REACH)
         if top > getattr(drop, "high", low):
             new = (replace(drop, high=top) if isinstance(drop, Range)
                    else Range("dropout", low, top))
-            low, high = _inside(new, *_snap(new, low, top), *WIDEST["dropout"])
+            low, high = _inside(new, *_snap(new, low, top), *widest)
             space["dropout"] = replace(new, low=low, high=high)
             did.append(f"searches dropout up to {high:.2g}")
     what = " and ".join(did) if did else "cannot add images, which would help most"
@@ -202,7 +200,7 @@ def _narrowed_range(p: Range, values: list, best, up: bool) -> tuple:
     width = high_t - low_t
     lo = max(low_t, fwd(min(values)) - MARGIN * width)
     hi = min(high_t, fwd(max(values)) + MARGIN * width)
-    floor, ceiling = WIDEST.get(p.name, (-math.inf, math.inf))
+    floor, ceiling = PARAMS[p.name].widest
     edge = None
     if not up and fwd(best) - low_t <= EDGE * width and p.low > floor:
         lo, edge = fwd(max(floor, back(low_t - WIDEN * width))), "bottom"
@@ -233,9 +231,9 @@ def _snap(p: Range, low: float, high: float) -> tuple:
     if p.step is not None:
         low = p.low + math.floor((low - p.low) / p.step + 1e-9) * p.step
         high = p.low + math.ceil((high - p.low) / p.step - 1e-9) * p.step
-        return (int(round(low)), int(round(high))) if PARAM_KINDS[p.name] is int else \
+        return (int(round(low)), int(round(high))) if PARAMS[p.name].kind is int else \
             (_tidy(low), _tidy(high))
-    if PARAM_KINDS[p.name] is int:  # the trials' own values are whole: rounding keeps them
+    if PARAMS[p.name].kind is int:  # the trials' own values are whole: rounding keeps them
         return int(math.floor(low + 0.5)), int(math.ceil(high - 0.5))
     if p.log:
         return _significant(low, math.floor), _significant(high, math.ceil)
@@ -245,10 +243,11 @@ def _snap(p: Range, low: float, high: float) -> tuple:
 
 
 def _inside(p: Range, low, high, floor: float, ceiling: float) -> tuple:
-    """Bounds moved back inside WIDEST (or the old range, where that reached further), a
-    step or a whole unit at a time, so that a stepped range stays on its grid."""
+    """Bounds moved back inside floor..ceiling, the parameter's widest (params.Spec.widest),
+    or the old range where that reached further; a step or a whole unit at a time, so that
+    a stepped range stays on its grid."""
     floor, ceiling = min(floor, p.low), max(ceiling, p.high)
-    step = p.step or (1 if PARAM_KINDS[p.name] is int else None)
+    step = p.step or (1 if PARAMS[p.name].kind is int else None)
     if step is None:
         return max(low, floor), min(high, ceiling)
     while low < floor:
@@ -269,7 +268,7 @@ def _tidy(v: float) -> float:
 
 
 def _num(v, p=None) -> str:
-    if p is not None and PARAM_KINDS[p.name] is int:
+    if p is not None and PARAMS[p.name].kind is int:
         return str(int(round(v)))
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
