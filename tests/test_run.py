@@ -109,7 +109,8 @@ def test_default_storage_is_under_studies_of_the_working_folder(tmp_path):
                   "space.width=4", "--set", "data.image_size=8", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "studies" / "hpsearch.db").is_file()
-    assert f"Store          {tmp_path / 'studies' / 'hpsearch.db'}" in out.stdout
+    assert re.search(rf"^Store +{re.escape(str(tmp_path / 'studies' / 'hpsearch.db'))}$",
+                     out.stdout, re.M)
 
 
 def test_fixed_values_work_for_every_parameter(study_file, store):
