@@ -150,13 +150,13 @@ def test_a_pruner_that_must_prune_does(study_file, store):
 
 def test_a_diverging_learning_rate_is_pruned_and_the_study_goes_on(study_file, store):
     out = run_cli("--config", study_file, "--storage", store, "--trials", 2,
-                  "--set", "study.sampler='grid'", "--set", "space.lr=[1e5, 0.01]",
+                  "--set", "study.sampler='grid'", "--set", "space.lr=[10.0, 0.01]",
                   "--set", "space.optimizer='sgd'", "--set", "space.depth=1",
                   "--set", "space.width=4", "--set", "space.dropout=0.0")
     assert out.returncode == 0, out.stderr
     by_lr = {t.params["lr"]: t for t in load(store).trials}
-    assert by_lr[1e5].state == TrialState.PRUNED
-    assert "diverged" in by_lr[1e5].user_attrs["prune_reason"]
+    assert by_lr[10.0].state == TrialState.PRUNED  # the highest rate a study file may give
+    assert "diverged" in by_lr[10.0].user_attrs["prune_reason"]
     assert by_lr[0.01].state == TrialState.COMPLETE
 
 
