@@ -402,3 +402,23 @@ def time_spent(study: optuna.Study) -> float:
 
 def write_time_spent(study: optuna.Study, seconds: float) -> None:
     study.set_user_attr(TIME_SPENT_ATTR, round(seconds, 3))
+
+
+def as_it_ran(cfg, stored: Optional[dict]):
+    """This run's Config for a study stored before some parameters existed: each such
+    parameter its record lacks, which this run fixes at today's default (its study file did
+    not name it), takes the value the study ran with (e.g. schedule "constant"), so that the
+    study resumes and its new trials train as its first did. Anything else is left to the
+    settings check."""
+    from dataclasses import replace
+
+    from hpsearch.params import Fixed, default_of, later_params
+
+    space = ((stored or {}).get("config") or {}).get("space")
+    if not isinstance(space, dict):
+        return cfg
+    before = {name: value for name, value in later_params().items() if name not in space}
+    kept = tuple(Fixed(p.name, before[p.name])
+                 if p.name in before and p == Fixed(p.name, default_of(p.name, cfg.data))
+                 else p for p in cfg.space)
+    return cfg if kept == cfg.space else replace(cfg, space=kept)

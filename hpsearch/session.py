@@ -22,7 +22,7 @@ from hpsearch.config import Config
 from hpsearch.data import Dataset, Progress, load_dataset
 from hpsearch.objective import make_objective
 from hpsearch.build import max_epochs, probe_seconds_per_epoch
-from hpsearch.records import (count_finished, max_epochs_of, settings_record,
+from hpsearch.records import (as_it_ran, count_finished, max_epochs_of, settings_record,
                               stored_max_epochs, stored_settings)
 from hpsearch.schedule import budget_epochs
 from hpsearch.space import middle_params
@@ -33,7 +33,7 @@ from hpsearch.study import (RunResult, TimeBudget, find_study, grid_is_exhausted
                             recover_dead_trials, run, runs_alone)
 from hpsearch.precision import choose_precision
 from hpsearch.sharing import Share, cap, groups, hand_over, receive
-from hpsearch.train import configure_threads, resolve_device
+from hpsearch.train import Diverged, configure_threads, resolve_device
 
 
 @dataclass(frozen=True)
@@ -85,20 +85,23 @@ def training_setup(cfg: Config, device: torch.device, workers: int = 1,
     return threads, data
 
 
-def study_length(cfg: Config, data: Dataset, device: torch.device, storage,
+def study_length(cfg: Config, data: Dataset, device: torch.device, stored: Optional[dict],
                  probe: bool = True) -> int:
     """The most epochs a trial of a new study trains: `train.epochs` for this data (see
     build.max_epochs) and, with a time budget, few enough that a middling model of the space
-    trained to the end takes at most a quarter of it (one epoch of it is timed here; `probe`
-    False, as in the parent of --workers, whose data sit in host memory, times nothing). A
-    study already stored keeps its own; this is not worked out for it."""
+    trained to the end takes at most a quarter of it (one epoch of it is timed here, on the
+    CPU or the device its data sit on; `probe` False times nothing: the parent of --workers
+    on GPUs holds its data in host memory). A study already stored (`stored`: its record)
+    keeps its own; this is not worked out for it. A middling model that diverges is no
+    measure: the length then stays."""
     epochs = max_epochs(cfg.train.epochs, len(data.y_train), cfg.train.batch_size)
-    if cfg.study.time <= 0 or not probe:
+    if cfg.study.time <= 0 or not probe or stored_max_epochs(stored or {}) is not None:
         return epochs
-    stored = find_study(storage, cfg.study.name)
-    if stored is not None and stored_max_epochs(stored_settings(stored) or {}) is not None:
+    try:
+        seconds = probe_seconds_per_epoch(middle_params(cfg), data, device,
+                                          cfg.train.precision)
+    except Diverged:
         return epochs
-    seconds = probe_seconds_per_epoch(middle_params(cfg), data, device, cfg.train.precision)
     return budget_epochs(epochs, seconds, cfg.study.time)
 
 
@@ -156,8 +159,11 @@ class Session:
         interrupts.check()
         storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)
-        epochs = study_length(cfg, data, device, storage,
-                              probe=not (worker is None and options.workers > 1))
+        existing = find_study(storage, cfg.study.name)
+        stored = stored_settings(existing) if existing is not None else None
+        cfg = as_it_ran(cfg, stored)  # a study older than some parameters keeps their values
+        epochs = study_length(cfg, data, device, stored, probe=device.type == "cpu" or not (
+            worker is None and options.workers > 1))
         study = open_study(storage, cfg, settings_record(cfg, data, epochs), worker=worker or 0,
                            alone=runs_alone(spec, options.workers))
         if worker is None:

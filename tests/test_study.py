@@ -118,6 +118,51 @@ def test_a_study_stored_before_a_setting_existed_resumes_with_its_default(tmp_pa
     check_settings(study, {"config": fp32.settings()})
 
 
+def test_a_study_stored_before_the_schedule_resumes_and_trains_as_it_ran(tmp_path):
+    """An older study's record lacks the parameters added since (schedule, label smoothing):
+    the same study file, which does not name them, resumes it at the values it ran with,
+    a constant rate; a file that names them is judged by the settings check as before."""
+    from hpsearch.params import Choice, Fixed
+    from hpsearch.records import as_it_ran
+
+    cfg = load_config(None, ["study.name='s'", "data.image_size=8"])
+    spec = parse_storage(f"sqlite:///{tmp_path / 'store.db'}")
+    older = cfg.settings()
+    del older["space"]["schedule"], older["space"]["label_smoothing"]
+    study = open_study(open_storage(spec), cfg, {"config": cfg.settings()})
+    study.set_user_attr("hpsearch", {"config": older})  # as an earlier hpsearch stored it
+    with pytest.raises(SettingsMismatch, match="config.space.schedule was 'constant'"):
+        check_settings(study, {"config": cfg.settings()})
+    kept = as_it_ran(cfg, {"config": older})
+    fixed = {p.name: p.value for p in kept.space if isinstance(p, Fixed)}
+    assert fixed["schedule"] == "constant" and fixed["label_smoothing"] == 0.0
+    check_settings(study, {"config": kept.settings()})  # resumes
+    searched = load_config(None, ["study.name='s'", "data.image_size=8",
+                                  "space.schedule=['wsd', 'constant']"])
+    assert Choice("schedule", ("wsd", "constant")) in as_it_ran(searched, {"config": older}).space
+    assert as_it_ran(cfg, {"config": cfg.settings()}) is cfg  # a study of today: unchanged
+    # Through a whole session: the run's own config is the one the study ran with.
+    options = RunOptions(storage=f"sqlite:///{tmp_path / 'run.db'}", device="cpu")
+    first = Session.open(cfg, options)
+    record = first.study.user_attrs["hpsearch"]
+    for name in ("schedule", "label_smoothing"):
+        del record["config"]["space"][name]
+    first.study.set_user_attr("hpsearch", record)
+    assert Fixed("schedule", "constant") in Session.open(cfg, options).cfg.space
+
+
+def test_a_time_budget_probe_that_diverges_keeps_the_length(tmp_path):
+    from hpsearch.data import load_dataset
+    from hpsearch.session import study_length
+
+    cfg = load_config(None, ["study.name='s'", "data.image_size=8", "study.time=60",
+                             "space.lr=8.0", "space.optimizer='sgd'"])
+    data = load_dataset(cfg.data, 0)
+    import torch
+
+    assert study_length(cfg, data, torch.device("cpu"), None) == 6  # digits.toml's epochs
+
+
 def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monkeypatch):
     import torch
 
