@@ -134,6 +134,21 @@ def add_result_commands(sub) -> None:
     train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     train.add_argument("--data-dir", metavar="DIR", help="where mnist/cifar10 files are")
 
+    predict = command("predict", cmd_predict, "classify image files with a study's best model",
+                      "Classify image files (or every file under folders) with the best model "
+                      "of a study, or a saved one (--model), decoding each as training did. "
+                      "Writes CSV: file, class, probability (and the next classes with "
+                      "--top-k).")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    store_flags(predict)
+    predict.add_argument("--model", metavar="DIR",
+                         help="a saved model (weights.pt and config.json: `hpsearch train "
+                              "--best` or best_model().save) instead of the study's best")
+    predict.add_argument("--top-k", type=positive_int, default=1, metavar="K",
+                         help="the K most probable classes per image (default 1)")
+    predict.add_argument("--out", metavar="FILE", help="the CSV file (default: printed)")
+    predict.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | mps")
+
     dash = command("dashboard", cmd_dashboard, "run optuna-dashboard on a store",
                    "Run optuna-dashboard on the store and its weights folder.")
     store_flags(dash, name=False)
@@ -203,63 +218,16 @@ def bench(argv: list) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.config import load_config
-    from hpsearch.session import RunOptions, Session
+    from hpsearch.runs import run_study
+    from hpsearch.session import RunOptions
 
     flags = {"study.trials": trials_flag(args), "study.time": args.time,
              "study.name": args.study_name, "train.epochs": args.epochs, "study.seed": args.seed,
              "study.backup": args.backup}
     cfg = load_config(args.config, args.set, {k: v for k, v in flags.items() if v is not None})
-    interrupts.check()
     options = RunOptions(storage=args.storage, device=args.device, workers=args.workers,
                          artifacts=args.artifacts, timeout=args.timeout)
-    console.nothing_searched(cfg)
-    session = Session.open(cfg, options, on_note=console.say,
-                           on_progress=console.decode_progress(args.quiet))
-    console.skipped_images(session.data.skipped)
-    done = session.finished()
-    console.header(session, done)
-    if session.nothing_to_do(done):
-        interrupts.check()
-        console.nothing_to_do(session, done)
-        return 0
-    for number, queued in session.recover_dead_trials():
-        console.recovered(number, queued)
-    try:
-        result = run_trials(session, done, args.quiet)
-        interrupts.check()  # a stop the trials finished before: still an interrupted run
-    finally:
-        session.close()
-    return finish(session, result)
-
-
-def run_trials(session, done: int, quiet: bool):
-    """The trials themselves: in this process, or in --workers spawned ones."""
-    study, cfg = session.study, session.cfg
-    with console.progress_bar(study, cfg.study.trials, done, quiet=quiet,
-                              time_left=session.time_left) as bar:
-        if session.options.workers == 1:
-            return session.run(callbacks=(bar,))
-        from hpsearch.workers import run_workers
-
-        with session.spending() as budget:
-            return run_workers(cfg, session.options, poll=lambda: bar.poll(study),
-                               budget=budget)
-
-
-def finish(session, result) -> int:
-    cfg, timeout = session.cfg, session.options.timeout
-    console.summary(session.study, result, session.spec.display, cfg)
-    if result.stopped_by_failures:
-        console.stopped_by_failures(result.last_fail_reason)
-        return EXIT_FAILED
-    done = session.finished()
-    if cfg.study.trials and done >= cfg.study.trials:
-        return 0
-    if session.time_left() == 0:
-        console.time_budget_spent(session, done)
-    else:
-        console.short_of_target(done, cfg, bool(timeout and result.seconds >= timeout))
-    return 0
+    return EXIT_FAILED if run_study(cfg, options, args.quiet).failed else 0
 
 
 def data_dir_of(args: argparse.Namespace) -> Optional[str]:
@@ -396,6 +364,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     weights, config = best_model.save_model(model, saved, out)
     console.say(f"Test accuracy {preds.accuracy:.4f} on {len(preds.true)} held-out images")
     console.say(f"Saved: {weights} and {config}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpsearch import api
+    from hpsearch.errors import DataError
+    from hpsearch.train import resolve_device
+    from hpsearch.trained import predictions_csv
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise DataError(f"no such file or folder: {missing[0]}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    device = resolve_device(args.device)
+    if args.model:
+        model = api.load_model(args.model, device)
+    else:
+        model = api.load(args.study_name, storage=args.storage, config=args.config,
+                         artifacts=args.artifacts).best_model(str(device))
+    x, sources, skipped = model.images(args.paths)
+    if not sources:
+        raise DataError(f"none of the {len(skipped)} files given is an image PIL can read"
+                        f" (the first: {skipped[0]})" if skipped else "no files were given")
+    found = model.predict_images(x, sources, args.top_k)
+    console.predictions(predictions_csv(found, args.top_k), args.out)
+    console.predicted(len(found), skipped, args.out)
     return 0
 
 

@@ -1,28 +1,33 @@
 """Bad input: each of these is shown to the user as one line, with exit status 2, never as a
-traceback. Messages say what is wrong and how to fix it, and never hold a password."""
+traceback. Messages say what is wrong and how to fix it, and never hold a password. In a
+notebook (hpsearch.api) each is raised as it is, a HpsearchError, with no frames of hpsearch."""
 
 
-class ConfigError(ValueError):
+class HpsearchError(ValueError):
+    """Bad input to hpsearch: the message is the one line the command line prints."""
+
+
+class ConfigError(HpsearchError):
     """A study file or an override holds a value hpsearch cannot use."""
 
 
-class DataError(ValueError):
+class DataError(HpsearchError):
     """A dataset cannot be found, read or split."""
 
 
-class StorageError(ValueError):
+class StorageError(HpsearchError):
     """A storage URL or store hpsearch cannot use."""
 
 
-class DeviceError(ValueError):
+class DeviceError(HpsearchError):
     """The requested device or precision does not exist on this machine."""
 
 
-class SettingsMismatch(ValueError):
+class SettingsMismatch(HpsearchError):
     """A resumed study was created with other settings than this run's."""
 
 
-class ReportError(ValueError):
+class ReportError(HpsearchError):
     """A study the results cannot be read from (no such study, not made by hpsearch)."""
 
 
