@@ -31,7 +31,12 @@ def configure_logging(verbose: bool, prefix: str = "") -> None:
 
 
 def _not_ctrl_c(record) -> bool:
-    return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+    """Not Optuna's lines on a trial a stop interrupted: the run's own line says it."""
+    from hpsearch import interrupts
+
+    if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+        return False
+    return not (interrupts.requested() and "failed with value None" in record.getMessage())
 
 
 def say(line: str = "", flush: bool = False) -> None:
@@ -319,6 +324,26 @@ def best(record: dict, tested: Optional[dict], report_file) -> None:
     rows.append(("", "`hpsearch best --json` prints the same record"))
     for label, value in rows:
         print(f"{label:<20} {value}".rstrip())
+
+
+def predictions(text: str, out: Optional[str]) -> None:
+    """`hpsearch predict`'s CSV to the file `out` (written whole, then renamed) or stdout."""
+    if out is None:
+        print(text, end="")
+        return
+    with open(f"{out}.tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f"{out}.tmp", out)
+
+
+def predicted(n: int, skipped: list, out: Optional[str]) -> None:
+    """After the CSV, on stderr: how many were classified, and the files that were no image."""
+    line = f"{n} image{'s' if n != 1 else ''} classified" + (f" into {out}" if out else "")
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        line += f"; {len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped (not an image " \
+                f"PIL can read: {shown})"
+    print(line, file=sys.stderr)
 
 
 def status(store: str, rows: list) -> None:

@@ -231,24 +231,40 @@ def _decode(path: Path, size: int, out: np.ndarray):
     part. A JPEG much larger than the image size is decoded at a half, quarter or eighth of
     its size (Pillow's draft mode: the decoder skips the detail), still at least twice the
     image size, so the resize that follows keeps its antialiasing."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as img:
-            grey = img.mode in _GREY_MODES
             if img.format == "JPEG":
                 img.draft(img.mode, (2 * size, 2 * size))
-            img = _to_8_bit(ImageOps.exif_transpose(img))  # as a phone photo is shown
-            if img.mode in ("RGBA", "LA", "PA", "P") or "transparency" in img.info:
-                img = img.convert("RGBA")
-                # Transparent pixels become white, as an image viewer shows them.
-                img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img)
-            img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
-            out[...] = np.asarray(img, dtype=np.uint8)
+            out[...], grey = fit_image(img, size)
             return grey, hashlib.sha256(data).hexdigest()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def decode_file(path: Path, size: int) -> Optional[tuple]:
+    """(S x S x 3 uint8 array, is_greyscale) of an image file, decoded exactly as a folder
+    study decodes its files; None for a file PIL cannot read."""
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    found = _decode(Path(path), size, out)
+    return None if found is None else (out, found[0])
+
+
+def fit_image(img, size: int) -> tuple:
+    """(S x S x 3 uint8 array, is_greyscale) of an opened PIL image: turned as its EXIF
+    says (as a phone photo is shown), cut to its centre square, resized."""
+    from PIL import Image, ImageOps
+
+    grey = img.mode in _GREY_MODES
+    img = _to_8_bit(ImageOps.exif_transpose(img))
+    if img.mode in ("RGBA", "LA", "PA", "P") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        # Transparent pixels become white, as an image viewer shows them.
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img)
+    img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8), grey
 
 
 def _to_8_bit(img):

@@ -21,15 +21,24 @@ def module_name(path: Path) -> str:
 
 
 def imported(path: Path) -> set:
-    """Every hpsearch module a file imports, at its top or inside a function."""
+    """Every hpsearch module a file imports, at its top or inside a function. `from
+    hpsearch import console` imports the module console, not what the package's __init__
+    names (its lazy `hpsearch.run` and the rest)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
+            modules = {f"{node.module}.{a.name}" for a in node.names}
+            names |= modules
+            if not all(is_module(m) for m in modules):
+                names.add(node.module)
     return {n for n in names if n.split(".")[0] == "hpsearch"}
+
+
+def is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def graph() -> dict:

@@ -190,3 +190,47 @@ def fmt(v) -> str:
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 1_000:
         return f"{v:,}"
     return str(v)
+
+
+# The report's charts by the name a notebook asks for them (hpsearch.api's Study.plot).
+FIGURE_NAMES = ("history", "epochs", "curves", "comparison", "parallel", "importance")
+
+
+def study_figure(study, name: str):
+    """The report's chart `name` (FIGURE_NAMES) of `study`, as a matplotlib Figure, drawn by
+    the report's own code from the trials stored now; None when the study has too little to
+    draw it (no finished trial, fewer than two completed, no searched parameter)."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    rows = collect.finished_rows(trials)
+    if name not in FIGURE_NAMES:
+        raise ValueError(f"no chart {name!r}; the charts are {', '.join(FIGURE_NAMES)}")
+    if not rows:
+        return None
+    best = collect.best_trial(trials)
+    chosen = best.number if best is not None else None
+    names = collect.searched(trials)
+    categorical = {n: collect.is_categorical(trials, n) for n in names}
+    log = {n: collect.is_log(trials, n) for n in names}
+    complete = [r for r in rows if r.state == "COMPLETE"]
+    if name == "history":
+        return charts.optimization_history(rows, chosen)
+    if name == "epochs":
+        from hpsearch.records import stored_max_epochs
+
+        stored = stored_max_epochs(collect.study_settings(study))
+        return charts.intermediate_values(rows, chosen, stored or max(r.epochs_run for r in rows))
+    if name == "curves":
+        curves = [r for r in collect.top_rows(rows, N_CURVES) if r.history]
+        return draw.learning_curves(curves, chosen) if curves else None
+    if name == "comparison":
+        return draw.comparison(rows, names, categorical, log, chosen)
+    if len(complete) < 2 or not names:
+        return None
+    if name == "parallel":
+        return charts.parallel_coordinates(complete, names, categorical, log, chosen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        importances = optuna.importance.get_param_importances(study)
+    return charts.param_importances(importances, len(complete)) if importances else None
