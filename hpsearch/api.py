@@ -29,7 +29,8 @@ from hpsearch.errors import HpsearchError, ReportError
 from hpsearch.storage import DEFAULT_STORAGE
 from hpsearch.trained import Model, load_model
 
-__all__ = ["run", "load", "load_model", "Study", "Best", "Model", "HpsearchError"]
+__all__ = ["run", "load", "load_model", "dashboard", "Study", "Best", "Model",
+           "HpsearchError"]
 
 
 def _user_facing(fn):
@@ -64,15 +65,17 @@ def _setting_keys() -> dict:
 def run(config: Union[str, Path, None] = None, *, storage: str = DEFAULT_STORAGE,
         device: str = "auto", workers: int = 1, artifacts: Optional[str] = None,
         timeout: Optional[float] = None, quiet: bool = False, verbose: bool = False,
-        set: tuple = (), space: Optional[dict] = None, **settings) -> Optional["Study"]:
+        live: bool = True, set: tuple = (), space: Optional[dict] = None,
+        **settings) -> Optional["Study"]:
     """Run the study of the study file `config` (default: the digits study) to its target,
     as `hpsearch run` does, and return it as a Study; a rerun continues it (`trials` and
     `time` are the study's totals). Keywords: the flags of `hpsearch run` (`trials`, `time`,
     `epochs`, `seed`, `backup`, `study_name`, `storage`, `device`, `workers`, `artifacts`,
     `timeout`, `quiet`, `verbose`), any key of the study file's [study], [data] and [train]
     by its name (`data` for the dataset: "folder:PATH"), `space` as a dict like [space], and
-    `set` as `--set KEY=VALUE` strings. Stopped by the kernel's stop button: one line, and
-    the Study as stored (None if it was not created yet)."""
+    `set` as `--set KEY=VALUE` strings; `live=False` draws no live figure in the cell.
+    Stopped by the kernel's stop button: one line, and the Study as stored (None if it was
+    not created yet)."""
     from hpsearch import console
     from hpsearch.config import load_config
     from hpsearch.runs import run_study
@@ -93,12 +96,19 @@ def run(config: Union[str, Path, None] = None, *, storage: str = DEFAULT_STORAGE
                          timeout=timeout)
     try:
         with _stop_button():
-            outcome = run_study(cfg, options, quiet)
+            outcome = run_study(cfg, options, quiet, watch=None if quiet or not live
+                                else _live_figure)
     except KeyboardInterrupt:
         console.say("Stopped: the study is intact; run this cell again to continue it (an "
                     "unfinished trial starts again).")
         return _stored(cfg.study.name, storage, artifacts)
     return Study(outcome.session.study, storage, artifacts)
+
+
+def _live_figure(session):
+    from hpsearch.live import in_cell
+
+    return in_cell(session)
 
 
 @contextmanager
@@ -245,6 +255,7 @@ class Study:
         if figure is None:
             raise HpsearchError(f"study {self.name!r} has too few finished trials for the "
                                 f"{name} chart yet")
+        _inline_figures()
         return figure
 
     @_user_facing
@@ -253,7 +264,7 @@ class Study:
         """Write the report (report.md, .html, .pdf, charts, best_config.json, next.toml)
         into `out` (default: reports/<study> beside the store), show it in the cell, and
         return its folder."""
-        from hpsearch.dashboard import attach_to_study
+        from hpsearch.board import attach_to_study
         from hpsearch.data import study_data
         from hpsearch.records import stored_settings
         from hpsearch.report import make_report
@@ -335,6 +346,65 @@ class Study:
         from hpsearch.storage import existing_artifacts
 
         return existing_artifacts(self._spec, self._artifacts)
+
+
+class Dashboard:
+    """optuna-dashboard serving a study's store from a background process (`hpsearch
+    dashboard`); `stop()` ends it, as does the notebook's end."""
+
+    def __init__(self, process, url: str, proxied: Optional[str] = None):
+        self.process, self.url, self.proxied = process, url, proxied
+
+    def __repr__(self) -> str:
+        return f"<hpsearch Dashboard at {self.proxied or self.url}>"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@_user_facing
+def dashboard(study: Union["Study", str, None] = None, *, storage: str = DEFAULT_STORAGE,
+              port: int = 8080, height: int = 700) -> Dashboard:
+    """Start optuna-dashboard on the store of `study` (a Study, or a storage URL; default:
+    the default store) in the background and show it: in Colab inside the cell (its
+    proxied link printed too), elsewhere as the local address to open."""
+    from hpsearch import console
+    from hpsearch.board import start_in_background
+    from hpsearch.storage import open_existing_storage, parse_storage
+
+    url_of_store = study.storage if isinstance(study, Study) else (study or storage)
+    open_existing_storage(parse_storage(url_of_store))  # a store that exists, or one line
+    process, port = start_in_background(url_of_store, port)
+    local = f"http://127.0.0.1:{port}/"
+    board = Dashboard(process, local, _colab_iframe(port, height))
+    console.say(f"Dashboard: {board.proxied or local} (dashboard.stop() ends it)")
+    return board
+
+
+def _colab_iframe(port: int, height: int) -> Optional[str]:
+    """In Colab: the dashboard shown in the cell through Colab's proxy of the kernel's
+    port, and the proxied address (None elsewhere)."""
+    try:
+        from google.colab import output
+    except ImportError:
+        return None
+    output.serve_kernel_port_as_iframe(port, height=str(height))
+    return output.eval_js(f"google.colab.kernel.proxyPort({port})")
+
+
+def _inline_figures() -> None:
+    """A Figure that ends a cell shows as its picture, whatever matplotlib backend the
+    kernel has (the report's figures are made without pyplot)."""
+    from hpsearch.live import in_notebook, png_of
+
+    if in_notebook():
+        from IPython import get_ipython
+        from matplotlib.figure import Figure
+
+        get_ipython().display_formatter.formatters["image/png"].for_type(
+            Figure, lambda fig: png_of(fig, dpi=110))
 
 
 def _show_html(path: Path) -> None:

@@ -257,7 +257,7 @@ def named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpsearch.dashboard import attach_to_study
+    from hpsearch.board import attach_to_study
     from hpsearch.data import study_data
     from hpsearch.records import stored_settings
     from hpsearch.report import make_report
@@ -396,16 +396,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpsearch import dashboard
+    from hpsearch import board
     from hpsearch.storage import artifact_folder, existing_artifacts
 
     spec, storage = open_store(args)
     artifacts = existing_artifacts(spec, args.artifacts)
-    app = dashboard.app(storage, artifact_store=artifacts)
+    app = board.app(storage, artifact_store=artifacts)
     weights = artifact_folder(spec, args.artifacts) if artifacts else None
     console.dashboard_started(spec.display, weights, args.host, args.port)
     try:
-        dashboard.serve(app, args.host, args.port, console.request if args.verbose else None)
+        board.serve(app, args.host, args.port, console.request if args.verbose else None)
     except OSError as err:
         console.error(f"cannot serve on {args.host}:{args.port} ({err.strerror}); pass "
                       f"another --port")

@@ -28,13 +28,15 @@ log = logging.getLogger("hpsearch")
 
 def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None,
                    checkpoints: Optional[Path] = None, backup=None,
-                   trainer: Optional[Callable] = None, epochs: Optional[int] = None):
+                   trainer: Optional[Callable] = None, epochs: Optional[int] = None,
+                   on_epoch: Optional[Callable[[int, dict], None]] = None):
     """The function `study.optimize` calls: returns the final validation accuracy. With an
     artifact store, a completed trial's weights are uploaded to it; with a checkpoint folder,
     every epoch is checkpointed and a retried trial resumes from its last one; with a backup,
     the store and the checkpoint are copied when a trial starts and after its epochs.
     `trainer` stands in for `train.fit` (the overhead benchmark trains nothing). `epochs`: the
-    most a trial trains (default: what `train.epochs` comes to for this data)."""
+    most a trial trains (default: what `train.epochs` comes to for this data). `on_epoch(trial
+    number, history so far)` hears each epoch (the notebook's live figure)."""
     trainer = trainer or fit
     if epochs is None:
         epochs = max_epochs(cfg.train.epochs, len(data.y_train), cfg.train.batch_size)
@@ -63,6 +65,8 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         def report(epoch: int, history) -> None:
             latest["history"] = history.as_dict()
             trial.report(history.val_acc[-1], step=epoch)
+            if on_epoch is not None:
+                on_epoch(trial.number, latest["history"])
             # After the last epoch there is nothing left to save: the trial completes.
             if epoch < settings.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")

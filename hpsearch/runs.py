@@ -6,7 +6,7 @@ notebook API (hpsearch.api) both run a study here, so that both take one path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from hpsearch import console, interrupts
 from hpsearch.config import Config
@@ -25,10 +25,11 @@ class Outcome:
 
 
 def run_study(cfg: Config, options: RunOptions, quiet: bool = False,
-              callbacks: tuple = ()) -> Outcome:
-    """Open the study of `cfg` and run its trials (`callbacks`: Optuna's, after each trial of
-    this process, besides the progress bar's). A stop asked for by Ctrl-C or the notebook's
-    stop button ends it as KeyboardInterrupt at the next safe point, the study intact."""
+              watch: Optional[Callable] = None) -> Outcome:
+    """Open the study of `cfg` and run its trials. `watch(session)`, where given, returns
+    what watches the trials in this process (the notebook's live figure: see live.py), or
+    None. A stop asked for by Ctrl-C or the notebook's stop button ends the run as
+    KeyboardInterrupt at the next safe point, the study intact."""
     interrupts.check()
     console.nothing_searched(cfg)
     session = Session.open(cfg, options, on_note=console.say,
@@ -42,26 +43,37 @@ def run_study(cfg: Config, options: RunOptions, quiet: bool = False,
         return Outcome(session, None)
     for number, queued in session.recover_dead_trials():
         console.recovered(number, queued)
+    watcher = watch(session) if watch is not None else None
     try:
-        result = run_trials(session, done, quiet, callbacks)
+        result = run_trials(session, done, quiet, watcher)
         interrupts.check()  # a stop the trials finished before: still an interrupted run
     finally:
         session.close()
+        if watcher is not None:
+            watcher.close()
     return finish(session, result)
 
 
-def run_trials(session: Session, done: int, quiet: bool, callbacks: tuple = ()) -> RunResult:
-    """The trials themselves: in this process, or in --workers spawned ones."""
+def run_trials(session: Session, done: int, quiet: bool, watcher=None) -> RunResult:
+    """The trials themselves: in this process, or in --workers spawned ones. `watcher`
+    (a live.LiveFigure) hears each epoch and each trial of this process."""
     study, cfg = session.study, session.cfg
     with console.progress_bar(study, cfg.study.trials, done, quiet=quiet,
                               time_left=session.time_left) as bar:
         if session.options.workers == 1:
-            return session.run(callbacks=(bar, *callbacks))
+            if watcher is None:
+                return session.run(callbacks=(bar,))
+            return session.run(callbacks=(bar, watcher.trial_done),
+                               objective=session.objective(on_epoch=watcher.epoch_done))
         from hpsearch.workers import run_workers
 
         with session.spending() as budget:
-            return run_workers(cfg, session.options, poll=lambda: bar.poll(study),
-                               budget=budget)
+            def poll():
+                bar.poll(study)
+                if watcher is not None:
+                    watcher.trial_done(study, None)
+
+            return run_workers(cfg, session.options, poll=poll, budget=budget)
 
 
 def finish(session: Session, result: RunResult) -> Outcome:

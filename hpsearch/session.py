@@ -220,9 +220,11 @@ class Session:
         """(trial number, retry queued) of each trial a dead process left running."""
         return recover_dead_trials(self.study, restored=self.restored)
 
-    def objective(self, trainer: Optional[Callable] = None):
+    def objective(self, trainer: Optional[Callable] = None,
+                  on_epoch: Optional[Callable[[int, dict], None]] = None):
         return make_objective(self.cfg, self.data, self.device, open_artifacts(self.artifacts),
-                              self.checkpoints, self.backup, trainer, self.max_epochs)
+                              self.checkpoints, self.backup, trainer, self.max_epochs,
+                              on_epoch)
 
     def run(self, callbacks: tuple = (), objective: Optional[Callable] = None) -> RunResult:
         """Trials in this process until the study holds its target (see study.run) or its

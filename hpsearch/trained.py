@@ -10,6 +10,7 @@ and config.json (what `hpsearch train --best` writes); `load_model(folder)` read
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,8 @@ import torch
 from hpsearch.build import model_for
 from hpsearch.errors import DataError
 from hpsearch.images import decode_file, fit_image
+
+log = logging.getLogger("hpsearch")
 
 # The ITU-R 601-2 luma weights, as PIL's "L" conversion: a colour photo given to a model
 # trained on greyscale images becomes the grey a greyscale file of it would hold.
@@ -128,7 +131,11 @@ class Model:
         """A Prediction for each readable image of `inputs`: a path, a folder (its images,
         in sorted order), a PIL image, a uint8 array, or a list of any of these. Files that
         are no image are left out (see `images` for which)."""
-        x, sources, _ = self.images(inputs)
+        x, sources, skipped = self.images(inputs)
+        if skipped:
+            log.warning("%d file%s skipped (not an image PIL can read: %s)", len(skipped),
+                        "s" if len(skipped) > 1 else "", ", ".join(skipped[:3])
+                        + (", ..." if len(skipped) > 3 else ""))
         return self.predict_images(x, sources, top_k)
 
     def predict_images(self, x: torch.Tensor, sources: list, top_k: int = 1) -> list:

@@ -130,6 +130,22 @@ def test_the_stop_button_stops_at_a_safe_point_and_the_cell_resumes(study_file, 
     assert study.best is not None
 
 
+def test_the_dashboard_starts_in_the_background_and_stops(study_file, store, capsys):
+    import urllib.request
+
+    study = hpsearch.run(study_file, storage=store, trials=1, quiet=True)
+    board = hpsearch.dashboard(study, port=8765)
+    try:
+        assert "Dashboard: http://127.0.0.1:" in capsys.readouterr().out
+        with urllib.request.urlopen(board.url + "api/studies", timeout=30) as page:
+            assert page.status == 200 and b"tiny" in page.read()
+    finally:
+        board.stop()
+    assert board.process.poll() is not None
+    with pytest.raises(hpsearch.HpsearchError, match="does not exist"):
+        hpsearch.dashboard(store.replace("store.db", "other.db"))
+
+
 # --- the chosen model and predict ------------------------------------------------------------
 
 
@@ -218,3 +234,29 @@ def test_a_missing_model_or_file_is_one_line_and_exit_2(photo_study, tmp_path):
     (tmp_path / "text" / "a.txt").write_text("x")
     out = hpsearch_cli("predict", tmp_path / "text", "--model", root / "none")
     assert out.returncode == 2
+
+
+def test_the_live_figure_keeps_its_share_and_is_not_drawn_outside_a_notebook(study_file, store):
+    import time
+
+    from hpsearch import live
+
+    study = hpsearch.run(study_file, storage=store, trials=2, quiet=True)
+    assert live.in_notebook() is False and live.in_cell(object()) is None
+    draws = []  # (start, end) of each picture: the figure is made, then shown
+
+    def show(png: bytes) -> None:
+        assert png.startswith(b"\x89PNG")
+        draws.append(time.perf_counter())
+
+    figure = live.LiveFigure(study.optuna, 2, show)
+    figure.draw()
+    start = time.perf_counter()
+    while time.perf_counter() - start < 4:  # epochs far faster than a figure draws
+        figure.epoch_done(99, {"val_acc": [0.2, 0.4]})
+        figure.trial_done(study.optuna, None)
+    figure.close()
+    # Each redraw waited at least MIN_GAP and 1/SHARE times the drawing before it.
+    gaps = [b - a for a, b in zip(draws, draws[1:-1])]
+    assert all(g >= live.MIN_GAP for g in gaps)
+    assert figure.updates == len(draws) <= 2 + 4 / live.MIN_GAP

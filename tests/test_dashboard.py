@@ -235,7 +235,7 @@ def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_
     study just does not get its files, and one line says why."""
     import types
 
-    from hpsearch import dashboard
+    from hpsearch import board
 
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
     (tmp_path / "report.md").write_text("# a report\n")
@@ -244,7 +244,7 @@ def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_
     def unwritable():
         raise PermissionError(13, "Permission denied")
 
-    why = dashboard.attach_to_study(study, unwritable, result, tmp_path)
+    why = board.attach_to_study(study, unwritable, result, tmp_path)
     assert why == "the report was not attached to the study (Permission denied)"
 
     # A store this user may only read: Optuna wraps the database's refusal.
@@ -252,6 +252,6 @@ def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_
     read_only = optuna.load_study(study_name="s", storage=url)
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
     (tmp_path / "artifacts").mkdir()
-    why = dashboard.attach_to_study(read_only, lambda: store, result, tmp_path)
+    why = board.attach_to_study(read_only, lambda: store, result, tmp_path)
     assert why == ("the report was not attached to the study (attempt to write a readonly "
                    "database)")

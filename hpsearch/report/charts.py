@@ -50,37 +50,42 @@ def optimization_history(rows: list, best_number: Optional[int]) -> Figure:
     """Each completed trial's validation accuracy by trial number with the best so far as a
     step line; pruned trials as small hollow grey markers at their last reported accuracy;
     the best trial starred and labelled."""
+    with styled():
+        fig, ax = _accuracy_figure("Optimization history", "trial")
+        bottom_legend(fig, history_on(ax, rows, best_number), ncols=2)
+        return fig
+
+
+def history_on(ax, rows: list, best_number: Optional[int]) -> list:
+    """The optimization history drawn on `ax`; returns its legend handles."""
     rows = sorted(rows, key=lambda r: r.number)
     done = [r for r in rows if r.state == "COMPLETE"]
     pruned = [r for r in rows if r.state == "PRUNED"]
     low, high = _limits(rows)
     best = _best(rows, best_number)
-    with styled():
-        fig, ax = _accuracy_figure("Optimization history", "trial")
-        if not rows:
-            empty(ax, "no finished trial yet")
-            return fig
-        handles = []
-        if pruned:
-            handles.append(_dots(ax, pruned, low, high, s=12, facecolors="none",
-                                 edgecolors=GREY, linewidths=0.8,
-                                 label="pruned (last epoch reported)"))
-        if done:
-            handles.insert(0, _dots(ax, done, low, high, s=18, color=BLUE, linewidths=0,
-                                    label="completed", zorder=3))
-            xs = [r.number for r in done]
-            ys = np.maximum.accumulate([r.value for r in done])
-            xs.append(max(r.number for r in rows))
-            ax.step(xs, [*ys, ys[-1]], where="post", color=BLACK, lw=1.2, zorder=4)
-            handles.append(Line2D([], [], color=BLACK, lw=1.2, label="best so far"))
-        if best is not None:
-            _star(ax, best, rows)
-            handles.append(best_handle(best.number, best.value))
-        handles += _below(rows, low)
-        accuracy_limits(ax, low, high)
-        integer_axis(ax, [r.number for r in rows])
-        bottom_legend(fig, handles, ncols=2)
-        return fig
+    if not rows:
+        empty(ax, "no finished trial yet")
+        return []
+    handles = []
+    if pruned:
+        handles.append(_dots(ax, pruned, low, high, s=12, facecolors="none",
+                             edgecolors=GREY, linewidths=0.8,
+                             label="pruned (last epoch reported)"))
+    if done:
+        handles.insert(0, _dots(ax, done, low, high, s=18, color=BLUE, linewidths=0,
+                                label="completed", zorder=3))
+        xs = [r.number for r in done]
+        ys = np.maximum.accumulate([r.value for r in done])
+        xs.append(max(r.number for r in rows))
+        ax.step(xs, [*ys, ys[-1]], where="post", color=BLACK, lw=1.2, zorder=4)
+        handles.append(Line2D([], [], color=BLACK, lw=1.2, label="best so far"))
+    if best is not None:
+        _star(ax, best, rows)
+        handles.append(best_handle(best.number, best.value))
+    handles += _below(rows, low)
+    accuracy_limits(ax, low, high)
+    integer_axis(ax, [r.number for r in rows])
+    return handles
 
 
 def _dots(ax, rows: list, low: float, high: float, label: str, **look) -> Line2D:
@@ -114,48 +119,64 @@ def _star(ax, best, rows: list) -> None:
 def intermediate_values(rows: list, best_number: Optional[int], epochs: int) -> Figure:
     """Validation accuracy per epoch of every trial: completed thin in blue, pruned grey with
     a marker at the epoch they stopped, the best bold in vermillion on top."""
+    with styled():
+        fig, ax = _accuracy_figure("Validation accuracy per epoch", "epoch")
+        bottom_legend(fig, epochs_on(ax, rows, best_number, epochs), ncols=2)
+        return fig
+
+
+def epochs_on(ax, rows: list, best_number: Optional[int], epochs: int,
+              running: Optional[list] = None) -> list:
+    """The accuracy per epoch drawn on `ax`, with `running` (the curves of trials still
+    training, as rows) in black on top; returns the legend handles."""
     from matplotlib.collections import LineCollection
 
     best = _best(rows, best_number)
     curves = [r for r in rows if r.history.get("val_acc")]
+    running = [r for r in running or () if r.history.get("val_acc")]
     # Where the curves end, pruned ones included: a pruner's cut is what this chart shows.
-    low, high = zoom([r.history["val_acc"][-1] for r in curves], headroom=0.05)
+    low, high = zoom([r.history["val_acc"][-1] for r in curves + running], headroom=0.05)
     # A curve may peak before its last epoch: the top keeps every epoch in view.
-    peak = max((max(r.history["val_acc"]) for r in curves), default=high)
+    peak = max((max(r.history["val_acc"]) for r in curves + running), default=high)
     high = max(high, peak + 0.04 * (peak - low))
-    with styled():
-        fig, ax = _accuracy_figure("Validation accuracy per epoch", "epoch")
-        if not curves:
-            empty(ax, "no trial has reported an epoch yet")
-            return fig
-        many = len(curves) > 200
-        handles = []
-        for state, colour, lw, alpha in (("PRUNED", GREY, 0.7, 0.5),
-                                         ("COMPLETE", BLUE, 0.8, 0.45)):
-            group = [r for r in curves if r.state == state and r is not best]
-            lines = [np.column_stack([np.arange(1, len(r.history["val_acc"]) + 1),
-                                      r.history["val_acc"]]) for r in group]
-            ax.add_collection(LineCollection(lines, colors=colour, linewidths=lw * (0.8 if many
-                                             else 1), alpha=alpha * (0.6 if many else 1)))
-            n = sum(r.state == state for r in curves)
-            _ends(ax, group, low, high, pruned=state == "PRUNED")
-            if state == "PRUNED" and n:
-                handles.append(Line2D([], [], color=GREY, marker="o", markersize=4,
-                                      markerfacecolor="none", lw=1,
-                                      label=f"pruned ({n}): marker where it stopped"))
-            elif n:
-                handles.insert(0, Line2D([], [], color=BLUE, lw=1, label=f"completed ({n})"))
-        if best is not None:
-            ax.plot(np.arange(1, len(best.history.get("val_acc", [])) + 1),
-                    best.history.get("val_acc", []), color=VERMILION, lw=2.4, zorder=5)
-            handles.append(best_handle(best.number, best.value, line=True))
-        longest = max(epochs, max(len(r.history["val_acc"]) for r in curves))
-        ax.set_xlim(0.7, longest + 0.3)
-        integer_axis(ax)
-        accuracy_limits(ax, low, high)
-        handles += _off_edge(curves, low)
-        bottom_legend(fig, handles, ncols=2)
-        return fig
+    if not curves and not running:
+        empty(ax, "no trial has reported an epoch yet")
+        return []
+    many = len(curves) > 200
+    handles = []
+    for state, colour, lw, alpha in (("PRUNED", GREY, 0.7, 0.5),
+                                     ("COMPLETE", BLUE, 0.8, 0.45)):
+        group = [r for r in curves if r.state == state and r is not best]
+        lines = [np.column_stack([np.arange(1, len(r.history["val_acc"]) + 1),
+                                  r.history["val_acc"]]) for r in group]
+        ax.add_collection(LineCollection(lines, colors=colour, linewidths=lw * (0.8 if many
+                                         else 1), alpha=alpha * (0.6 if many else 1)))
+        n = sum(r.state == state for r in curves)
+        _ends(ax, group, low, high, pruned=state == "PRUNED")
+        if state == "PRUNED" and n:
+            handles.append(Line2D([], [], color=GREY, marker="o", markersize=4,
+                                  markerfacecolor="none", lw=1,
+                                  label=f"pruned ({n}): marker where it stopped"))
+        elif n:
+            handles.insert(0, Line2D([], [], color=BLUE, lw=1, label=f"completed ({n})"))
+    if best is not None:
+        ax.plot(np.arange(1, len(best.history.get("val_acc", [])) + 1),
+                best.history.get("val_acc", []), color=VERMILION, lw=2.4, zorder=5)
+        handles.append(best_handle(best.number, best.value, line=True))
+    for r in running:
+        values, _ = clipped(r.history["val_acc"], low, high)
+        ax.plot(np.arange(1, len(values) + 1), values, color=BLACK, lw=1.6, ls="--",
+                marker="o", markersize=3, zorder=6)
+    if running:
+        handles.append(Line2D([], [], color=BLACK, lw=1.6, ls="--", marker="o", markersize=3,
+                              label="running: trial " + ", ".join(str(r.number)
+                                                                  for r in running)))
+    longest = max(epochs, max(len(r.history["val_acc"]) for r in curves + running))
+    ax.set_xlim(0.7, longest + 0.3)
+    integer_axis(ax)
+    accuracy_limits(ax, low, high)
+    handles += _off_edge(curves, low) if curves else []
+    return handles
 
 
 def _off_edge(curves: list, low: float) -> list:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from hpsearch import records
+from hpsearch.errors import StorageError
 
 # The report's files the dashboard offers, with the type each is served as.
 REPORT_FILES = {"report.pdf": "application/pdf", "report.html": "text/html",
@@ -156,3 +157,48 @@ def serve(application: Callable, host: str, port: int,
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def start_in_background(store: str, first_port: int) -> tuple:
+    """(process, port) of `hpsearch dashboard` on `store`, started in the background on the
+    first free port from `first_port` and answering there; it ends with this process."""
+    import atexit
+    import subprocess
+    import sys
+
+    port = _free_port(first_port)
+    process = subprocess.Popen([sys.executable, "-m", "hpsearch.cli", "dashboard", "--storage",
+                                store, "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    atexit.register(lambda: process.poll() is None and process.terminate())
+    if not _answers(port, process):
+        why = process.stderr.read().strip().splitlines() if process.poll() is not None else []
+        if process.poll() is None:
+            process.terminate()
+        raise StorageError(f"the dashboard did not start on port {port}"
+                           + (f": {why[-1]}" if why else ""))
+    return process, port
+
+
+def _free_port(first: int) -> int:
+    import socket
+
+    for port in range(first, first + 50):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise StorageError(f"no free port from {first} to {first + 49}; pass port=N")
+
+
+def _answers(port: int, process, seconds: float = 30.0) -> bool:
+    """Whether the server answers on `port` within `seconds` (False once its process ends)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
