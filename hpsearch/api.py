@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import functools
 import signal
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Union
 
-from hpsearch.errors import HpsearchError, ReportError
-from hpsearch.storage import DEFAULT_STORAGE
-from hpsearch.trained import Model, load_model
+# tqdm.auto, which Optuna imports, warns in a notebook without ipywidgets and falls back to
+# its text bar, which is what hpsearch shows there anyway.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from hpsearch.errors import HpsearchError, ReportError  # noqa: E402
+from hpsearch.storage import DEFAULT_STORAGE  # noqa: E402
+from hpsearch.trained import Model, load_model  # noqa: E402
 
 __all__ = ["run", "load", "load_model", "dashboard", "Study", "Best", "Model",
            "HpsearchError"]

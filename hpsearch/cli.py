@@ -373,7 +373,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hpsearch import api
     from hpsearch.errors import DataError
     from hpsearch.train import resolve_device
-    from hpsearch.trained import predictions_csv
+    from hpsearch.trained import predictions_csv, save_csv, skipped_note
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -390,8 +390,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DataError(f"none of the {len(skipped)} files given is an image PIL can read"
                         f" (the first: {skipped[0]})" if skipped else "no files were given")
     found = model.predict_images(x, sources, args.top_k)
-    console.predictions(predictions_csv(found, args.top_k), args.out)
-    console.predicted(len(found), skipped, args.out)
+    text = predictions_csv(found, args.top_k)
+    if args.out:
+        save_csv(text, args.out)
+    else:
+        console.say(text, end="")
+    console.predicted(len(found), skipped_note(skipped) if skipped else "", args.out)
     return 0
 
 

@@ -39,8 +39,8 @@ def _not_ctrl_c(record) -> bool:
     return not (interrupts.requested() and "failed with value None" in record.getMessage())
 
 
-def say(line: str = "", flush: bool = False) -> None:
-    print(line, flush=flush)
+def say(line: str = "", flush: bool = False, end: str = "\n") -> None:
+    print(line, flush=flush, end=end)
 
 
 def error(line: str) -> None:
@@ -131,9 +131,7 @@ class decode_progress:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, unit="image", desc="Decoding images", file=sys.stderr,
+            self.bar = auto_tqdm()(total=total, unit="image", desc="Decoding images", file=sys.stderr,
                             disable=self.quiet or total < DECODE_BAR_FROM, dynamic_ncols=True,
                             mininterval=0.5)
         self.bar.update(done - self.bar.n)
@@ -187,6 +185,16 @@ def time_budget_spent(session, done: int) -> None:
           f"{trials_finished(done, session.cfg)}); pass a larger --time to run more.")
 
 
+def auto_tqdm():
+    """tqdm.auto's bar, without its warning in a notebook that lacks ipywidgets."""
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm
+    return tqdm
+
+
 class progress_bar:
     """A tqdm bar over the study's finished trials (`target` 0: no limit), with the best
     value so far and, where `time_left()` gives a number, the time left of the study's budget.
@@ -195,7 +203,8 @@ class progress_bar:
 
     def __init__(self, study, target: int, done: int, quiet: bool, time_left=lambda: None):
         from optuna.study import StudyDirection
-        from tqdm.auto import tqdm
+
+        tqdm = auto_tqdm()
 
         self.bar = tqdm(total=target or None, initial=done, unit="trial", disable=quiet,
                         dynamic_ncols=True, file=sys.stderr)
@@ -326,24 +335,10 @@ def best(record: dict, tested: Optional[dict], report_file) -> None:
         print(f"{label:<20} {value}".rstrip())
 
 
-def predictions(text: str, out: Optional[str]) -> None:
-    """`hpsearch predict`'s CSV to the file `out` (written whole, then renamed) or stdout."""
-    if out is None:
-        print(text, end="")
-        return
-    with open(f"{out}.tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f"{out}.tmp", out)
-
-
-def predicted(n: int, skipped: list, out: Optional[str]) -> None:
-    """After the CSV, on stderr: how many were classified, and the files that were no image."""
-    line = f"{n} image{'s' if n != 1 else ''} classified" + (f" into {out}" if out else "")
-    if skipped:
-        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        line += f"; {len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped (not an image " \
-                f"PIL can read: {shown})"
-    print(line, file=sys.stderr)
+def predicted(n: int, skipped: str, out: Optional[str]) -> None:
+    """After the CSV, on stderr: how many were classified; `skipped`: the files left out."""
+    print(f"{n} image{'s' * (n != 1)} classified" + (f" into {out}" if out else "")
+          + (f"; {skipped}" if skipped else ""), file=sys.stderr)
 
 
 def status(store: str, rows: list) -> None:

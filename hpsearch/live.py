@@ -3,9 +3,10 @@
 One figure, updated in place: on the left the optimization history (each finished trial,
 the best so far), on the right the accuracy per epoch of every finished trial with the
 running trial's curve on top, both drawn by the report's own chart code (report.charts).
-It updates after epochs and trials, but never more often than keeps its drawing under
-SHARE of the run's time: a redraw waits at least 1/SHARE times as long as the last one
-took, and at least MIN_GAP seconds. A last update shows the study as it ended.
+It is drawn at the first epoch, then after epochs and trials, but never more often than
+keeps its drawing under SHARE of the run's time: a redraw waits at least 1/SHARE times as
+long as the last one took, and at least MIN_GAP seconds. A last update shows the study as it
+ended.
 
 Only where IPython runs a kernel (Jupyter, Colab); in a terminal or a script nothing is
 drawn and nothing of this is imported.
@@ -17,8 +18,8 @@ import io
 import time
 from typing import Optional
 
-SHARE = 0.03  # the most of the run's wall time the figure may take
-MIN_GAP = 1.0  # seconds between two updates at least
+SHARE = 0.02  # the most of the run's wall time the figure may take between updates
+MIN_GAP = 2.0  # seconds between two updates at least
 
 
 def in_notebook() -> bool:
@@ -88,15 +89,18 @@ def figure(study, running: dict, max_epochs: int):
     now = [collect.Row(n, "RUNNING", h["val_acc"][-1] if h.get("val_acc") else 0.0, {}, None,
                        0.0, len(h.get("val_acc") or []), h) for n, h in running.items()]
     with styled():
-        fig = Figure(figsize=(2 * WIDTH, 3.9), layout="constrained")
+        # Fixed margins: the constrained layout would double the cost of each picture.
+        fig = Figure(figsize=(2 * WIDTH, 3.9))
+        fig.subplots_adjust(left=0.06, right=0.99, top=0.86, bottom=0.3, wspace=0.15)
         left, right = fig.subplots(1, 2)
         left.set(title="Optimization history", xlabel="trial", ylabel="validation accuracy")
         right.set(title="Validation accuracy per epoch", xlabel="epoch")
         for ax, handles in ((left, history_on(left, rows, chosen)),
                             (right, epochs_on(right, rows, chosen, max_epochs, now))):
-            if handles:
+            if handles:  # long entries one per line, or they run past the figure's edge
+                wide = max(len(h.get_label()) for h in handles) > 34
                 ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18),
-                          ncols=2, fontsize=8)
+                          ncols=1 if wide else 2, fontsize=7 if wide else 8)
         states = count_states(trials)
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
         found = "" if best is None else f"; best {best.value:.4f} (trial {best.number})"
@@ -124,6 +128,4 @@ def in_cell(session) -> Optional[LiveFigure]:
         else:
             shown.append(display(Image(png), display_id=True))
 
-    live = LiveFigure(session.study, session.max_epochs, show)
-    live.draw()  # the study as it starts (a resumed one: its trials so far)
-    return live
+    return LiveFigure(session.study, session.max_epochs, show)  # drawn at the first epoch

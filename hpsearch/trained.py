@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -133,9 +134,7 @@ class Model:
         are no image are left out (see `images` for which)."""
         x, sources, skipped = self.images(inputs)
         if skipped:
-            log.warning("%d file%s skipped (not an image PIL can read: %s)", len(skipped),
-                        "s" if len(skipped) > 1 else "", ", ".join(skipped[:3])
-                        + (", ..." if len(skipped) > 3 else ""))
+            log.warning(skipped_note(skipped))
         return self.predict_images(x, sources, top_k)
 
     def predict_images(self, x: torch.Tensor, sources: list, top_k: int = 1) -> list:
@@ -160,6 +159,20 @@ class Model:
         folder = Path(folder).expanduser().resolve()
         save_model(self.net, self.record, folder)
         return folder
+
+
+def skipped_note(skipped: list) -> str:
+    """The files that were no image, in a few words."""
+    shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return (f"{len(skipped)} file{'s' * (len(skipped) != 1)} skipped (not an image PIL can "
+            f"read: {shown})")
+
+
+def save_csv(text: str, path: str) -> None:
+    """Written whole under a temporary name, then renamed: never a half-written file."""
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
 
 
 def predictions_csv(found: list, top_k: int) -> str:

@@ -146,6 +146,42 @@ def test_the_dashboard_starts_in_the_background_and_stops(study_file, store, cap
         hpsearch.dashboard(store.replace("store.db", "other.db"))
 
 
+def test_in_colab_the_dashboard_shows_in_the_cell_through_the_proxy(study_file, store,
+                                                                     monkeypatch, capsys):
+    """Colab faked: its output module records what hpsearch asks of it."""
+    import sys
+    import types
+
+    asked = []
+    output = types.SimpleNamespace(
+        serve_kernel_port_as_iframe=lambda port, height: asked.append((port, height)),
+        eval_js=lambda js: f"https://proxied.example/{js}")
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    study = hpsearch.run(study_file, storage=store, trials=1, quiet=True)
+    board = hpsearch.dashboard(study, port=8775)
+    try:
+        port = int(board.url.rsplit(":", 1)[1].strip("/"))
+        assert asked == [(port, "700")]
+        assert board.proxied == f"https://proxied.example/google.colab.kernel.proxyPort({port})"
+        assert f"Dashboard: {board.proxied}" in capsys.readouterr().out
+    finally:
+        board.stop()
+
+
+def test_compare_sets_two_studies_side_by_side(study_file, store, tmp_path):
+    first = hpsearch.run(study_file, storage=store, trials=2, quiet=True)
+    second = hpsearch.run(study_file, storage=store, trials=2, quiet=True, study_name="other",
+                          sampler="random")
+    folder = first.compare(second, out=tmp_path / "both", show=False)
+    page = (folder / "report.html").read_text()
+    assert "tiny" in page and "other" in page
+    with pytest.raises(hpsearch.HpsearchError, match="needs another study"):
+        first.compare()
+
+
 # --- the chosen model and predict ------------------------------------------------------------
 
 
