@@ -222,8 +222,9 @@ class Study:
         if trial is None:
             return None
         tested = tested_of(self.optuna, trial.number) or {}
-        return Best(trial.number, float(trial.value), self._record(trial)["params"],
-                    tested.get("test_accuracy"), tested.get("test_size"), self._record(trial))
+        record = self._record(trial)
+        return Best(trial.number, float(trial.value), record["params"],
+                    tested.get("test_accuracy"), tested.get("test_size"), record)
 
     @property
     def trials(self):
