@@ -15,8 +15,11 @@ drawn and nothing of this is imported.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from typing import Optional
+
+log = logging.getLogger("hpsearch")
 
 SHARE = 0.02  # the most of the run's wall time the figure may take between updates
 MIN_GAP = 2.0  # seconds between two updates at least
@@ -45,6 +48,7 @@ class LiveFigure:
         self.last_draw, self.draw_seconds = float("-inf"), 0.0
         self.spent = 0.0  # seconds drawing, in all
         self.updates = 0
+        self.broken = False
 
     def epoch_done(self, number: int, history: dict) -> None:
         self.running = {number: history}
@@ -65,8 +69,17 @@ class LiveFigure:
             self.draw()
 
     def draw(self) -> None:
+        """One picture; a figure that cannot be drawn stops drawing, never the study (it
+        runs inside the objective: an error here would fail the trial)."""
+        if self.broken:
+            return
         start = time.perf_counter()
-        self.show(png_of(figure(self.study, self.running, self.max_epochs)))
+        try:
+            self.show(png_of(figure(self.study, self.running, self.max_epochs)))
+        except Exception as err:  # noqa: BLE001 (a picture is never worth a trial)
+            self.broken = True
+            log.warning("the live figure stopped: %s: %s", type(err).__name__, err)
+            return
         self.last_draw = time.perf_counter()
         self.draw_seconds = self.last_draw - start
         self.spent += self.draw_seconds

@@ -296,3 +296,17 @@ def test_the_live_figure_keeps_its_share_and_is_not_drawn_outside_a_notebook(stu
     gaps = [b - a for a, b in zip(draws, draws[1:-1])]
     assert all(g >= live.MIN_GAP for g in gaps)
     assert figure.updates == len(draws) <= 2 + 4 / live.MIN_GAP
+
+
+def test_a_live_figure_that_fails_to_draw_stops_drawing_not_the_trial(study_file, store):
+    from hpsearch import live
+
+    study = hpsearch.run(study_file, storage=store, trials=1, quiet=True)
+
+    def show(png: bytes) -> None:
+        raise OSError("the cell is gone")
+
+    figure = live.LiveFigure(study.optuna, 2, show)
+    figure.epoch_done(0, {"val_acc": [0.5]})
+    figure.close()
+    assert figure.broken and figure.updates == 0
