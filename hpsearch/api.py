@@ -270,27 +270,14 @@ class Study:
         """Write the report (report.md, .html, .pdf, charts, best_config.json, next.toml)
         into `out` (default: reports/<study> beside the store), show it in the cell, and
         return its folder."""
-        from hpsearch.board import attach_to_study
-        from hpsearch.data import study_data
-        from hpsearch.records import stored_settings
-        from hpsearch.report import make_report
-        from hpsearch.storage import artifact_folder, beside_store, open_artifacts
+        from hpsearch.board import report_and_attach
+        from hpsearch.storage import beside_store
         from hpsearch.train import resolve_device
 
         folder = Path(out).expanduser().resolve() if out else \
             beside_store(self._spec, "reports") / self.name
-        settings = stored_settings(self.optuna) or {}
-
-        def load_data(cfg):
-            return study_data(cfg, settings.get("split_seed", cfg.study.seed),
-                              (settings.get("data") or {}).get("fingerprint"))
-
-        artifacts = self._artifact_store()
-        result = make_report(self.optuna, folder, artifacts=artifacts, load_data=load_data,
-                             retrain_device=resolve_device(device) if retrain else None)
-        # As `hpsearch report`: the study holds the files and the test accuracy too.
-        attach_to_study(self.optuna, lambda: artifacts or open_artifacts(
-            artifact_folder(self._spec, self._artifacts)), result, folder)
+        report_and_attach(self.optuna, self._spec, folder, self._artifacts,
+                          retrain_device=resolve_device(device) if retrain else None)
         if show:
             _show_html(folder / "report.html")
         return folder

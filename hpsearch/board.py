@@ -159,6 +159,31 @@ def serve(application: Callable, host: str, port: int,
         server.server_close()
 
 
+def report_and_attach(study, spec, out, artifacts: Optional[str] = None,
+                      data_dir: Optional[str] = None, retrain_device=None) -> tuple:
+    """`hpsearch report` and the notebook's study.report(): the report of `study` (of the
+    store `spec`) written into `out`, then attached to the study (see attach_to_study).
+    `artifacts`: the weights folder given by the user, if any. Returns (the ReportResult,
+    why the study could not take the files or None)."""
+    from hpsearch.data import study_data
+    from hpsearch.records import stored_settings
+    from hpsearch.report import make_report
+    from hpsearch.storage import artifact_folder, existing_artifacts, open_artifacts
+
+    store = existing_artifacts(spec, artifacts)
+    settings = stored_settings(study) or {}
+
+    def load_data(cfg):
+        return study_data(cfg, settings.get("split_seed", cfg.study.seed),
+                          (settings.get("data") or {}).get("fingerprint"))
+
+    result = make_report(study, out, artifacts=store, load_data=load_data, data_dir=data_dir,
+                         retrain_device=retrain_device)
+    unattached = attach_to_study(
+        study, lambda: store or open_artifacts(artifact_folder(spec, artifacts)), result, out)
+    return result, unattached
+
+
 def start_in_background(store: str, first_port: int) -> tuple:
     """(process, port) of `hpsearch dashboard` on `store`, started in the background on the
     first free port from `first_port` and answering there; it ends with this process."""

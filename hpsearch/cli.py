@@ -257,30 +257,17 @@ def named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpsearch.board import attach_to_study
-    from hpsearch.data import study_data
-    from hpsearch.records import stored_settings
-    from hpsearch.report import make_report
-    from hpsearch.storage import artifact_folder, beside_store, existing_artifacts, open_artifacts
+    from hpsearch.board import report_and_attach
+    from hpsearch.storage import beside_store
     from hpsearch.train import resolve_device
 
     device = resolve_device(args.device) if args.retrain else None
     spec, storage = open_store(args)
     study = named_study(args, storage)
-    artifacts = existing_artifacts(spec, args.artifacts)
     out = Path(args.out).resolve() if args.out else beside_store(spec, "reports") / \
         study.study_name
-    settings = stored_settings(study) or {}
-
-    def load_data(cfg):
-        return study_data(cfg, settings.get("split_seed", cfg.study.seed),
-                          (settings.get("data") or {}).get("fingerprint"))
-
-    result = make_report(study, out, artifacts=artifacts, load_data=load_data,
-                         data_dir=data_dir_of(args), retrain_device=device)
-    unattached = attach_to_study(
-        study, lambda: artifacts or open_artifacts(artifact_folder(spec, args.artifacts)),
-        result, out)
+    result, unattached = report_and_attach(study, spec, out, args.artifacts,
+                                           data_dir_of(args), device)
     console.report_written(result.notes, result.best, out, len(result.files), unattached)
     return 0
 

@@ -131,7 +131,9 @@ class decode_progress:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = auto_tqdm()(total=total, unit="image", desc="Decoding images", file=sys.stderr,
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="image", desc="Decoding images", file=sys.stderr,
                             disable=self.quiet or total < DECODE_BAR_FROM, dynamic_ncols=True,
                             mininterval=0.5)
         self.bar.update(done - self.bar.n)
@@ -185,16 +187,6 @@ def time_budget_spent(session, done: int) -> None:
           f"{trials_finished(done, session.cfg)}); pass a larger --time to run more.")
 
 
-def auto_tqdm():
-    """tqdm.auto's bar, without its warning in a notebook that lacks ipywidgets."""
-    from tqdm import TqdmWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TqdmWarning)
-        from tqdm.auto import tqdm
-    return tqdm
-
-
 class progress_bar:
     """A tqdm bar over the study's finished trials (`target` 0: no limit), with the best
     value so far and, where `time_left()` gives a number, the time left of the study's budget.
@@ -203,8 +195,7 @@ class progress_bar:
 
     def __init__(self, study, target: int, done: int, quiet: bool, time_left=lambda: None):
         from optuna.study import StudyDirection
-
-        tqdm = auto_tqdm()
+        from tqdm.auto import tqdm
 
         self.bar = tqdm(total=target or None, initial=done, unit="trial", disable=quiet,
                         dynamic_ncols=True, file=sys.stderr)
