@@ -151,7 +151,8 @@ class PaddedNet:
         if self.net is self.model:
             return state
         if "param_groups" in state:  # an optimizer's: moments by parameter index
-            moments = {i: {name: convert(self.names[i], t) if _is_array(t) else t
+            named = _param_names(state["param_groups"], self.names)
+            moments = {i: {name: convert(named[i], t) if _is_array(t) else t
                            for name, t in entry.items()}
                        for i, entry in state["state"].items()}
             return {**state, "state": moments}
@@ -162,6 +163,15 @@ class PaddedNet:
         if self.net is not self.model:
             self.model.load_state_dict(self.unpad(self.net.state_dict()))
             self.model.train(self.net.training)
+
+
+def _param_names(groups: list, names: list) -> dict:
+    """{index: parameter name} of an optimizer's state dict: from its groups' "param_names"
+    (optim.decay_groups gives them), else `names`, the model's order, which a state of one
+    group without names follows."""
+    if all("param_names" in g for g in groups):
+        return {i: name for g in groups for i, name in zip(g["params"], g["param_names"])}
+    return dict(enumerate(names))
 
 
 def _is_array(t) -> bool:

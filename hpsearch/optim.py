@@ -7,8 +7,8 @@ to free it at exit, where a default study's trials take half a second each. Arou
 it also groups the tensors by device and dtype again at every step, two thirds of a small
 net's step on the CPU. Here the tensors are grouped once, when the optimizer is built.
 
-The state dict has `torch.optim`'s layout (per-parameter state by index, one group), so a
-checkpoint written by either loads into the other.
+The state dict has `torch.optim`'s layout (per-parameter state by index, numbered through the
+groups in order), so a checkpoint written by either loads into the other.
 """
 
 from __future__ import annotations
@@ -16,15 +16,34 @@ from __future__ import annotations
 import torch
 
 from hpsearch import private
-from hpsearch.params import OPTIMIZERS
+from hpsearch.params import DECAY_ON, OPTIMIZERS
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 MOMENTUM = 0.9  # hpsearch's SGD: Nesterov momentum without dampening
 
 
+def decay_groups(named_parameters, weight_decay: float, on: str = "all") -> list:
+    """The parameter groups of an optimizer, as torch.optim takes them, each with its
+    "param_names". `on` "all": one group, every parameter decayed. "weights": the weights
+    of convolutions and the classifier (the parameters of two dimensions and more) decay,
+    batch norm's scales and shifts and the biases do not. Without weight decay, one group."""
+    if on not in DECAY_ON:
+        raise ValueError(f"decay_on must be one of {', '.join(DECAY_ON)}, got {on!r}")
+    named = [(name, p) for name, p in named_parameters if p.requires_grad]
+    if on == "all" or weight_decay == 0:
+        parts = [(named, weight_decay)]
+    else:
+        parts = [([(n, p) for n, p in named if p.dim() > 1], weight_decay),
+                 ([(n, p) for n, p in named if p.dim() <= 1], 0.0)]
+    return [{"params": [p for _, p in group], "param_names": [n for n, _ in group],
+             "weight_decay": decay} for group, decay in parts if group]
+
+
 class FusedOptimizer:
-    """`kind` is adam, adamw (decoupled weight decay) or sgd. All parameters share one device
-    and dtype, as a model from `build_cnn` does. Under a gradient scaler the kernels unscale the
+    """`kind` is adam, adamw (decoupled weight decay) or sgd. `params` are parameters, or
+    groups of them as torch.optim takes them (dicts with "params" and optionally their own
+    "weight_decay" and "param_names"; see decay_groups). All parameters share one device and
+    dtype, as a model from `build_cnn` does. Under a gradient scaler the kernels unscale the
     gradients and skip a step with an inf or nan on the device, so no step waits for the host:
     GradScaler sets `grad_scale` and `found_inf` on an optimizer that declares
     `_step_supports_amp_scaling`, as torch.optim's fused ones do."""
@@ -34,7 +53,12 @@ class FusedOptimizer:
     def __init__(self, params, kind: str, lr: float, weight_decay: float = 0.0):
         if kind not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
-        self.params = [p for p in params if p.requires_grad]
+        params = list(params)
+        if not params or not isinstance(params[0], dict):
+            params = [{"params": params}]
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        # One list of all parameters, the groups' in order: torch.optim numbers them so.
+        self.params = [p for g in groups for p in g["params"]]
         kinds = {(p.device, p.dtype) for p in self.params}
         if len(kinds) != 1:
             raise ValueError(f"parameters must share one device and dtype, got {len(kinds)} kinds")
@@ -42,13 +66,19 @@ class FusedOptimizer:
         # torch.optim's names, so that torch.optim can load the state dict too.
         fixed = ({"momentum": MOMENTUM, "dampening": 0.0, "nesterov": True} if kind == "sgd"
                  else {"betas": BETAS, "eps": EPS})
-        self.param_groups = [{"params": self.params, "lr": lr, "weight_decay": weight_decay,
-                              **fixed}]
+        self.param_groups = [{"lr": lr, "weight_decay": weight_decay, **g, **fixed}
+                             for g in groups]
         # Zeroed moments make the first step torch.optim's: with no dampening, a zero SGD
         # buffer takes the gradient as it is, and Adam's bias correction starts from step 0.
         names = ("momentum_buffer",) if kind == "sgd" else ("exp_avg", "exp_avg_sq", "step")
         self.state = [{name: _zero_state(name, p) for name in names} for p in self.params]
-        self._lists = [self.params] + [[s[name] for s in self.state] for name in names]
+        # Each group's slice of the parameters, and its kernels' lists: parameters, moments.
+        self._slices, start = [], 0
+        for g in groups:
+            self._slices.append(slice(start, start + len(g["params"])))
+            start += len(g["params"])
+        self._lists = [[g["params"]] + [[s[name] for s in self.state[part]] for name in names]
+                       for g, part in zip(groups, self._slices)]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -65,14 +95,16 @@ class FusedOptimizer:
             self._step()
 
     def _step(self) -> None:
-        grads = [p.grad for p in self.params]
-        lists = self._lists
+        for group, lists in zip(self.param_groups, self._lists):
+            self._step_group(group, lists)
+
+    def _step_group(self, group: dict, lists: list) -> None:
+        grads = [p.grad for p in lists[0]]
         if any(g is None for g in grads):  # a parameter the step did not reach keeps its state
             keep = [i for i, g in enumerate(grads) if g is not None]
             grads, lists = [grads[i] for i in keep], [[xs[i] for i in keep] for xs in lists]
             if not keep:
                 return
-        group = self.param_groups[0]
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         common = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=False,
                       grad_scale=scale, found_inf=found_inf)
@@ -92,27 +124,31 @@ class FusedOptimizer:
             private.foreach_sub_(steps, [found_inf] * len(steps))
 
     def state_dict(self) -> dict:
-        group = {key: value for key, value in self.param_groups[0].items() if key != "params"}
-        return {"state": {i: dict(s) for i, s in enumerate(self.state)},
-                "param_groups": [{**group, "params": list(range(len(self.params)))}]}
+        groups = [{**{key: value for key, value in g.items() if key != "params"},
+                   "params": list(range(part.start, part.stop))}
+                  for g, part in zip(self.param_groups, self._slices)]
+        return {"state": {i: dict(s) for i, s in enumerate(self.state)}, "param_groups": groups}
 
     def load_state_dict(self, saved: dict) -> None:
-        """Take the moments and the hyperparameters of a saved state; a moment the saved state
-        lacks (torch.optim's SGD before its first step) starts from zero."""
+        """Take the moments and the hyperparameters of a saved state, group by group as
+        torch.optim does; a moment the saved state lacks (torch.optim's SGD before its first
+        step) starts from zero."""
         groups = saved["param_groups"]
-        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError(f"the saved optimizer state does not fit this model's "
-                             f"{len(self.params)} parameters")
-        for key in ("lr", "weight_decay"):
-            self.param_groups[0][key] = groups[0][key]
-        for index, mine in zip(groups[0]["params"], self.state):
-            theirs = saved["state"].get(index, {})
-            for name, tensor in mine.items():
-                value = theirs.get(name)
-                if value is None:
-                    tensor.zero_()
-                else:
-                    tensor.copy_(value)
+                             f"{len(self.params)} parameters in {len(self.param_groups)} "
+                             f"group(s)")
+        for theirs_group, mine_group, part in zip(groups, self.param_groups, self._slices):
+            for key in ("lr", "weight_decay"):
+                mine_group[key] = theirs_group[key]
+            for index, mine in zip(theirs_group["params"], self.state[part]):
+                theirs = saved["state"].get(index, {})
+                for name, tensor in mine.items():
+                    value = theirs.get(name)
+                    if value is None:
+                        tensor.zero_()
+                    else:
+                        tensor.copy_(value)
 
 
 def _zero_state(name: str, param: torch.Tensor) -> torch.Tensor:

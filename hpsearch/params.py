@@ -16,6 +16,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.schedule import SCHEDULES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")  # see optim.py
+DECAY_ON = ("all", "weights")  # see optim.decay_groups
 HEADS = ("flatten", "gap")  # the classifier on the last feature map: all of it, or its mean
 AUGMENTS = ("crop", "flip")  # per-batch augmentations on the device (see augment.py)
 # Their canonical names as one value: "none", "crop", "flip", "crop+flip".
@@ -136,6 +137,9 @@ PARAMS = {
     "weight_decay": Spec(float, 0.0, between(0, 1), "training",
                          "weight decay (decoupled under adamw)", listed=False,
                          widest=(0.0, 1.0)),
+    "decay_on": Spec(str, "all", one_of(DECAY_ON), "training",
+                     "what weight decay applies to: all parameters, or the weights only "
+                     "(not batch norm, not biases)", listed=False, before="all"),
     "batch_size": Spec(int, None, between(2, 65536), "training", "images per optimizer step",
                        listed=False, widest=(2, 65536)),
     "optimizer": Spec(str, "adam", one_of(OPTIMIZERS), "training",

@@ -20,7 +20,7 @@ from hpsearch.checkpoint import rng_state, set_rng_state
 from hpsearch.data import device_free_bytes
 from hpsearch.errors import DeviceError, OutOfMemory
 from hpsearch.model import PaddedNet
-from hpsearch.optim import FusedOptimizer
+from hpsearch.optim import FusedOptimizer, decay_groups
 from hpsearch.precision import Precision, choose_precision, cpu_vendor
 from hpsearch.schedule import LrPlan, Steps, resumed_plan, steps_per_epoch
 
@@ -55,6 +55,7 @@ class FitSettings:
     lr: float
     optimizer: str = "adam"  # adam | adamw | sgd (with Nesterov momentum 0.9)
     weight_decay: float = 0.0
+    decay_on: str = "all"  # all | weights (not batch norm, not biases): see optim.decay_groups
     seed: int = 0  # initialisation, shuffling and augmentation
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; see choose_precision
     augment: str = "none"  # none | crop | flip | crop+flip (see augment.py)
@@ -144,14 +145,14 @@ def make_optimizer(model: nn.Module, s: FitSettings, device: Optional[torch.devi
     """On the CPU and CUDA, hpsearch's own optimizer runs the whole update as one kernel and
     spares the process torch.optim's import of torch's compiler (see hpsearch.optim);
     elsewhere (mps), or without a device (the recipe), torch.optim's optimizer runs."""
+    groups = decay_groups(model.named_parameters(), s.weight_decay, s.decay_on)
     if device is not None and device.type in ("cpu", "cuda"):
-        return FusedOptimizer(model.parameters(), s.optimizer, lr=s.lr,
-                              weight_decay=s.weight_decay)
+        return FusedOptimizer(groups, s.optimizer, lr=s.lr, weight_decay=s.weight_decay)
     kwargs = {"lr": s.lr, "weight_decay": s.weight_decay}
     if s.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), momentum=0.9, nesterov=True, **kwargs)
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, **kwargs)
     cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), **kwargs)
+    return cls(groups, **kwargs)
 
 
 def release_device_memory() -> None:

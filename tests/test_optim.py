@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT
 from hpsearch.model import build_cnn
-from hpsearch.optim import FusedOptimizer
+from hpsearch.optim import FusedOptimizer, decay_groups
 
 TORCH_OPTIM = {
     "adam": lambda params, **kw: torch.optim.Adam(params, fused=True, **kw),
@@ -70,6 +70,42 @@ def test_steps_as_torch_optim_and_resumes_from_its_state(kind):
     train(theirs, resumed_theirs, data[5:])
     assert_same_weights(ours, theirs)
     assert not torch.equal(ours[0].weight, twin_models()[0][0].weight)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_weight_decay_on_the_weights_only_steps_and_resumes_as_torch_optim_groups(kind):
+    """decay_on "weights": convolution and classifier weights decay, batch norm and biases
+    do not; two groups that step, save and load as torch.optim's, either way."""
+    ours, theirs = twin_models()
+    groups = decay_groups(ours.named_parameters(), 0.1, "weights")
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert all(p.dim() > 1 for p in groups[0]["params"])
+    assert "1.weight" in groups[1]["param_names"] and "1.bias" in groups[1]["param_names"]
+    assert len(decay_groups(ours.named_parameters(), 0.0, "weights")) == 1
+    assert len(decay_groups(ours.named_parameters(), 0.1, "all")) == 1
+    mine = FusedOptimizer(groups, kind, lr=0.01)
+    reference = TORCH_OPTIM[kind](decay_groups(theirs.named_parameters(), 0.1, "weights"),
+                                  lr=0.01)
+    data = batches(8)
+    train(ours, mine, data[:5])
+    train(theirs, reference, data[:5])
+    assert_same_weights(ours, theirs)
+    resumed_ours = FusedOptimizer(decay_groups(ours.named_parameters(), 0.1, "weights"), kind,
+                                  lr=0.01)
+    resumed_ours.load_state_dict(copy.deepcopy(reference.state_dict()))
+    resumed_theirs = TORCH_OPTIM[kind](decay_groups(theirs.named_parameters(), 0.1, "weights"),
+                                       lr=0.01)
+    resumed_theirs.load_state_dict(copy.deepcopy(mine.state_dict()))
+    train(ours, resumed_ours, data[5:])
+    train(theirs, resumed_theirs, data[5:])
+    assert_same_weights(ours, theirs)
+    # Decay on every parameter moves batch norm's scales elsewhere than on the weights only.
+    alike, _ = twin_models()
+    everything = FusedOptimizer(decay_groups(alike.named_parameters(), 0.1, "all"), kind, lr=0.01)
+    train(alike, everything, data)
+    assert not torch.allclose(alike[1].weight, ours[1].weight)
+    with pytest.raises(ValueError, match="does not fit"):
+        FusedOptimizer(alike.parameters(), kind, lr=0.01).load_state_dict(mine.state_dict())
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])

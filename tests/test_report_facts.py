@@ -82,6 +82,20 @@ def test_the_summary_says_plainly_when_the_best_is_no_better_than_guessing():
         "0.190, no better than guessing")
 
 
+def test_the_training_table_says_what_weight_decay_applied_to():
+    from hpsearch.config import load_config
+    from hpsearch.report import document
+
+    def decay(params):
+        section = document.training(load_config(None, []), {"params": params}, "fp32")
+        return dict(section.blocks[1].rows)["weight decay"]
+
+    assert decay({"lr": 0.01}) == "0"
+    assert decay({"weight_decay": 0.1}) == "0.1 (all parameters)"  # as studies before it ran
+    assert decay({"weight_decay": 0.1, "decay_on": "weights"}) == (
+        "0.1 (weights only: not batch norm, not biases)")
+
+
 def test_the_layer_table_adds_up_to_the_model():
     params = {"depth": 3, "width": 24, "dropout": 0.2, "head": "gap", "growth": 2}
     rows = facts.layer_table(params, 3, 6, 32)

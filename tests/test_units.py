@@ -128,11 +128,13 @@ def test_pooling_before_relu_computes_the_usual_block():
         assert torch.equal(a.grad, b.grad)
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
-def test_a_padded_net_trains_as_the_plain_one_and_its_padding_stays_zero(kind):
+@pytest.mark.parametrize("kind, decay_on", [("adam", "all"), ("adamw", "all"), ("sgd", "all"),
+                                            ("adamw", "weights"), ("sgd", "weights")])
+def test_a_padded_net_trains_as_the_plain_one_and_its_padding_stays_zero(kind, decay_on):
     """fit trains a net whose channels are padded to fill the CPU's vectors (PaddedNet): after
-    ten steps with weight decay, its weights, optimizer moments and outputs in the model's
-    shapes are the plain net's to float rounding, and every padded value is still zero."""
+    ten steps with weight decay (on all parameters, or in two groups, the weights' first),
+    its weights, optimizer moments and outputs in the model's shapes are the plain net's to
+    float rounding, and every padded value is still zero."""
     import copy
 
     torch.manual_seed(0)
@@ -144,9 +146,11 @@ def test_a_padded_net_trains_as_the_plain_one_and_its_padding_stays_zero(kind):
     assert torch.equal(torch.get_rng_state(), state)  # the twin draws nothing
     assert padded.net_width == 16 and padded.net[0].out_channels == 16
     padded.net.to(memory_format=torch.channels_last)
-    settings = FitSettings(epochs=1, batch_size=16, lr=0.01, optimizer=kind, weight_decay=0.1)
+    settings = FitSettings(epochs=1, batch_size=16, lr=0.01, optimizer=kind, weight_decay=0.1,
+                           decay_on=decay_on)
     cpu, fp32 = torch.device("cpu"), choose_precision(torch.device("cpu"), "fp32")
     optimizers = [make_optimizer(net, settings, cpu) for net in (plain, padded.net)]
+    assert len(optimizers[1].param_groups) == (2 if decay_on == "weights" else 1)
     gen = torch.Generator().manual_seed(1)
     for _ in range(10):
         x, y = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)

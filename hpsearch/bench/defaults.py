@@ -21,18 +21,23 @@ from pathlib import Path
 
 from hpsearch.bench.suite import last_json, timed
 
-# name: (the --set overrides, steps of a trial: None for the study's auto length).
-# Each changes one default of studies/photos.toml; "defaults" changes none.
+# name: (the --set overrides, steps of a trial: None for the study's auto length, values of
+# the fixed configuration changed). Each changes one default of studies/photos.toml;
+# "defaults" changes none; the weight-decay pair compares what decay applies to.
 VARIANTS = {
-    "defaults": ((), None),
-    "augment none": (("train.augment=[]",), None),
-    "head gap": (("space.head='gap'",), None),
-    "growth 2": (("space.growth=2",), None),
-    "gap, growth 2": (("space.head='gap'", "space.growth=2"), None),
-    "schedule constant": (("space.schedule='constant'",), None),
-    "label smoothing 0.1": (("space.label_smoothing=0.1",), None),
-    "600 steps": ((), 600),
-    "2400 steps": ((), 2400),
+    "defaults": ((), None, {}),
+    "augment none": (("train.augment=[]",), None, {}),
+    "head gap": (("space.head='gap'",), None, {}),
+    "growth 2": (("space.growth=2",), None, {}),
+    "gap, growth 2": (("space.head='gap'", "space.growth=2"), None, {}),
+    "schedule constant": (("space.schedule='constant'",), None, {}),
+    "label smoothing 0.1": (("space.label_smoothing=0.1",), None, {}),
+    "600 steps": ((), 600, {}),
+    "2400 steps": ((), 2400, {}),
+    "adamw 0.1, all": (("space.weight_decay=0.1", "space.decay_on='all'"), None,
+                       {"optimizer": "adamw"}),
+    "adamw 0.1, weights": (("space.weight_decay=0.1", "space.decay_on='weights'"), None,
+                           {"optimizer": "adamw"}),
 }
 
 
@@ -48,6 +53,7 @@ def bench_defaults(data_names: tuple, repeats: int, workdir: Path, config: Path,
     result = {"params": FIXED, "repeats": repeats, "config": str(config),
               "variants": {v: list(VARIANTS[v][0]) + ([f"{VARIANTS[v][1]} steps"]
                                                         if VARIANTS[v][1] else [])
+                           + [f"{k}={x}" for k, x in VARIANTS[v][2].items()]
                            for v in variants},
               "data": found}
     for data in map(parse_data, data_names):
@@ -65,9 +71,10 @@ def bench_defaults(data_names: tuple, repeats: int, workdir: Path, config: Path,
 def run_variant(p, variant: str, seed: int) -> dict:
     from hpsearch.bench.recipe import FIXED
 
-    sets, steps = VARIANTS[variant]
+    sets, steps, changed = VARIANTS[variant]
     cmd = [sys.executable, "-m", "hpsearch.bench.fixed_trial", "--epochs", "auto",
-           "--number", str(seed), "--params", json.dumps(FIXED), "--device", "auto",
+           "--number", str(seed), "--params", json.dumps({**FIXED, **changed}),
+           "--device", "auto",
            *(["--config", str(p.config)] if p.config else []),
            *(f"--set={s}" for s in p.sets + sets),
            *(["--steps", str(steps)] if steps else [])]

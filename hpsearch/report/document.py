@@ -121,7 +121,7 @@ def training(cfg, best: Optional[dict], precision_run: Optional[str]) -> Section
     p = (best or {}).get("params") or {}
     rows = [["optimizer", p.get("optimizer", "-")],
             ["learning rate", _num(p["lr"]) if "lr" in p else "-"],
-            ["weight decay", _num(p.get("weight_decay", 0.0))],
+            ["weight decay", _decay(p)],
             ["batch size", p.get("batch_size", cfg.train.batch_size)],
             ["epochs (the most a trial trains)", _epochs(cfg, best)],
             ["learning-rate schedule", _schedule(p)],
@@ -134,6 +134,16 @@ def training(cfg, best: Optional[dict], precision_run: Optional[str]) -> Section
     text = ("Each trial trained from scratch on the training split and was scored on the "
             "validation split after every epoch; the values are the chosen trial's.")
     return Section("Training", [Text(text), Table(["", ""], rows)])
+
+
+def _decay(p: dict) -> str:
+    """`0`, `0.1 (all parameters)` or `0.1 (weights only: not batch norm, not biases)`."""
+    decay = p.get("weight_decay", 0.0)
+    if not decay:
+        return _num(decay)
+    on = ("all parameters" if p.get("decay_on", "all") == "all"
+          else "weights only: not batch norm, not biases")
+    return f"{_num(decay)} ({on})"
 
 
 def _epochs(cfg, best: Optional[dict]) -> str:
