@@ -178,7 +178,7 @@ def report_and_attach(study, spec, out, artifacts: Optional[str] = None,
                           (settings.get("data") or {}).get("fingerprint"))
 
     result = make_report(study, out, artifacts=store, load_data=load_data, data_dir=data_dir,
-                         retrain_device=retrain_device)
+                         retrain_device=retrain_device, storage=spec.as_option)
     unattached = attach_to_study(
         study, lambda: store or open_artifacts(artifact_folder(spec, artifacts)), result, out)
     return result, unattached

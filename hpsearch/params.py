@@ -139,7 +139,7 @@ PARAMS = {
                          widest=(0.0, 1.0)),
     "decay_on": Spec(str, "all", one_of(DECAY_ON), "training",
                      "what weight decay applies to: all parameters, or the weights only "
-                     "(not batch norm, not biases)", listed=False, before="all"),
+                     "(not batch norm, not biases)", before="all"),
     "batch_size": Spec(int, None, between(2, 65536), "training", "images per optimizer step",
                        listed=False, widest=(2, 65536)),
     "optimizer": Spec(str, "adam", one_of(OPTIMIZERS), "training",

@@ -36,6 +36,17 @@ class StorageSpec:
         return make_url(self.url).render_as_string(hide_password=True)
 
 
+    @property
+    def as_option(self) -> str:
+        """The store as `--storage` takes it from any folder: a file's path absolute, a
+        server's URL without its password (shown as ***)."""
+        if self.kind == "journal":
+            return f"journal:{self.path}"
+        if self.path is not None:
+            return f"sqlite:///{self.path}"
+        return make_url(self.url).render_as_string(hide_password=True)
+
+
 def parse_storage(url: str) -> StorageSpec:
     """Check a storage URL without touching any store."""
     if url.startswith("journal:"):

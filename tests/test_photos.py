@@ -48,7 +48,7 @@ def test_a_study_file_without_space_searches_the_default_space(tmp_path):
 def test_head_growth_and_augment_default_by_dataset_and_image_size():
     def fixed(cfg):  # the shape and augmentation (the schedule: tests/test_schedule.py)
         return {p.name: p.value for p in cfg.space if isinstance(p, Fixed)
-                and p.name not in ("schedule", "label_smoothing")}
+                and p.name not in ("schedule", "label_smoothing", "decay_on")}
 
     assert fixed(load_config(None)) == {"head": "flatten", "growth": 1, "augment": "none"}
     photos = load_config(ROOT / "studies" / "photos.toml")
@@ -283,7 +283,7 @@ def test_a_study_stored_before_the_default_space_rebuilds_as_it_ran():
     fixed = {p.name: p.value for p in cfg.space if isinstance(p, Fixed)}
     assert fixed == {"depth": 2, "width": 32, "dropout": 0.0, "optimizer": "adam",
                      "head": "flatten", "growth": 1, "augment": "none",
-                     "schedule": "constant", "label_smoothing": 0.0}
+                     "schedule": "constant", "label_smoothing": 0.0, "decay_on": "all"}
 
 
 def test_a_searched_augmentation_choice_survives_the_stored_record():

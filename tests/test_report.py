@@ -85,6 +85,30 @@ def test_next_toml_runs_as_it_is(real, tmp_path):
     assert again.returncode == 0, again.stderr
 
 
+def test_the_next_study_runs_as_printed_into_the_same_store_and_compares(tmp_path):
+    """The report's next-study command names the store, so the next study lands beside the
+    first wherever the command runs, and `hpsearch compare` sets the two side by side."""
+    import shlex
+
+    config, store = finished_tiny_study(tmp_path, 3, "--set", "study.pruner='none'")
+    out = tmp_path / "report"
+    assert hpsearch("report", "--config", config, "--storage", store, "--out", out
+                    ).returncode == 0
+    section = (out / "report.md").read_text().split("## Next study")[1].split("## Run")[0]
+    command = shlex.split(re.findall(r"`(hpsearch run [^`]+)`", section)[-1])
+    assert command[command.index("--storage") + 1] == store
+    assert f"--storage {store}" in (out / "next.toml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = hpsearch(*command[1:], cwd=elsewhere)
+    assert run.returncode == 0, run.stderr
+    assert len(load(store, "tiny-next").trials) == 3 and not (elsewhere / "studies").exists()
+    compared = hpsearch("compare", "tiny", "tiny-next", "--storage", store, "--out",
+                        tmp_path / "compare")
+    assert compared.returncode == 0, compared.stderr
+    assert (tmp_path / "compare" / "report.html").is_file()
+
+
 def test_html_is_self_contained(real):
     html = (real[3] / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(CHARTS)

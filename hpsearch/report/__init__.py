@@ -19,14 +19,17 @@ __all__ = ["ReportResult", "make_report", "_figure", "_write"]  # compare.py use
 
 
 def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] = None,
-                data_dir: Optional[str] = None, retrain_device=None) -> ReportResult:
+                data_dir: Optional[str] = None, retrain_device=None,
+                storage: Optional[str] = None) -> ReportResult:
     """Write the report of `study` into `out`: report.md, report.html and report.pdf (one
     document, nine sections, the same in each), the charts, best_config.json, next.toml
     (the next study) and study.toml (this one, to run again).
 
     `load_data(cfg)` returns the study's Dataset and is called only when there is a best
     trial to run on the test split. Weights come from `artifacts`; with `retrain_device` a
-    best trial without weights is retrained there (never otherwise).
+    best trial without weights is retrained there (never otherwise). `storage`, the study's
+    store as `--storage` takes it, goes into the command that runs the next study, so that
+    the two studies share a store (and `hpsearch compare` sets them side by side).
     """
     settings = collect.study_settings(study)
     try:
@@ -68,12 +71,13 @@ def make_report(study, out: Path, artifacts=None, load_data: Optional[Callable] 
         document.training(cfg, result.best, records.device_of(best) if best else None),
         results.results(result, rows, ranked, trials, best, cfg, test_blocks, findings),
         results.mattered(result, study, trials),
-        document.next_study(plan, out / NEXT_FILE),
+        document.next_study(plan, _next_command(out, storage)),
         document.run(*_run_facts(trials, summary, settings), _command(out)),
     ]
     if result.best is not None:
         _write(out / "best_config.json", json.dumps(result.best, indent=2) + "\n", result)
-    _write(out / NEXT_FILE, advice.to_toml(plan.settings, _next_header(study.study_name, out)),
+    _write(out / NEXT_FILE, advice.to_toml(plan.settings,
+                                           _next_header(study.study_name, out, storage)),
            result)
     _write(out / STUDY_FILE, advice.to_toml(_as_run(cfg, max(1, finished)),
                                             _study_header(study, out)), result)
@@ -130,10 +134,20 @@ def _as_run(cfg, trials: int) -> dict:
             "train": ran["train"], "space": ran["space"]}
 
 
-def _next_header(name: str, out: Path) -> str:
+def _next_command(out: Path, storage: Optional[str]) -> str:
+    """The next study's command, into the store of this one where it is known."""
+    from shlex import quote  # a Drive folder may be "My Drive"
+
+    command = f"hpsearch run --config {quote(str(out / NEXT_FILE))}"
+    return f"{command} --storage {quote(storage)}" if storage else command
+
+
+def _next_header(name: str, out: Path, storage: Optional[str]) -> str:
+    where = ("into the same store" if storage else
+             "from the folder the study ran in (its store is the default there)")
     return (f"The next study after {name!r}, written by `hpsearch report`: its space is\n"
             f"narrowed around the best trials (see the report's Next study section).\n"
-            f"Run it from the folder the study ran in: hpsearch run --config {out / NEXT_FILE}")
+            f"Run it {where}: {_next_command(out, storage)}")
 
 
 def _study_header(study, out: Path) -> str:

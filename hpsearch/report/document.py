@@ -160,13 +160,14 @@ def _schedule(p: dict) -> str:
     return "constant" if p else "-"
 
 
-def next_study(plan, path) -> Section:
+def next_study(plan, command: str) -> Section:
     blocks = [Text(sentence) for sentence in plan.advice]
     if plan.changes:
         blocks.append(Table(["parameter", "this study", "next study"],
                             [list(c) for c in plan.changes]))
-    blocks.append(Text(f"Run it from the folder the study ran in (its store is the default "
-                       f"there; `--storage` names another): `hpsearch run --config {path}`."))
+    where = ("into this study's store, where `hpsearch compare` can set the two side by "
+             "side" if "--storage" in command else "from the folder the study ran in")
+    blocks.append(Text(f"Run it {where}: `{command}`."))
     return Section("Next study", blocks)
 
 
