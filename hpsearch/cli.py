@@ -121,7 +121,8 @@ def add_result_commands(sub) -> None:
     best = command("best", cmd_best, "print the best trial of a study")
     store_flags(best, artifacts=False)
     best.add_argument("--json", action="store_true",
-                      help="the full record as JSON, as best_config.json holds it")
+                      help="the full record as JSON, as best_config.json holds it (the test "
+                           "split's fields null until `hpsearch report` measures them)")
 
     status = command("status", cmd_status, "list the studies of a store")
     store_flags(status, name=False, artifacts=False)
@@ -309,11 +310,14 @@ def cmd_best(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     cfg = records.config_of(settings, data_dir_of(args))
     record = collect.best_config(study, best, settings, cfg)
-    if args.json:
+    tested = records.tested_of(study, best.number)
+    if args.json:  # best_config.json's record; the test fields null until a report measures
+        tested = tested or {}
+        record.update({k: tested.get(k) for k in records.TESTED_FIELDS})
         console.say(json.dumps(record, indent=2))
         return 0
     report_file = beside_store(spec, "reports") / study.study_name / "best_config.json"
-    console.best(record, records.tested_of(study, best.number), report_file)
+    console.best(record, tested, report_file)
     return 0
 
 

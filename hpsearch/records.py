@@ -124,12 +124,14 @@ def study_artifacts(study: optuna.Study) -> dict:
     return found
 
 
+TESTED_FIELDS = ("test_accuracy", "test_size", "confusion_matrix")  # of best_config.json
+
+
 def write_tested(study: optuna.Study, best: Optional[dict]) -> None:
-    """After a report: the test accuracy it measured of the best trial (best_config.json's
-    content), so that `hpsearch best` can show it. Nothing when it measured none."""
+    """After a report: what it measured of the best trial on the test split (best_config.json's
+    TESTED_FIELDS), so that `hpsearch best` can show it. Nothing when it measured none."""
     if best is not None and best.get("test_accuracy") is not None:
-        study.set_user_attr(TESTED_ATTR, {k: best.get(k) for k in
-                                          ("trial", "test_accuracy", "test_size")})
+        study.set_user_attr(TESTED_ATTR, {k: best.get(k) for k in ("trial", *TESTED_FIELDS)})
 
 
 def tested_of(study: optuna.Study, number: int) -> Optional[dict]:

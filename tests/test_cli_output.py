@@ -44,6 +44,7 @@ def test_best_prints_a_summary_and_json_on_request(done):
     full = json.loads(record.stdout)
     assert full["trial"] == best.number and full["params"]["lr"] == best.params["lr"]
     assert full["config"]["study"]["name"] == "tiny"
+    assert all(full[k] is None for k in ("test_accuracy", "test_size", "confusion_matrix"))
 
 
 @pytest.mark.parametrize("studies", [["tiny"], ["tiny", "tiny"]])

@@ -217,6 +217,9 @@ def test_best_status_and_compare(real, tmp_path):
     best = hpsearch("best", "--json", "--config", config, "--storage", store)
     assert best.returncode == 0, best.stderr
     assert json.loads(best.stdout)["trial"] == load(store).best_trial.number
+    # The same record as the report's best_config.json, the test split's fields included.
+    written = json.loads((real[3] / "best_config.json").read_text())
+    assert written["confusion_matrix"] and json.loads(best.stdout) == written
 
     other = run_cli("--config", config, "--storage", store, "--trials", 3, "--study-name",
                     "tiny-random", "--set", "study.sampler='random'", "--set",
