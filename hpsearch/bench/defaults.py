@@ -34,10 +34,10 @@ VARIANTS = {
     "label smoothing 0.1": (("space.label_smoothing=0.1",), None, {}),
     "600 steps": ((), 600, {}),
     "2400 steps": ((), 2400, {}),
-    "adamw 0.1, all": (("space.weight_decay=0.1", "space.decay_on='all'"), None,
-                       {"optimizer": "adamw"}),
-    "adamw 0.1, weights": (("space.weight_decay=0.1", "space.decay_on='weights'"), None,
-                           {"optimizer": "adamw"}),
+    "adamw 0.1, all": (("space.optimizer='adamw'", "space.weight_decay=0.1",
+                        "space.decay_on='all'"), None, {"optimizer": "adamw"}),
+    "adamw 0.1, weights": (("space.optimizer='adamw'", "space.weight_decay=0.1",
+                            "space.decay_on='weights'"), None, {"optimizer": "adamw"}),
 }
 
 
