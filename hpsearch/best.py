@@ -70,12 +70,6 @@ def loaded_model(params: dict, data: Dataset, state: dict) -> torch.nn.Module:
     return model
 
 
-def predict(model: torch.nn.Module, data: Dataset, x: torch.Tensor) -> np.ndarray:
-    """The predicted class of each uint8 image of x (on the host or the device), in batches
-    sized to the memory."""
-    return predict_with_confidence(model, data, x)[0]
-
-
 @torch.inference_mode()
 def predict_with_confidence(model: torch.nn.Module, data: Dataset, x: torch.Tensor) -> tuple:
     """(predicted class, its softmax probability) of each uint8 image of x, in batches sized

@@ -88,6 +88,9 @@ def store_flags(p: argparse.ArgumentParser, name: bool = True, artifacts: bool =
 
     p.add_argument("--config", metavar="PATH",
                    help="study file (TOML): its study.name and data_dir; default: digits")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a study-file key as `run` took it (study.name, data.data_dir); "
+                        "repeatable")
     if name:
         p.add_argument("--study-name", metavar="NAME", help="default: study.name")
     p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
@@ -104,10 +107,12 @@ def add_result_commands(sub) -> None:
         return p
 
     report = command("report", cmd_report, "write the best-config report of a study",
-                     "Write best_config.json, report.md, report.html and the charts.")
+                     "Write report.pdf, report.html and report.md (one document), the charts, "
+                     "best_config.json, next.toml (the next study) and study.toml (this one).")
     store_flags(report)
     report.add_argument("--out", metavar="DIR",
-                        help="default: studies/reports/<study>/ beside the store")
+                        help="default: reports/<study>/ beside a store file "
+                             "(studies/reports/<study>/ for the default store)")
     report.add_argument("--retrain", action="store_true",
                         help="retrain the best trial when its weights are missing")
     report.add_argument("--device", default="auto", help="for --retrain: auto | cpu | cuda | mps")
@@ -116,7 +121,7 @@ def add_result_commands(sub) -> None:
     compare.add_argument("studies", nargs="+", metavar="STUDY")
     store_flags(compare, name=False, artifacts=False)
     compare.add_argument("--out", metavar="DIR",
-                         help="default: studies/reports/compare-<studies>/ beside the store")
+                         help="default: reports/compare-<studies>/ beside a store file")
 
     best = command("best", cmd_best, "print the best trial of a study")
     store_flags(best, artifacts=False)
@@ -234,7 +239,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def data_dir_of(args: argparse.Namespace) -> Optional[str]:
     from hpsearch.config import load_config
 
-    return load_config(args.config).data.data_dir if args.config else None
+    return load_config(args.config, args.set).data.data_dir if args.config or args.set \
+        else None
 
 
 def open_store(args: argparse.Namespace):
@@ -251,7 +257,8 @@ def named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
     from hpsearch.storage import load_named_study
 
     if name is None:
-        name = getattr(args, "study_name", None) or load_config(args.config).study.name
+        name = getattr(args, "study_name", None) or load_config(args.config,
+                                                                args.set).study.name
     return load_named_study(storage, name)
 
 

@@ -297,7 +297,8 @@ def report_written(notes: list, best: Optional[dict], out, n_files: int,
         print(f"Best: trial {best['trial']}, validation accuracy "
               f"{best['validation_accuracy']:.4f}"
               + ("" if test is None else f", test accuracy {test:.4f}"))
-    print(f"Report: {out / 'report.html'} ({n_files} files in {out})")
+    print(f"Report: {out / 'report.pdf'} and {out / 'report.html'} ({n_files} files in "
+          f"{out})")
     if unattached:
         print(f"note: {unattached}")
     else:

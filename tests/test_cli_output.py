@@ -74,3 +74,15 @@ def test_status_prints_times_with_their_offset_from_utc(done, tz, offset, zone):
     row = next(line for line in out.stdout.splitlines() if line.startswith("tiny "))
     assert row.endswith(f"{shown:%Y-%m-%d %H:%M:%S} {zone}"), row
     assert abs(datetime.now(timezone.utc) - instant) < timedelta(hours=1)
+
+
+def test_the_result_commands_take_the_run_commands_set(done):
+    """`--set study.name=...` finds the study as it found it for `run`; a bad key is one line."""
+    folder, _, store = done
+    out = hpsearch("best", "--set", "study.name='tiny'", "--storage", store)
+    assert out.returncode == 0 and out.stdout.startswith("Study                'tiny'"), out.stderr
+    before = snapshot(folder)
+    bad = hpsearch("report", "--set", "study.nme='tiny'", "--storage", store)
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1
+    assert bad.stderr.startswith("hpsearch: error: ") and "study.nme" in bad.stderr
+    assert snapshot(folder) == before

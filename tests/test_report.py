@@ -43,7 +43,7 @@ def test_report_writes_every_file(real):
     for name in ("best_config.json", "report.md", "report.html", "report.pdf", "next.toml",
                  "study.toml", *CHARTS):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert f"Report: {out / 'report.html'}" in stdout
+    assert f"Report: {out / 'report.pdf'} and {out / 'report.html'}" in stdout
     md = (out / "report.md").read_text()
     for chart in CHARTS:
         assert f"]({chart})" in md

@@ -82,10 +82,6 @@ class Summary:
     epochs_run: int  # by finished trials
     epochs_possible: int  # finished trials x epochs
 
-    @property
-    def epochs_saved(self) -> int:
-        return self.epochs_possible - self.epochs_run
-
 
 def summarize(study, trials: list, settings: dict) -> Summary:
     states = records.count_states(trials)
