@@ -219,3 +219,18 @@ def test_the_panel_runs_end_to_end_and_writes_its_table(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "**Panel**" in table and "| hard-8@16 | 48 (6) |" in table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "panel"]
+
+
+def test_the_budget_table_reads_each_pruners_best_at_shares_of_the_budget():
+    from hpsearch.bench.budget import _medians, table
+
+    runs = [{"best_value": 0.8, "best_at": [None, 0.6, 0.8], "states": {"COMPLETE": 3,
+                                                                        "PRUNED": 9}},
+            {"best_value": 0.9, "best_at": [0.5, 0.7, 0.9], "states": {"COMPLETE": 5,
+                                                                       "PRUNED": 7}}]
+    m = _medians(runs)
+    assert m["best_at"] == [0.5, pytest.approx(0.65), pytest.approx(0.85)]
+    assert m["trials"] == 12 and m["complete"] == 4
+    text = table({"budget": "240s", "data": {"hard-500@32": {"median": {"sha": m}}}})
+    assert text.splitlines()[0].startswith("| data | pruner | best at 0.25 of 240s |")
+    assert "| hard-500@32 | sha | 0.500 | 0.650 | 0.850 | 12 (4) |" in text

@@ -1,0 +1,100 @@
+"""The pruners under a time budget: which one spends `--time` best on the panel's data sets.
+
+`python -m hpsearch.bench.budget --panel hard-500@32 easy-100@64 --time 240s --repeats 1`
+runs studies/photos.toml on each data set with `hpsearch run --time` and each pruner of
+PRUNERS in turn (seeds alternating), each run its own process on a new store, as a user
+starts it. From each run's best-so-far curve (bench.curves) come its best validation
+accuracy at a quarter, a half and all of the budget, and its trials by state. Data sets are
+made as the panel makes them (bench.panel.prepare), under the output folder's panel/.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from hpsearch.bench.curves import best_at
+from hpsearch.bench.suite import PHOTOS_STUDY, run_hpsearch
+from hpsearch.config import duration_seconds
+
+PRUNERS = ("hyperband", "sha")  # the two that let the best trials train to the maximum
+SHARES = (0.25, 0.5, 1.0)
+
+
+def bench_budget(data_names: tuple, budget: str, repeats: int, workdir: Path,
+                 config: Path = PHOTOS_STUDY, pruners: tuple = PRUNERS,
+                 done=lambda result: None) -> dict:
+    """Every pruner on every data set under `budget`, seeds 0..repeats-1; `done(result)`
+    after each data set, so that a long run keeps what it measured."""
+    from hpsearch.bench.panel import parse_data, prepare
+
+    seconds = duration_seconds(budget)
+    workdir.mkdir(parents=True, exist_ok=True)
+    found: dict = {}
+    result = {"budget": budget, "seconds": seconds, "repeats": repeats, "config": str(config),
+              "data": found}
+    for data in map(parse_data, data_names):
+        p = prepare(data, workdir, config, 10)
+        runs: dict = {pruner: [] for pruner in pruners}
+        for seed in range(repeats):
+            for pruner in pruners:
+                run = run_hpsearch(None, seed, workdir, p.sets + (f"study.pruner='{pruner}'",),
+                                   config=p.config, flags=("--time", budget))
+                runs[pruner].append({"seed": seed, "wall_seconds": run["wall_seconds"],
+                                     "best_value": run["best_value"], "states": run["states"],
+                                     "best_at": [best_at(run["curve"], share * seconds)
+                                                 for share in SHARES]})
+        found[data.name] = {"images": p.meta["images"], "runs": runs,
+                            "median": {pr: _medians(rs) for pr, rs in runs.items()}}
+        done(result)
+    return result
+
+
+def _medians(runs: list) -> dict:
+    def middle(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    return {"best_value": middle(r["best_value"] for r in runs),
+            "best_at": [middle(r["best_at"][i] for r in runs) for i in range(len(SHARES))],
+            "trials": middle(sum(r["states"].values()) for r in runs),
+            "complete": middle(r["states"].get("COMPLETE", 0) for r in runs)}
+
+
+def table(r: dict) -> str:
+    head = " | ".join(f"best at {share:g} of {r['budget']}" for share in SHARES)
+    lines = [f"| data | pruner | {head} | trials (completed) |",
+             "|---|---|" + "---|" * len(SHARES) + "---|"]
+    for name, d in r["data"].items():
+        for pruner, m in d["median"].items():
+            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in m["best_at"])
+            lines.append(f"| {name} | {pruner} | {cells} | {m['trials']:g} "
+                         f"({m['complete']:g}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--panel", nargs="+", required=True, metavar="DATA")
+    parser.add_argument("--time", required=True, metavar="DURATION", help="e.g. 240s, 5m")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--pruners", nargs="+", choices=PRUNERS, default=list(PRUNERS))
+    parser.add_argument("--config", type=Path, default=PHOTOS_STUDY)
+    parser.add_argument("--out", type=Path, default=Path("studies/bench"))
+    args = parser.parse_args()
+    out = args.out.resolve()
+
+    def done(result: dict) -> None:
+        (out / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "budget.md").write_text(table(result) + "\n")
+
+    result = bench_budget(tuple(args.panel), args.time, args.repeats, out, args.config,
+                          tuple(args.pruners), done)
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
