@@ -283,7 +283,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpsearch.report.compare import make_comparison
+    from hpsearch.report.compare import load_studies, make_comparison
     from hpsearch.storage import beside_store
 
     spec, storage = open_store(args)
@@ -292,7 +292,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         console.error(f"compare overlays two or more studies of one store; got one: "
                       f"{names[0]!r}. Run `hpsearch report` for a single study.")
         return EXIT_USAGE
-    studies = [named_study(args, storage, name) for name in names]
+    studies = load_studies(storage, names)
     default = beside_store(spec, "reports") / \
         ("compare-" + "-".join(s.study_name for s in studies))[:120]
     out = Path(args.out).resolve() if args.out else default

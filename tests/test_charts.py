@@ -19,7 +19,8 @@ from hpsearch.best import Predictions, predictions_on_test
 from hpsearch.data import Dataset
 from hpsearch.report import charts, draw
 from hpsearch.report.collect import Row
-from hpsearch.report.style import BLACK, VERMILION
+from hpsearch.report.compare import Progress
+from hpsearch.report.style import BLACK, BLUE, VERMILION
 
 PARAMS = ["lr", "depth", "width", "dropout", "optimizer"]
 CATEGORICAL = {p: p == "optimizer" for p in PARAMS}
@@ -174,7 +175,46 @@ def test_importances_put_the_largest_on_top_with_its_share(tmp_path):
     assert ax.get_title() == "Parameter importance (from 37 completed trials)"
     by_height = sorted(zip(ax.get_yticks(), [t.get_text() for t in ax.get_yticklabels()]))
     assert [name for _, name in by_height] == ["dropout", "depth", "lr"]  # lr on top
-    assert {"60%", "30%", "10%"} <= set(shown)
+    assert {"60.0%", "30.0%", "10.0%"} <= set(shown)
+
+
+def test_importance_labels_follow_one_rule_for_chart_and_table(tmp_path):
+    """The report's table lists importance_shares' labels; the chart draws the same ones,
+    so a share of 0.3% is 0.3% in both, not "<1%" beside "0.3%"."""
+    importances = {"dropout": 0.6, "lr": 0.3967, "optimizer": 0.003, "depth": 0.0003,
+                   "width": 0.0}
+    shares = charts.importance_shares(importances)
+    assert [(name, label) for name, _, label in shares] == [
+        ("dropout", "60.0%"), ("lr", "39.7%"), ("optimizer", "0.3%"), ("depth", "<0.1%"),
+        ("width", "0%")]
+    fig = charts.param_importances(importances, 12)
+    check(fig, tmp_path / "importances.png")
+    drawn = {t.get_text() for t in fig.axes[0].texts}
+    assert drawn == {label for _, _, label in shares}
+
+
+def test_below_the_edge_legend_markers_match_the_points(tmp_path):
+    """Completed trials below the zoom are filled triangles on the edge and pruned ones
+    hollow: so are their legend entries, one each, in every chart that draws them."""
+    rows = [row(i, "COMPLETE", 0.95 + 0.0005 * i, {"lr": 0.01, "depth": 2}) for i in range(60)]
+    rows += [row(60, "COMPLETE", 0.2, {"lr": 0.02, "depth": 3})]
+    rows += [row(61 + i, "PRUNED", 0.1 + 0.01 * i, {"lr": 0.03, "depth": 1}) for i in range(4)]
+    best = best_number(rows)
+    figures = {"history": charts.optimization_history(rows, best),
+               "intermediate": charts.intermediate_values(rows, best, 10),
+               "comparison": draw.comparison(rows, ["lr", "depth"], {}, {"lr": True}, best)}
+    for name, fig in figures.items():
+        check(fig, tmp_path / f"{name}.png")
+        edge = [h for leg in fig.legends for h in leg.legend_handles
+                if h.get_marker() == "v"]
+        faces = {h.get_label().split(":")[-1].strip(): h.get_markerfacecolor() for h in edge}
+        assert set(faces) == {"1 completed", "4 pruned"}, (name, faces)
+        assert faces["4 pruned"] == "none", name
+        assert faces["1 completed"] == BLUE, name
+        low, high = fig.axes[0].get_ylim()
+        on_edge = [c for c in fig.axes[0].collections if len(c.get_offsets())
+                   and np.allclose(c.get_offsets()[:, 1], low + 0.015 * (high - low))]
+        assert sorted(len(c.get_facecolors()) > 0 for c in on_edge) == [False, True], name
 
 
 def axis_labels(fig: Figure) -> dict:
@@ -198,7 +238,7 @@ def test_parallel_coordinates_ticks_are_plain_and_whole(tmp_path):
     assert depth == ["1", "2", "3", "4"]
     assert all(s.isdigit() for s in width) and len(width) >= 2
     assert optimizer == ["adam", "adamw", "sgd"]
-    assert "validation accuracy" in [ax.get_ylabel() for ax in fig.axes]  # the colour bar
+    assert any(s == "validation\naccuracy" for s in shown)  # the last axis
     ax = fig.axes[0]
     trials = [line for line in ax.lines if line.get_color() != BLACK]  # not the axes
     top = max(trials, key=lambda line: line.get_zorder())
@@ -206,6 +246,53 @@ def test_parallel_coordinates_ticks_are_plain_and_whole(tmp_path):
     assert all(top.get_zorder() > c.get_zorder() for c in ax.collections)
     assert any(s.startswith(f"best: trial {best}") for s in legend_labels(fig))
     assert any("trials" in s for s in shown)
+
+
+def test_parallel_coordinates_keep_lines_off_the_ends_and_under_the_labels(tmp_path):
+    """The issue's case: the best trial has the highest depth and the last optimizer. It
+    ran along the top edge over their tick labels; now every axis spans the trials drawn
+    with a margin, and the labels sit on top in opaque boxes."""
+    best = best_number(NORMAL)
+    fig = charts.parallel_coordinates(NORMAL, PARAMS, CATEGORICAL, LOG, best)
+    check(fig, tmp_path / "parallel.png")
+    ax = fig.axes[0]
+    heights = np.concatenate([seg[:, 1] for seg in ax.collections[0].get_segments()])
+    best_line, = (line for line in ax.lines if line.get_color() == VERMILION)
+    heights = np.concatenate([heights, best_line.get_ydata()])
+    assert heights.min() >= charts.MARGIN - 1e-9 and heights.max() <= 1 - charts.MARGIN + 1e-9
+    labels = [t for t in ax.texts if t.get_bbox_patch() is not None]
+    drawn = [a.get_zorder() for a in (*ax.lines, *ax.collections)]
+    assert labels and all(t.get_zorder() > max(drawn) for t in labels)
+    assert all(t.get_bbox_patch().get_alpha() in (None, 1.0) for t in labels)
+
+
+def test_the_accuracy_axis_is_the_colour_key(tmp_path):
+    """No colour bar beside the accuracy axis with its own ticks at other heights: the axis
+    is painted in the lines' colours, and each of its ticks sits where its colour is."""
+    fig = charts.parallel_coordinates(NORMAL, PARAMS, CATEGORICAL, LOG, best_number(NORMAL))
+    check(fig, tmp_path / "parallel.png")
+    assert len(fig.axes) == 1  # no colour bar
+    ax = fig.axes[0]
+    key, = ax.images
+    lines = ax.collections[0]
+    assert key.norm.vmin == lines.norm.vmin and key.norm.vmax == lines.norm.vmax
+    assert key.get_cmap() is lines.get_cmap()
+    ramp = np.asarray(key.get_array()).ravel()
+    x0, x1, y0, y1 = key.get_extent()
+    assert (y0, y1) == (0, 1) and x0 == len(PARAMS)
+    ticks = [(t.get_position()[1], float(t.get_text())) for t in ax.texts
+             if t.get_bbox_patch() is not None and round(t.get_position()[0]) == len(PARAMS)]
+    assert len(ticks) >= 3
+    step = (ramp[-1] - ramp[0]) / (len(ramp) - 1)
+    for y, value in ticks:
+        assert abs(ramp[0] + y * (ramp[-1] - ramp[0]) - value) < step
+    # The lines end on the accuracy axis at the height of their own value.
+    ends = [seg[-1] for seg in lines.get_segments() if round(seg[-1][0]) == len(PARAMS)]
+    done = sorted((r for r in NORMAL if r.state == "COMPLETE"), key=lambda r: (r.value,
+                                                                                -r.number))
+    for (_, y), row in zip(ends, done):
+        if row.value >= key.norm.vmin:
+            assert abs(ramp[0] + y * (ramp[-1] - ramp[0]) - row.value) < 1e-9
 
 
 def test_parallel_coordinates_of_one_parameter_and_a_thousand_trials(tmp_path):
@@ -268,8 +355,11 @@ def test_the_confusion_matrix_and_the_grid_carry_the_callers_title(tmp_path):
 
 
 def test_best_so_far_is_six_inches_wide(tmp_path):
-    fig = draw.best_so_far({"a": ([0, 1, 2], [0.9, 0.95, 0.95]), "b": ([], [])}, "t", "trial")
+    nothing = Progress(([], []), ([], []), ([], []))
+    a = Progress(([0, 2], [0.9, 0.95]), ([1], [0.5]), ([0, 2], [0.9, 0.95]))
+    fig = draw.best_so_far({"a": a, "b": nothing}, "t", "trial", whole_x=True)
     check(fig, tmp_path / "best.png")
+    check(draw.best_so_far({"a": nothing}, "t", "trial"), tmp_path / "none.png")
 
 
 # ----------------------------------------------------------------------- predictions' confidence

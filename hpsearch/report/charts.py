@@ -17,6 +17,8 @@ from hpsearch.report.style import (BLACK, BLUE, GREY, VERMILION, WIDTH, accuracy
                                    whole, zoom)
 
 ACC = "validation accuracy"
+MARGIN = 0.06  # of a parallel coordinates axis, beyond its lowest and its highest value
+KEY = 0.06  # width of the accuracy axis's colour key, in gaps between axes
 
 
 def _best(rows: list, best_number: Optional[int]):
@@ -30,10 +32,16 @@ def _limits(rows: list) -> tuple:
 
 
 def _below(rows: list, low: float) -> list:
-    """The legend entry for the trials below the zoomed axis, if any is."""
-    n_done = sum(r.value < low for r in rows if r.state == "COMPLETE")
-    n_pruned = sum(r.value < low for r in rows if r.state == "PRUNED")
-    return [below_handle(low, n_done, n_pruned)] if n_done or n_pruned else []
+    """The legend entries for the trials below the zoomed axis, if any is."""
+    return below_handles(low, sum(r.value < low for r in rows if r.state == "COMPLETE"),
+                         sum(r.value < low for r in rows if r.state == "PRUNED"))
+
+
+def below_handles(low: float, n_done: int, n_pruned: int, colour=BLUE) -> list:
+    """One legend entry per kind of trial drawn on the lower edge, each with the marker its
+    points have there: filled for completed trials, hollow grey for pruned ones."""
+    return [below_handle(low, n_done, colour=colour)] * bool(n_done) + \
+        [below_handle(low, 0, n_pruned)] * bool(n_pruned)
 
 
 # ------------------------------------------------------------------- optimization history
@@ -184,7 +192,7 @@ def _off_edge(curves: list, low: float) -> list:
     done = sum(r.history["val_acc"][-1] < low for r in curves if r.state == "COMPLETE")
     pruned = sum(r.history["val_acc"][-1] < low for r in curves if r.state == "PRUNED")
     if done or pruned:
-        return [below_handle(low, done, pruned)]
+        return below_handles(low, done, pruned)
     if any(v < low for r in curves for v in r.history["val_acc"]):
         return [Line2D([], [], ls="", label=f"early epochs below {fmt_acc(low)} run off the "
                                             f"lower edge")]
@@ -204,11 +212,24 @@ def _ends(ax, rows: list, low: float, high: float, pruned: bool) -> None:
 
 # ------------------------------------------------------------------------ param importances
 
+def importance_shares(importances: dict) -> list:
+    """[(parameter, share of the total importance, its label)], the largest first: the chart
+    draws these and the report's table lists them, so that the two say the same."""
+    items = sorted(importances.items(), key=lambda kv: (-float(kv[1]), kv[0]))
+    total = sum(max(float(v), 0.0) for _, v in items)
+    shares = [max(float(v), 0.0) / total if total > 0 else 0.0 for _, v in items]
+    return [(name, share, share_label(share)) for (name, _), share in zip(items, shares)]
+
+
+def share_label(share: float) -> str:
+    """42.1%, 0.3%; <0.1% for a share too small to show but not nothing; 0% for nothing."""
+    return "0%" if share <= 0 else "<0.1%" if share < 0.0005 else f"{share:.1%}"
+
+
 def param_importances(importances: dict, n_trials: int) -> Figure:
     """Horizontal bars, the most important parameter on top, each labelled with its share of
     the total importance."""
-    items = sorted(importances.items(), key=lambda kv: (-float(kv[1]), kv[0]))
-    total = sum(max(float(v), 0.0) for _, v in items)
+    items = importance_shares(importances)
     with styled():
         fig = Figure(figsize=(WIDTH, 1.3 + 0.32 * max(len(items), 2)), layout="constrained")
         ax = fig.subplots()
@@ -216,15 +237,14 @@ def param_importances(importances: dict, n_trials: int) -> Figure:
         if not items:
             empty(ax, "no importance to show")
             return fig
-        shares = [max(float(v), 0.0) / total if total > 0 else 0.0 for _, v in items]
+        shares = [share for _, share, _ in items]
         y = np.arange(len(items))[::-1]
         ax.barh(y, shares, color=BLUE, height=0.6)
-        for yi, share in zip(y, shares):
-            ax.text(share + 0.01, yi, f"{share:.0%}" if share >= 0.01 or share == 0 else "<1%",
-                    va="center", ha="left", fontsize=8)
-        ax.set_yticks(y, [name for name, _ in items])
+        for yi, (_, share, label) in zip(y, items):
+            ax.text(share + 0.01, yi, label, va="center", ha="left", fontsize=8)
+        ax.set_yticks(y, [name for name, _, _ in items])
         ax.tick_params(axis="y", labelsize=9, length=0)
-        ax.set_xlim(0, max(max(shares), 0.05) * 1.15 + 0.03)
+        ax.set_xlim(0, max(max(shares), 0.05) * 1.15 + 0.04)
         ax.set_ylim(-0.6, len(items) - 0.4)
         ax.set_xlabel("share of the total importance")
         ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
@@ -238,8 +258,10 @@ def parallel_coordinates(rows: list, params: list, categorical: dict, log: dict,
                          best_number: Optional[int]) -> Figure:
     """One vertical axis per searched parameter and a last one for the validation accuracy;
     each completed trial is a line through its values, coloured by its accuracy (darker is
-    better); the best trial in vermillion on top. Each axis spans its own values: log ones in
-    log space, categorical ones as evenly spaced levels."""
+    better); the best trial in vermillion on top. Each axis spans the values drawn with a
+    margin at either end, so that no line runs along an edge: log ones in log space,
+    categorical ones as evenly spaced levels. The accuracy axis is painted in the lines'
+    colours, height for height: it is their colour key, so no colour bar can disagree."""
     from matplotlib.collections import LineCollection
     from matplotlib.colors import Normalize
 
@@ -276,13 +298,11 @@ def parallel_coordinates(rows: list, params: list, categorical: dict, log: dict,
         n_below = sum(r.value < low for r in done)
         if n_below:
             handles.append(below_handle(low, n_below, colour=cmap(0.0)))
+        pad = MARGIN / (1 - 2 * MARGIN) * (high - low)  # the key runs on into the margins
+        ax.imshow(np.linspace(low - pad, high + pad, 256)[:, None], cmap=cmap, norm=norm,
+                  origin="lower", aspect="auto", extent=(len(params), len(params) + KEY, 0, 1),
+                  zorder=4.5)
         _draw_axes(ax, names, [c[1] for c in columns], bool(upright))
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.ticker import MaxNLocator
-
-        bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=ACC, pad=0.01, aspect=30,
-                           extend="min" if n_below else "neither")
-        bar.locator = MaxNLocator(nbins=6, steps=[1, 2, 5, 10])
         bottom_legend(fig, handles, ncols=2)
         return fig
 
@@ -321,13 +341,19 @@ def _best_line(ax, row: np.ndarray) -> None:
                 path_effects=halo, solid_capstyle="round")
 
 
+def _inset(share):
+    """A share 0..1 of a parameter's range -> its height on the axis, MARGIN from each end."""
+    return MARGIN + (1 - 2 * MARGIN) * share
+
+
 def _axis(values: list, categorical: bool, log: bool) -> tuple:
-    """(positions 0..1 of the values, NaN where missing; [(position, tick label)])."""
+    """(positions of the values, MARGIN..1-MARGIN, NaN where missing; [(position, tick
+    label)], ticks in the margins included)."""
     known = [v for v in values if v is not None]
     if categorical or (known and not all(isinstance(v, (int, float)) for v in known)):
         names = levels(known)
-        step = 1 / (len(names) - 1) if len(names) > 1 else 0
-        where = {lev: (i * step if len(names) > 1 else 0.5) for i, lev in enumerate(names)}
+        where = {lev: (_inset(i / (len(names) - 1)) if len(names) > 1 else 0.5)
+                 for i, lev in enumerate(names)}
         pos = [np.nan if v is None else where[str(v)] for v in values]
         return np.array(pos, dtype=float), [(where[lev], lev) for lev in names]
     integer = whole(known)
@@ -338,11 +364,12 @@ def _axis(values: list, categorical: bool, log: bool) -> tuple:
         label = plain(known[0]) if known else "-"
         return np.where(np.isnan(raw), np.nan, 0.5), [(0.5, label)]
     lo, hi = float(np.nanmin(t)), float(np.nanmax(t))
-    vmin, vmax = min(known), max(known)
-    ticks = nice_ticks(vmin, vmax, log, integer, most=6 if log else 5)
-    scale = (lambda x: (math.log10(x) - lo) / (hi - lo)) if log else \
-        (lambda x: (x - lo) / (hi - lo))
-    return (t - lo) / (hi - lo), [(scale(x), plain(x)) for x in ticks]
+    pad = MARGIN / (1 - 2 * MARGIN) * (hi - lo)  # the margins in the axis's own units
+    ends = (10 ** (lo - pad), 10 ** (hi + pad)) if log else (lo - pad, hi + pad)
+    ticks = nice_ticks(*ends, log, integer, most=6 if log else 5)
+    scale = (lambda x: _inset((math.log10(x) - lo) / (hi - lo))) if log else \
+        (lambda x: _inset((x - lo) / (hi - lo)))
+    return _inset((t - lo) / (hi - lo)), [(scale(x), plain(x)) for x in ticks]
 
 
 def _accuracy_axis(values: list, low: float, high: float) -> tuple:
@@ -356,24 +383,26 @@ def _accuracy_axis(values: list, low: float, high: float) -> tuple:
     while decimals < 6 and abs(round(step, decimals) - step) > 1e-9:
         decimals += 1
     span = high - low
-    return (shown - low) / span, [((t - low) / span, f"{t:.{decimals}f}") for t in ticks]
+    return _inset((shown - low) / span), [(_inset((t - low) / span), f"{t:.{decimals}f}")
+                                          for t in ticks]
 
 
 def _draw_axes(ax, names: list, ticks: list, upright: bool) -> None:
-    """The vertical axes over the lines, labels in white boxes so that no line runs through
-    them: left of each axis and right of the last one (the accuracy); on the axis itself
-    where the axes stand close (upright names)."""
+    """The vertical axes over the lines, labels in opaque white boxes on top, so that no line
+    runs over them: left of each axis and right of the last one (the accuracy, whose ticks
+    cross its colour key); on the axis itself where the axes stand close (upright names)."""
     k = len(names)
     ax.set_xlim(-0.5 if k > 1 else -0.8, k - 1 + (0.45 if k > 1 else 0.8))
     ax.set_ylim(-0.03, 1.03)
     ax.set_axis_off()
-    box = dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.85)
+    box = dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=1.0)
     for x, (name, marks) in enumerate(zip(names, ticks)):
         last = x == k - 1
-        dx, ha = (0.05, "left") if last else (0, "center") if upright else (-0.05, "right")
+        dx, ha = (KEY + 0.05, "left") if last else (0, "center") if upright else (-0.05, "right")
         ax.plot([x, x], [0, 1], color=BLACK, lw=0.9, zorder=5)
         for y, label in marks:
-            ax.plot([x - 0.03, x], [y, y], color=BLACK, lw=0.9, zorder=5)
+            ax.plot([x, x + KEY + 0.02] if last else [x - 0.03, x], [y, y], color=BLACK,
+                    lw=0.9, zorder=5)
             ax.text(x + dx, y, label, ha=ha, va="center", fontsize=8, bbox=box, zorder=6)
         ax.text(x, 1.05, name if upright or name != ACC else "validation\naccuracy",
                 ha="center", va="bottom", fontsize=9, rotation=90 if upright else 0, zorder=6)

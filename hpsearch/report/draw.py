@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from hpsearch.report.charts import below_handles
 from hpsearch.report.style import (  # noqa: F401  (styled, STYLE: part of draw's interface)
     BLACK, BLUE, GREY, MARKERS, PALETTE, STYLE, VERMILION, WIDTH, accuracy_limits, below_handle,
     best_handle, bottom_legend, clipped, empty, fmt_acc, integer_axis, levels, log_axis, styled,
@@ -250,10 +251,8 @@ def _comparison_handles(rows: list, low: float, best) -> list:
     if best is not None:
         handles.append(best_handle(best.number, best.value))
     n_done = sum(r.value < low for r in rows if r.state == "COMPLETE")
-    n_pruned = sum(r.value < low for r in rows if r.state == "PRUNED")
-    if n_done or n_pruned:
-        handles.append(below_handle(low, n_done, n_pruned))
-    return handles
+    return handles + below_handles(low, n_done, sum(r.value < low for r in rows
+                                                    if r.state == "PRUNED"))
 
 
 def _x_values(rows: list, name: str, categorical: bool) -> tuple:
@@ -274,17 +273,54 @@ def _x_values(rows: list, name: str, categorical: bool) -> tuple:
 
 # --------------------------------------------------------------------------- other charts
 
-def best_so_far(series: dict, title: str, xlabel: str) -> Figure:
-    """Best validation accuracy so far, one step line per study: {name: (xs, best values)}."""
+def best_so_far(series: dict, title: str, xlabel: str, whole_x: bool = False) -> Figure:
+    """Studies side by side, {name: compare.Progress}: each finished trial as a point in its
+    study's colour (filled: completed; hollow: pruned, at its last reported accuracy) and the
+    best completed accuracy so far as a step line to the study's last finished trial. The
+    accuracy axis zooms as the optimization history's does; `whole_x`: trial numbers."""
+    done = [v for p in series.values() for v in p.done[1]]
+    pruned = [v for p in series.values() for v in p.pruned[1]]
+    # The zoom is the completed trials'; a pruned one above them all stays in view too.
+    above = [max(pruned)] if done and pruned and max(pruned) > max(done) else []
+    low, high = zoom(done + above or pruned)
     with styled():
-        fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
+        fig = Figure(figsize=(WIDTH, 3.9), layout="constrained")
         ax = fig.subplots()
-        for i, (name, (xs, best)) in enumerate(series.items()):
-            ax.step(xs, best, where="post", label=name, color=PALETTE[i % len(PALETTE)],
-                    lw=1.6, ls=("-", "--", ":", "-.")[i // len(PALETTE) % 4])
-        ax.set(title=title, xlabel=xlabel, ylabel="best validation accuracy so far")
-        bottom_legend(fig, ax.get_legend_handles_labels()[0], ncols=3)
+        ax.set(title=title, xlabel=xlabel, ylabel="validation accuracy")
+        if not any(p.done[0] or p.pruned[0] for p in series.values()):
+            empty(ax, "no finished trial yet")
+            return fig
+        handles, n_below = [], [0, 0]
+        for i, (name, progress) in enumerate(series.items()):
+            colour = PALETTE[i % len(PALETTE)]
+            style = ("-", "--", ":", "-.")[i // len(PALETTE) % 4]
+            ax.step(*progress.best, where="post", color=colour, lw=1.6, ls=style, zorder=4)
+            for k, (xs, ys) in enumerate((progress.done, progress.pruned)):
+                n_below[k] += _trial_points(ax, xs, ys, (low, high), colour, hollow=k == 1)
+            handles.append(Line2D([], [], color=colour, lw=1.6, ls=style, label=name))
+        dot = dict(ls="", marker="o", markersize=5, markeredgecolor=GREY)
+        handles.append(Line2D([], [], markerfacecolor=GREY, label="completed", **dot))
+        if any(p.pruned[0] for p in series.values()):
+            handles.append(Line2D([], [], markerfacecolor="none",
+                                  label="pruned (last epoch reported)", **dot))
+        handles += below_handles(low, *n_below, colour=GREY)
+        accuracy_limits(ax, low, high)
+        if whole_x:
+            integer_axis(ax, [x for p in series.values() for x in p.done[0] + p.pruned[0]])
+        bottom_legend(fig, handles, ncols=3)
         return fig
+
+
+def _trial_points(ax, xs: list, ys: list, limits: tuple, colour, hollow: bool) -> int:
+    """One study's completed (filled) or pruned (hollow) trials; those below the zoomed axis
+    as triangles on its lower edge. Returns how many are there."""
+    ys, below = clipped(ys, *limits)
+    xs = np.asarray(xs, dtype=float)
+    look = dict(facecolors="none", edgecolors=colour, linewidths=0.9, s=16) if hollow else \
+        dict(color=colour, linewidths=0, s=16)
+    ax.scatter(xs[~below], ys[~below], alpha=0.85, zorder=3, **look)
+    ax.scatter(xs[below], ys[below], marker="v", alpha=0.85, zorder=3, clip_on=False, **look)
+    return int(below.sum())
 
 
 def save(fig: Figure, path, tight: bool = False) -> None:

@@ -102,7 +102,7 @@ def mattered(result: ReportResult, study, trials: list) -> Section:
     if not importances:
         return Section("What mattered", [Text("No parameter varied across the trials.")])
     n = len(complete)
-    rows = [[name, f"{value:.1%}"] for name, value in importances.items()]
+    rows = [[name, label] for name, _, label in charts.importance_shares(importances)]
     caution = " With fewer than about 30, read the order as rough." if n < 30 else ""
     return Section("What mattered", [
         Text(f"How much each parameter decides whether a trial is among the best ones "
