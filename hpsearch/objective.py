@@ -29,25 +29,29 @@ log = logging.getLogger("hpsearch")
 def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=None,
                    checkpoints: Optional[Path] = None, backup=None,
                    trainer: Optional[Callable] = None, epochs: Optional[int] = None,
-                   on_epoch: Optional[Callable[[int, dict], None]] = None):
+                   on_epoch: Optional[Callable[[int, dict], None]] = None,
+                   precision: Optional[str] = None):
     """The function `study.optimize` calls: returns the final validation accuracy. With an
     artifact store, a completed trial's weights are uploaded to it; with a checkpoint folder,
     every epoch is checkpointed and a retried trial resumes from its last one; with a backup,
     the store and the checkpoint are copied when a trial starts and after its epochs.
     `trainer` stands in for `train.fit` (the overhead benchmark trains nothing). `epochs`: the
     most a trial trains (default: what `train.epochs` comes to for this data). `on_epoch(trial
-    number, history so far)` hears each epoch (the notebook's live figure)."""
+    number, history so far)` hears each epoch (the notebook's live figure). `precision`: what
+    `train.precision` means on this device, as the run resolved it (resolved here if not
+    given); every trial records and trains in it."""
     trainer = trainer or fit
     if epochs is None:
         epochs = max_epochs(cfg.train.epochs, len(data.y_train), cfg.train.batch_size)
-    precision = choose_precision(torch.device(device), cfg.train.precision).name
+    if precision is None:
+        precision = choose_precision(torch.device(device), cfg.train.precision).name
 
     def objective(trial: optuna.Trial) -> float:
         params, seed = start_trial(trial, cfg, device, precision)
         torch.manual_seed(seed)
         model = model_for(params, data)
         records.write_n_params(trial, count_params(model))
-        settings = fit_settings(params, epochs, seed, cfg.train.precision)
+        settings = fit_settings(params, epochs, seed, precision)
         ckpt = checkpoint_of(trial, cfg, params, checkpoints)
         resume = resume_from(trial, ckpt, f"{precision} on {torch.device(device).type}")
         if backup is not None:
@@ -60,7 +64,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
 
         # The per-epoch history is stored once, when the trial ends however it ends: a write
         # per epoch cost more than the pruner's reads. The checkpoint holds it meanwhile.
-        latest = {"history": resume["history"] if resume else None}
+        latest = {"history": resume["history"] if resume else None, "why": None}
 
         def report(epoch: int, history) -> None:
             latest["history"] = history.as_dict()
@@ -69,7 +73,10 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
                 on_epoch(trial.number, latest["history"])
             # After the last epoch there is nothing left to save: the trial completes.
             if epoch < settings.epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+                why = pruned_why(cfg.study.pruner, epoch, settings.epochs, history.val_acc[-1])
+                records.write_prune_reason(trial, why)  # the dashboard shows it
+                latest["why"] = f"Pruned {why}."
+                raise optuna.TrialPruned(why)
 
         try:
             interrupts.check()  # asked for while the trial was being set up
@@ -78,6 +85,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         except Diverged as err:
             # Pruned, not failed: samplers learn from pruned trials and skip failed ones.
             records.write_prune_reason(trial, str(err))
+            latest["why"] = f"Pruned: {err}."
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             raise
@@ -89,18 +97,22 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             why = (f"out of memory on {device} in {err.phase} (depth {params['depth']}, width "
                    f"{params['width']}, {data.image_size} px); {err.advice}")
             records.write_fail_reason(trial, why)
+            latest["why"] = f"Failed: {why}."
             raise RuntimeError(why) from None
         except KeyboardInterrupt:
             records.write_fail_reason(trial, "interrupted")
+            latest["why"] = "Failed: interrupted."
             ckpt = None  # kept: the queued retry resumes from it
             raise
         except Exception as err:
             records.write_fail_reason(trial, f"{type(err).__name__}: {err}")
+            latest["why"] = f"Failed: {type(err).__name__}: {err}"
             raise
         finally:
             if latest["history"] is not None:
                 records.write_history(trial, latest["history"])
-                records.write_history_note(trial, latest["history"])  # the dashboard's table
+                # The dashboard's table, under why the trial stopped early, if it did.
+                records.write_history_note(trial, latest["history"], latest["why"])
             if ckpt is not None:  # finished one way or another; a killed process never gets here
                 ckpt.delete()
                 if backup is not None:
@@ -112,13 +124,26 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
     return objective
 
 
-def start_trial(trial: optuna.Trial, cfg: Config, device,
-                precision: Optional[str] = None) -> tuple:
-    """Record the owner, its device and precision first, clear what a retry inherited of its
-    original's outcome, and draw the parameters. Returns (params, seed); the seed is not
-    stored: it follows from the study's seed and the origin (see records.trial_seed)."""
-    if precision is None:
-        precision = choose_precision(torch.device(device), cfg.train.precision).name
+# Why each pruner stops a trial, as the trial's page says it.
+PRUNER_RULES = {
+    "median": "below the median of the completed trials at that epoch (median pruner)",
+    "sha": "not in the top share kept at that epoch (successive halving)",
+    "hyperband": "not in the top share of its bracket kept at that epoch (hyperband)",
+}
+
+
+def pruned_why(pruner: str, epoch: int, epochs: int, val_acc: float) -> str:
+    """Why the study's pruner stopped a trial: `after epoch 2 of 6: val acc 0.8123, below
+    the median of the completed trials at that epoch (median pruner)`."""
+    rule = PRUNER_RULES.get(pruner, f"judged too low ({pruner} pruner)")
+    return f"after epoch {epoch} of {epochs}: val acc {val_acc:.4f}, {rule}"
+
+
+def start_trial(trial: optuna.Trial, cfg: Config, device, precision: str) -> tuple:
+    """Record the owner, its device and precision (fp32, bf16 or fp16) first, clear what a
+    retry inherited of its original's outcome, and draw the parameters. Returns (params,
+    seed); the seed is not stored: it follows from the study's seed and the origin (see
+    records.trial_seed)."""
     records.start_record(trial, owner_record(trial.number, str(device), precision))
     return suggest_params(trial, cfg), records.trial_seed(cfg.study.seed, trial)
 

@@ -31,7 +31,7 @@ TIME_SPENT_ATTR = "time_spent"
 OWNER_ATTR = "owner"  # trial: who runs it (see owner.py), first thing in the trial
 N_PARAMS_ATTR = "n_params"  # trial: the model's parameter count
 HISTORY_ATTR = "history"  # trial: per-epoch scalars (train.History), stored when it ends
-PRUNE_REASON_ATTR = "prune_reason"  # trial: why it was pruned other than by the pruner
+PRUNE_REASON_ATTR = "prune_reason"  # trial: why it was pruned (by the pruner, or diverged)
 FAIL_REASON_ATTR = "fail_reason"  # trial: why it failed, in one line
 RESUMED_ATTR = "resumed_from_epoch"  # trial: the checkpoint's epoch it went on from
 WEIGHTS_FILE = "weights.pt"  # trial artifact: a completed trial's state dict
@@ -255,20 +255,23 @@ HISTORY_COLUMNS = (("train loss", "train_loss", "{:.4f}"), ("train acc", "train_
                    ("seconds", "epoch_seconds", "{:.2f}"))
 
 
-def write_history_note(trial: optuna.Trial, history: dict) -> None:
-    """The per-epoch history as the trial's note, a table the dashboard shows on the trial's
-    page. Written once, as the trial ends, over whatever note the user wrote on the running
-    trial in the dashboard (reading it first would cost a read of every note of the study)."""
+def write_history_note(trial: optuna.Trial, history: dict, why: Optional[str] = None) -> None:
+    """The per-epoch history as the trial's note (see history_markdown), which the dashboard
+    shows on the trial's page. Written once, as the trial ends, over whatever note the user
+    wrote on the running trial (reading it first would cost a read of every note)."""
     if not isinstance(trial, optuna.Trial):  # a FixedTrial: no study, no dashboard
         return
     private.write_dashboard_note(trial.storage, private.study_id(trial.study),
-                                 private.trial_id(trial), history_markdown(history))
+                                 private.trial_id(trial), history_markdown(history, why))
 
 
-def history_markdown(history: dict) -> str:
-    """epoch | train loss | train acc | val loss | val acc | seconds, a row per epoch."""
+def history_markdown(history: dict, why: Optional[str] = None) -> str:
+    """epoch | train loss | train acc | val loss | val acc | seconds, a row per epoch, under
+    `why` the trial stopped early (in bold), if given."""
     n = max((len(history.get(key) or []) for _, key, _ in HISTORY_COLUMNS), default=0)
-    lines = ["Per-epoch history (the objective is the last epoch's val acc):", "",
+    lines = ([f"**{why}**", ""] if why else []) + [
+             "Per-epoch history: the intermediate values are its val acc (step = epoch), the "
+             "objective the last one.", "",
              "| epoch | " + " | ".join(name for name, _, _ in HISTORY_COLUMNS) + " |",
              "|" + "---:|" * (len(HISTORY_COLUMNS) + 1)]
     for epoch in range(n):

@@ -86,20 +86,20 @@ def training_setup(cfg: Config, device: torch.device, workers: int = 1,
 
 
 def study_length(cfg: Config, data: Dataset, device: torch.device, stored: Optional[dict],
-                 probe: bool = True) -> int:
+                 probe: bool = True, precision: Optional[str] = None) -> int:
     """The most epochs a trial of a new study trains: `train.epochs` for this data (see
     build.max_epochs) and, with a time budget, few enough that a middling model of the space
     trained to the end takes at most a quarter of it (one epoch of it is timed here, on the
     CPU or the device its data sit on; `probe` False times nothing: the parent of --workers
     on GPUs holds its data in host memory). A study already stored (`stored`: its record)
     keeps its own; this is not worked out for it. A middling model that diverges is no
-    measure: the length then stays."""
+    measure: the length then stays. `precision`: the run's, as it resolved it."""
     epochs = max_epochs(cfg.train.epochs, len(data.y_train), cfg.train.batch_size)
     if cfg.study.time <= 0 or not probe or stored_max_epochs(stored or {}) is not None:
         return epochs
     try:
         seconds = probe_seconds_per_epoch(middle_params(cfg), data, device,
-                                          cfg.train.precision)
+                                          precision or cfg.train.precision)
     except Diverged:
         return epochs
     return budget_epochs(epochs, seconds, cfg.study.time)
@@ -163,7 +163,7 @@ class Session:
         stored = stored_settings(existing) if existing is not None else None
         cfg = as_it_ran(cfg, stored)  # a study older than some parameters keeps their values
         epochs = study_length(cfg, data, device, stored, probe=device.type == "cpu" or not (
-            worker is None and options.workers > 1))
+            worker is None and options.workers > 1), precision=precision)
         study = open_study(storage, cfg, settings_record(cfg, data, epochs), worker=worker or 0,
                            alone=runs_alone(spec, options.workers))
         if worker is None:
@@ -224,7 +224,7 @@ class Session:
                   on_epoch: Optional[Callable[[int, dict], None]] = None):
         return make_objective(self.cfg, self.data, self.device, open_artifacts(self.artifacts),
                               self.checkpoints, self.backup, trainer, self.max_epochs,
-                              on_epoch)
+                              on_epoch, self.precision)
 
     def run(self, callbacks: tuple = (), objective: Optional[Callable] = None) -> RunResult:
         """Trials in this process until the study holds its target (see study.run) or its

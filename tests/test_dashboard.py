@@ -255,3 +255,114 @@ def test_a_store_that_cannot_take_the_report_leaves_it_written_and_says_why(tmp_
     why = board.attach_to_study(read_only, lambda: store, result, tmp_path)
     assert why == ("the report was not attached to the study (attempt to write a readonly "
                    "database)")
+
+
+def wsgi_get(application, path: str) -> tuple:
+    """(status, headers, body) of GET `path` from a WSGI app, as the server passes it on."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    answer: dict = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer.update(status=status, headers=dict(headers))
+
+    body = b"".join(application(environ, start_response))
+    return answer["status"], answer["headers"], body
+
+
+def test_the_dashboard_says_why_a_trial_was_pruned_and_shows_attributes_readably(study_file,
+                                                                                  tmp_path):
+    """Issue 31, point 6: a pruned trial says why (attribute and note); the owner record, the
+    history and the study's settings are a line each, not raw or cut JSON; the chart's axes
+    are explained; a download is named."""
+    from hpsearch import board
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    out = run_cli("--config", study_file, "--storage", store, "--trials", 6, "--set",
+                  "study.pruner='sha'")
+    assert out.returncode == 0, out.stderr
+    study = load(store)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, "successive halving pruned none of 6 trials"
+    for t in pruned:  # stored, as the dashboard shows it
+        assert t.user_attrs["prune_reason"].startswith("after epoch 1 of 2: val acc 0.")
+        assert t.user_attrs["prune_reason"].endswith(
+            ", not in the top share kept at that epoch (successive halving)")
+    # What hpsearch needs is stored as it was: resume and ownership read it.
+    assert study.trials[0].user_attrs["owner"]["pid"] > 0
+    assert study.user_attrs["hpsearch"]["config"]["study"]["pruner"] == "sha"
+    folder = tmp_path / "artifacts"
+    (tmp_path / "report.md").write_text("# report\n")
+    report_id = optuna.artifacts.upload_artifact(
+        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(folder)),
+        file_path=str(tmp_path / "report.md"), study_or_trial=study)
+
+    application = board.app(open_storage(parse_storage(store)),
+                            optuna.artifacts.FileSystemArtifactStore(str(folder)))
+    status, _, body = wsgi_get(application, "/api/studies")
+    summary = json.loads(body)["study_summaries"][0]
+    study_id = summary["study_id"]
+    status, headers, body = wsgi_get(application, f"/api/studies/{study_id}")
+    assert status.startswith("200") and int(headers["Content-Length"]) == len(body)
+    detail = json.loads(body)
+    assert detail["objective_names"] == ["validation accuracy"]
+    for attrs in (summary["user_attrs"], detail["user_attrs"]):
+        shown = {a["key"]: a["value"] for a in attrs}
+        settings = shown["hpsearch"]
+        assert settings.startswith("digits at 8 px (") and "sha pruner, seed 0" in settings
+        assert "searched: lr 0.001..0.1 log, depth 1..2" in settings
+        assert settings.endswith(study.user_attrs["hpsearch"]["versions"]["torch"])  # whole
+        assert shown["intermediate values"].endswith("(Objective Value) after each epoch (Step)")
+    trials = {t["number"]: {a["key"]: a["value"] for a in t["user_attrs"]}
+              for t in detail["trials"]}
+    notes = {t["number"]: t["note"]["body"].splitlines() for t in detail["trials"]}
+    for t in pruned:  # the note, above the trial's attributes, opens with why
+        assert notes[t.number][0] == f"**Pruned {t.user_attrs['prune_reason']}.**"
+        assert notes[t.number][4].startswith("| epoch | train loss |")
+    assert notes[0][0].startswith("Per-epoch history: the intermediate values are its val acc")
+    for t in study.trials:
+        shown, owner = trials[t.number], t.user_attrs["owner"]
+        assert shown["owner"] == (f"cpu ({owner['precision']}), process {owner['pid']} on "
+                                  f"{owner['host']}")
+        epochs = len(t.intermediate_values)
+        assert shown["history"] == f"{epochs} epoch{'s' * (epochs > 1)}: the table in the note"
+        assert shown["n_params"] == f"{t.user_attrs['n_params']:,} parameters"
+        assert shown.get("prune_reason") == t.user_attrs.get("prune_reason")
+
+    # Downloads are named: a trial's weights as a file to save, a report file to open.
+    done = next(t for t in detail["trials"] if t["state"] == "Complete")
+    weights = done["artifacts"][0]
+    status, headers, body = wsgi_get(
+        application, f"/artifacts/{study_id}/{done['trial_id']}/{weights['artifact_id']}")
+    assert status.startswith("200") and headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Disposition"] == \
+        f'attachment; filename="tiny-trial{done["number"]}-weights.pt"'
+    assert body == (folder / weights["artifact_id"]).read_bytes()
+    status, headers, body = wsgi_get(application, f"/artifacts/{study_id}/{report_id}")
+    assert headers["Content-Disposition"] == 'inline; filename="tiny-report.md"'
+    assert body == b"# report\n"
+    # No such trial or study: not found, as the dashboard answers an unknown artifact.
+    for path in (f"/artifacts/{study_id}/999/{report_id}", f"/artifacts/99/{report_id}"):
+        assert wsgi_get(application, path)[0].startswith("404")
+
+
+def test_attributes_of_other_shapes_are_shown_as_they_are():
+    """A study hpsearch did not make, or a record of an older hpsearch, keeps what the
+    dashboard shows; an older record missing later fields still reads as a line."""
+    from hpsearch import board
+
+    foreign = [{"key": "hpsearch", "value": "notes"}, {"key": "owner", "value": "ana"}]
+    assert board.readable_study_attrs(foreign, {"hpsearch": "notes"}) == foreign
+    assert board.readable_trial_attrs(foreign, 3) == foreign
+    older = {"config": {"study": {"sampler": "tpe", "pruner": "median", "seed": 1},
+                        "data": {"dataset": "mnist", "image_size": 28},
+                        "train": {"epochs": 5}, "space": {"lr": {"low": 0.001, "high": 0.1}}}}
+    shown = board.readable_study_attrs([{"key": "hpsearch", "value": "{...cut"}],
+                                       {"hpsearch": older})
+    assert shown[0]["value"] == ("mnist at 28 px; tpe sampler, median pruner, seed 1, at most "
+                                 "5 epochs; searched: lr 0.001..0.1")
+    assert board.readable_trial_attrs(
+        [{"key": "owner", "value": '{"pid": 1, "device": "cpu"}'}], 2)[0]["value"] == \
+        "cpu, process 1"

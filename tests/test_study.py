@@ -439,5 +439,5 @@ def test_weights_named_by_an_older_store_are_found_and_not_inherited(tmp_path):
     study.enqueue_trial({}, user_attrs={"weights": "abc"})
     trial = study.ask()
     assert weights_artifact(trial, study) == "abc"
-    start_trial(trial, cfg, "cpu")  # as a retry of such a trial starts
+    start_trial(trial, cfg, "cpu", "fp32")  # as a retry of such a trial starts
     assert "weights" not in {k for k, v in trial.user_attrs.items() if v is not None}
