@@ -222,7 +222,11 @@ def test_the_panel_runs_end_to_end_and_writes_its_table(tmp_path):
 
 
 def test_the_budget_table_reads_each_pruners_best_at_shares_of_the_budget():
-    from hpsearch.bench.budget import _medians, table
+    from hpsearch.bench.budget import _medians, parse_arm, table
+
+    assert parse_arm("sha") == ("sha", ("study.pruner='sha'",))
+    assert parse_arm("growth 2=study.pruner='sha'; space.growth=2") == (
+        "growth 2", ("study.pruner='sha'", "space.growth=2"))
 
     runs = [{"best_value": 0.8, "best_at": [None, 0.6, 0.8], "states": {"COMPLETE": 3,
                                                                         "PRUNED": 9}},
@@ -232,5 +236,5 @@ def test_the_budget_table_reads_each_pruners_best_at_shares_of_the_budget():
     assert m["best_at"] == [0.5, pytest.approx(0.65), pytest.approx(0.85)]
     assert m["trials"] == 12 and m["complete"] == 4
     text = table({"budget": "240s", "data": {"hard-500@32": {"median": {"sha": m}}}})
-    assert text.splitlines()[0].startswith("| data | pruner | best at 0.25 of 240s |")
+    assert text.splitlines()[0].startswith("| data | arm | best at 0.25 of 240s |")
     assert "| hard-500@32 | sha | 0.500 | 0.650 | 0.850 | 12 (4) |" in text

@@ -1,8 +1,10 @@
-"""The pruners under a time budget: which one spends `--time` best on the panel's data sets.
+"""Studies under a time budget: which pruner (or other setting) spends `--time` best on the
+panel's data sets.
 
 `python -m hpsearch.bench.budget --panel hard-500@32 easy-100@64 --time 240s --repeats 1`
-runs studies/photos.toml on each data set with `hpsearch run --time` and each pruner of
-PRUNERS in turn (seeds alternating), each run its own process on a new store, as a user
+runs studies/photos.toml on each data set with `hpsearch run --time` under each arm in turn
+(by default each pruner of PRUNERS; `--arm "NAME=KEY=VALUE;KEY=VALUE"` names others, as
+--set overrides), seeds alternating, each run its own process on a new store, as a user
 starts it. From each run's best-so-far curve (bench.curves) come its best validation
 accuracy at a quarter, a half and all of the budget, and its trials by state. Data sets are
 made as the panel makes them (bench.panel.prepare), under the output folder's panel/.
@@ -19,29 +21,41 @@ from hpsearch.bench.suite import PHOTOS_STUDY, run_hpsearch
 from hpsearch.config import duration_seconds
 
 PRUNERS = ("hyperband", "sha")  # the two that let the best trials train to the maximum
+ARMS = {pruner: (f"study.pruner='{pruner}'",) for pruner in PRUNERS}
 SHARES = (0.25, 0.5, 1.0)
 
 
+def parse_arm(text: str) -> tuple:
+    """`NAME=KEY=VALUE;KEY=VALUE` -> (NAME, (KEY=VALUE, ...)); a bare pruner name is its arm."""
+    if text in ARMS:
+        return text, ARMS[text]
+    name, _, sets = text.partition("=")
+    if not name or not sets:
+        raise ValueError(f"expected NAME=KEY=VALUE;KEY=VALUE or a pruner, got {text!r}")
+    return name, tuple(s.strip() for s in sets.split(";") if s.strip())
+
+
 def bench_budget(data_names: tuple, budget: str, repeats: int, workdir: Path,
-                 config: Path = PHOTOS_STUDY, pruners: tuple = PRUNERS,
+                 config: Path = PHOTOS_STUDY, arms: dict = ARMS,
                  done=lambda result: None) -> dict:
-    """Every pruner on every data set under `budget`, seeds 0..repeats-1; `done(result)`
-    after each data set, so that a long run keeps what it measured."""
+    """Every arm ({name: --set overrides}) on every data set under `budget`, seeds
+    0..repeats-1; `done(result)` after each data set, so that a long run keeps what it
+    measured."""
     from hpsearch.bench.panel import parse_data, prepare
 
     seconds = duration_seconds(budget)
     workdir.mkdir(parents=True, exist_ok=True)
     found: dict = {}
     result = {"budget": budget, "seconds": seconds, "repeats": repeats, "config": str(config),
-              "data": found}
+              "arms": {name: list(sets) for name, sets in arms.items()}, "data": found}
     for data in map(parse_data, data_names):
         p = prepare(data, workdir, config, 10)
-        runs: dict = {pruner: [] for pruner in pruners}
+        runs: dict = {name: [] for name in arms}
         for seed in range(repeats):
-            for pruner in pruners:
-                run = run_hpsearch(None, seed, workdir, p.sets + (f"study.pruner='{pruner}'",),
+            for name, sets in arms.items():
+                run = run_hpsearch(None, seed, workdir, p.sets + tuple(sets),
                                    config=p.config, flags=("--time", budget))
-                runs[pruner].append({"seed": seed, "wall_seconds": run["wall_seconds"],
+                runs[name].append({"seed": seed, "wall_seconds": run["wall_seconds"],
                                      "best_value": run["best_value"], "states": run["states"],
                                      "best_at": [best_at(run["curve"], share * seconds)
                                                  for share in SHARES]})
@@ -64,7 +78,7 @@ def _medians(runs: list) -> dict:
 
 def table(r: dict) -> str:
     head = " | ".join(f"best at {share:g} of {r['budget']}" for share in SHARES)
-    lines = [f"| data | pruner | {head} | trials (completed) |",
+    lines = [f"| data | arm | {head} | trials (completed) |",
              "|---|---|" + "---|" * len(SHARES) + "---|"]
     for name, d in r["data"].items():
         for pruner, m in d["median"].items():
@@ -81,7 +95,9 @@ def main() -> None:
     parser.add_argument("--panel", nargs="+", required=True, metavar="DATA")
     parser.add_argument("--time", required=True, metavar="DURATION", help="e.g. 240s, 5m")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--pruners", nargs="+", choices=PRUNERS, default=list(PRUNERS))
+    parser.add_argument("--arm", action="append", type=parse_arm, metavar="ARM",
+                        help="a pruner, or NAME=KEY=VALUE;KEY=VALUE (repeatable; default: "
+                             "each pruner)")
     parser.add_argument("--config", type=Path, default=PHOTOS_STUDY)
     parser.add_argument("--out", type=Path, default=Path("studies/bench"))
     args = parser.parse_args()
@@ -92,7 +108,7 @@ def main() -> None:
         (out / "budget.md").write_text(table(result) + "\n")
 
     result = bench_budget(tuple(args.panel), args.time, args.repeats, out, args.config,
-                          tuple(args.pruners), done)
+                          dict(args.arm) if args.arm else ARMS, done)
     print(table(result))
 
 
