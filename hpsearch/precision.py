@@ -101,3 +101,41 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
     scaler_device = "cuda" if kind == "cuda" else "cpu"
     return Precision(kind, dtype, torch.amp.GradScaler(scaler_device, enabled=wanted == "fp16"),
                      note)
+
+
+class NormStats:
+    """Batch norm's running statistics of a net, kept as they were when an epoch began.
+
+    Under fp16 the scaler skips a step whose gradients overflowed, but that step's forward
+    pass has already run in training mode: a batch-norm layer that saw an infinity keeps a
+    NaN mean or variance, and every later evaluation is NaN while the training loss looks
+    fine. At the epoch's end `restore_if_spoilt` puts back the statistics of its start where
+    any became non-finite (stale by one epoch, which training refreshes within a few steps):
+    one copy and one check per epoch, none per step."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.buffers = [b for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm
+                                                                ._BatchNorm)
+                        for b in (m.running_mean, m.running_var) if b is not None]
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def restore_if_spoilt(self) -> bool:
+        """Whether the statistics were non-finite and were put back."""
+        if not self.buffers:
+            return False
+        finite = torch.stack([torch.isfinite(b).all() for b in self.buffers]).all()
+        if bool(finite):
+            return False
+        with torch.no_grad():
+            for b, s in zip(self.buffers, self.saved):
+                b.copy_(s)
+        return True
+
+
+def disable_tf32() -> None:
+    """On CUDA, fp32 is float32, not TF32, which torch lets cuDNN's convolutions use by
+    default on GPUs from compute capability 8.0: a study resumed from a T4 onto an A100 would
+    otherwise train in two precisions that both say fp32. Under autocast (bf16, fp16) the
+    float32 work that remains is small, so TF32 stays off there too."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False

@@ -21,7 +21,8 @@ from hpsearch.data import device_free_bytes
 from hpsearch.errors import DeviceError, OutOfMemory
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer, decay_groups
-from hpsearch.precision import Precision, choose_precision, cpu_vendor
+from hpsearch.precision import (NormStats, Precision, choose_precision, cpu_vendor,
+                                disable_tf32)
 from hpsearch.schedule import LrPlan, Steps, resumed_plan, steps_per_epoch
 
 
@@ -30,14 +31,15 @@ CUDNN_BENCHMARK = False  # see fit; `make gpu-check` measures it on and off
 
 
 class Diverged(ArithmeticError):
-    """The training loss became NaN or infinite, or blew up far past chance level."""
+    """The training loss became NaN or infinite, or blew up far past chance level; or the
+    validation loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, loss: float, chance: float):
+    def __init__(self, epoch: int, loss: float, chance: float, what: str = "training loss"):
         if math.isfinite(loss):
-            why = (f"training loss {loss:.3g} in epoch {epoch} is over {DIVERGED_FACTOR:g} times "
+            why = (f"{what} {loss:.3g} in epoch {epoch} is over {DIVERGED_FACTOR:g} times "
                    f"chance level ({chance:.3f}): diverged")
         else:
-            why = f"training loss became {loss} in epoch {epoch}: diverged"
+            why = f"{what} became {loss} in epoch {epoch}: diverged"
         super().__init__(why)
         self.epoch = epoch
 
@@ -194,6 +196,8 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
         # resumed trial than for the uninterrupted one, whose results it must repeat.
         torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     precision = choose_precision(device, s.precision)
+    if device.type == "cuda":
+        disable_tf32()
     # Sized once: a size that changed with the free memory would give cuDNN new shapes.
     eval_size = eval_batch_size(net, data.image_size, device, _bytes(precision.input_dtype))
     scaler = precision.scaler
@@ -257,6 +261,7 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
     augment = Augment.named(s.augment, data.image_size)
     steps = Steps(plan, (epoch - 1) * steps_per_epoch(len(data.y_train), s.batch_size),
                   s.label_smoothing)
+    norms = NormStats(net) if precision.scaler.is_enabled() else None  # see NormStats
     try:
         loss, acc = train_epoch(net, data, optimizer, precision, s.batch_size, gen, augment,
                                 steps)
@@ -266,7 +271,11 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
     chance = math.log(max(2, len(data.classes)))
     if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
         raise Diverged(epoch, loss, chance)
+    if norms is not None:
+        norms.restore_if_spoilt()
     val_loss, val_acc = evaluate(net, data, data.x_val, data.y_val, precision, eval_size)
+    if not math.isfinite(val_loss):  # the net computes NaN: no accuracy of it means anything
+        raise Diverged(epoch, val_loss, chance, "validation loss")
     history.add(loss, acc, val_loss, val_acc, time.perf_counter() - start)
 
 

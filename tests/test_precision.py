@@ -5,6 +5,7 @@ device, and a divergence check that ignores the steps the scaler skipped."""
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 
 import pytest
@@ -192,3 +193,55 @@ def test_mps_memory_is_handed_back_between_trials(monkeypatch):
     monkeypatch.setattr(torch.mps, "empty_cache", lambda: emptied.append(True))
     train.release_device_memory()
     assert emptied == [True]
+
+
+def inner_conv_poisoned_once(model, at: int = 3):
+    """The first convolution's output multiplied by infinity in one forward pass (the
+    `at`-th): an fp16 overflow inside the net, which the batch norm after it sees."""
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        calls["n"] += 1
+        return output * float("inf") if calls["n"] == at else None
+
+    model[0].register_forward_hook(hook)
+    return model
+
+
+def norm_buffers(model) -> list:
+    return [b for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for b in (m.running_mean, m.running_var)]
+
+
+def test_an_overflow_inside_the_net_leaves_no_nan_in_batch_norm(fp16_on_cpu, unpadded, data):
+    """The scaler skips the step, and the batch-norm statistics that step spoilt are put back:
+    the trial trains on with finite validation losses and a sane accuracy."""
+    settings = FitSettings(epochs=2, batch_size=64, lr=0.01, seed=3, precision="fp16")
+    model = inner_conv_poisoned_once(new_model())
+    history = fit(model, data, settings, CPU)
+    assert all(math.isfinite(v) for v in history.val_loss + history.train_loss)
+    assert history.val_acc[-1] > 0.3
+    assert all(torch.isfinite(b).all() for b in norm_buffers(model))
+
+
+def test_a_net_that_computes_nan_is_diverged_not_completed(fp16_on_cpu, unpadded, data,
+                                                           monkeypatch):
+    """Without the statistics put back, the validation loss is NaN: the trial ends as
+    diverged with that reason, never as a completed poor configuration."""
+    monkeypatch.setattr(train.NormStats, "restore_if_spoilt", lambda self: False)
+    settings = FitSettings(epochs=2, batch_size=64, lr=0.01, seed=3, precision="fp16")
+    with pytest.raises(Diverged, match="validation loss became nan in epoch 1"):
+        fit(inner_conv_poisoned_once(new_model()), data, settings, CPU)
+
+
+def test_fp32_on_cuda_is_float32_not_tf32():
+    from hpsearch.precision import disable_tf32
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+        disable_tf32()
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
