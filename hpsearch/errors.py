@@ -41,4 +41,16 @@ class OutOfMemory(RuntimeError):
         self.phase, self.advice = phase, advice
 
 
+# What torch's device errors say when an allocation failed, whatever type they come as: CUDA
+# and mps's out-of-memory errors, and cuBLAS's and cuDNN's handles and workspaces, which
+# fail as plain RuntimeErrors (cuDNN's "internal error" is mostly a workspace it could not get).
+ALLOCATION_FAILED = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                     "CUDNN_STATUS_INTERNAL_ERROR", "CUDNN_STATUS_NOT_INITIALIZED")
+
+
+def allocation_failed(err: BaseException) -> bool:
+    """Whether `err` is the device failing to allocate memory (see ALLOCATION_FAILED)."""
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in ALLOCATION_FAILED)
+
+
 USER_ERRORS = (ConfigError, DataError, StorageError, DeviceError, SettingsMismatch, ReportError)

@@ -16,7 +16,7 @@ from hpsearch.build import fit_settings, max_epochs, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
-from hpsearch.errors import OutOfMemory
+from hpsearch.errors import OutOfMemory, allocation_failed
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
@@ -89,22 +89,22 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
             raise
-        except (OutOfMemory, torch.cuda.OutOfMemoryError) as err:
-            # This trial's model or batch does not fit the device; the next one may.
-            if not isinstance(err, OutOfMemory):  # outside an epoch: the model, its optimizer
-                err = OutOfMemory(f"training at batch size {settings.batch_size}",
-                                  TRAINING_ADVICE)
-            why = (f"out of memory on {device} in {err.phase} (depth {params['depth']}, width "
-                   f"{params['width']}, {data.image_size} px); {err.advice}")
-            records.write_fail_reason(trial, why)
-            latest["why"] = f"Failed: {why}."
-            raise RuntimeError(why) from None
         except KeyboardInterrupt:
             records.write_fail_reason(trial, "interrupted")
             latest["why"] = "Failed: interrupted."
             ckpt = None  # kept: the queued retry resumes from it
             raise
         except Exception as err:
+            if allocation_failed(err):
+                # This trial's model or batch does not fit the device; the next one may.
+                if not isinstance(err, OutOfMemory):  # outside an epoch: the model, optimizer
+                    err = OutOfMemory(f"training at batch size {settings.batch_size}",
+                                      TRAINING_ADVICE)
+                why = (f"out of memory on {device} in {err.phase} (depth {params['depth']}, "
+                       f"width {params['width']}, {data.image_size} px); {err.advice}")
+                records.write_fail_reason(trial, why)
+                latest["why"] = f"Failed: {why}."
+                raise RuntimeError(why) from None
             records.write_fail_reason(trial, f"{type(err).__name__}: {err}")
             latest["why"] = f"Failed: {type(err).__name__}: {err}"
             raise

@@ -18,7 +18,7 @@ from hpsearch.augment import Augment, apply
 from hpsearch.batches import Rows
 from hpsearch.checkpoint import rng_state, set_rng_state
 from hpsearch.data import device_free_bytes
-from hpsearch.errors import DeviceError, OutOfMemory
+from hpsearch.errors import DeviceError, OutOfMemory, allocation_failed
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer, decay_groups
 from hpsearch.precision import (NormStats, Precision, choose_precision, cpu_vendor,
@@ -265,7 +265,9 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
     try:
         loss, acc = train_epoch(net, data, optimizer, precision, s.batch_size, gen, augment,
                                 steps)
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as err:
+        if not allocation_failed(err):
+            raise
         raise OutOfMemory(f"training at batch size {s.batch_size}",
                           TRAINING_ADVICE) from None
     chance = math.log(max(2, len(data.classes)))
@@ -382,7 +384,9 @@ def evaluate(model: nn.Module, data, x: torch.Tensor, y: torch.Tensor,
     while True:
         try:
             return _evaluate(model, data, x, y, precision, size, dtype)
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as err:
+            if not allocation_failed(err) or isinstance(err, OutOfMemory):
+                raise
             if size == 1:
                 raise OutOfMemory("evaluation, even one image at a time",
                                   "a smaller width range or data.image_size fits") from None

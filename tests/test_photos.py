@@ -215,6 +215,15 @@ def test_evaluation_halves_its_batch_when_out_of_memory_and_names_itself(monkeyp
         torch.OutOfMemoryError("CUDA out of memory")))
     with pytest.raises(OutOfMemory, match="in evaluation"):
         evaluate(model, data, data.x_val, data.y_val)
+    # cuDNN's allocation failures come as plain RuntimeErrors: the same halving.
+    monkeypatch.setattr(model, "forward", lambda x: (_ for _ in ()).throw(
+        RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")))
+    with pytest.raises(OutOfMemory, match="in evaluation"):
+        evaluate(model, data, data.x_val, data.y_val)
+    monkeypatch.setattr(model, "forward", lambda x: (_ for _ in ()).throw(
+        RuntimeError("a bug, not memory")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        evaluate(model, data, data.x_val, data.y_val)
 
 
 def test_evaluation_batches_are_sized_to_the_memory():

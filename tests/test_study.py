@@ -163,7 +163,25 @@ def test_a_time_budget_probe_that_diverges_keeps_the_length(tmp_path):
     assert study_length(cfg, data, torch.device("cpu"), None) == 6  # digits.toml's epochs
 
 
-def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monkeypatch):
+ALLOCATION_FAILURES = [
+    lambda torch: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    lambda torch: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                               "`cublasCreate(handle)`"),
+    lambda torch: RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    lambda torch: RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"),
+    lambda torch: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be "
+                               "asynchronously reported"),
+    lambda torch: RuntimeError("MPS backend out of memory (MPS allocated: 1.00 GB)"),
+]
+
+
+@pytest.mark.parametrize("failure", ALLOCATION_FAILURES,
+                         ids=["typed", "cublas", "cudnn-alloc", "cudnn-internal", "cuda-error",
+                              "mps"])
+def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monkeypatch,
+                                                                  failure):
+    """Every kind of allocation failure torch raises fails that trial alone, with its phase
+    and what to lower; the study goes on."""
     import torch
 
     from hpsearch import objective as objective_module
@@ -176,7 +194,7 @@ def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monk
 
     def fit_that_runs_out_once(model, data, settings, device, **kwargs):
         if not study.get_trials(states=(TrialState.FAIL,)):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise failure(torch)
         return real_fit(model, data, settings, device, **kwargs)
 
     monkeypatch.setattr(objective_module, "fit", fit_that_runs_out_once)
