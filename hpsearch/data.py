@@ -11,6 +11,7 @@ batch these tensors by indexing; nothing here is rebuilt per trial.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -259,10 +260,25 @@ def split(images: Images, cfg: DataConfig, seed: int, device: torch.device,
                    images.skipped)
 
 
+def pinned_bytes(n: int) -> int:
+    """What pinning n bytes takes: torch's caching host allocator rounds every block up to a
+    power of two (5 GB of images pin 8 GB)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+# The share of the host's free memory that pinned images may take, rounded as pinned_bytes
+# says: page-locked memory cannot be swapped, and the trials, the loader and the notebook
+# need the rest.
+PINNED_SHARE = 0.5
+
+
 def _empty(shape: tuple, pinned: bool) -> torch.Tensor:
-    """uint8 host memory, page-locked when asked and possible (the system may refuse that
-    much locked memory: then the copies block, and training still runs)."""
-    if pinned and torch.cuda.is_available():
+    """uint8 host memory, page-locked when asked and possible: not where the rounded block
+    would take more than PINNED_SHARE of the host's free memory, nor where the system refuses
+    that much locked memory. Then the copies block, and training still runs."""
+    n = math.prod(shape)
+    if pinned and torch.cuda.is_available() and \
+            pinned_bytes(n) <= PINNED_SHARE * host_free_bytes():
         try:
             return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
         except RuntimeError:

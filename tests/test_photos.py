@@ -196,6 +196,25 @@ def test_data_too_large_for_the_device_trains_from_host_memory(monkeypatch):
     assert torch.equal(first, data.x_train[:64]) and torch.equal(second, data.x_train[64:128])
 
 
+def test_pinned_images_are_budgeted_as_the_allocator_rounds_them(monkeypatch):
+    """5 GB of images pin 8 GB (a power of two): on a host with 12 GB free they are not pinned
+    (over half of it), with 20 GB they are; a GPU faked, the allocator's answers recorded."""
+    assert data_module.pinned_bytes(5 * 10**9) == 2**33 and data_module.pinned_bytes(4096) == 4096
+    asked = []
+
+    def empty(shape, dtype, pin_memory=False):
+        asked.append(pin_memory)
+        return torch.zeros(1, dtype=dtype)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(data_module.torch, "empty", empty)
+    for free, pinned in ((12 * 10**9, False), (20 * 10**9, True)):
+        monkeypatch.setattr(data_module, "host_free_bytes", lambda free=free: free)
+        asked.clear()
+        data_module._empty((5 * 10**9,), pinned=True)
+        assert asked == [pinned]
+
+
 def test_evaluation_halves_its_batch_when_out_of_memory_and_names_itself(monkeypatch):
     data = load_dataset(DataConfig(image_size=8), 0)
     model = build_cnn(in_channels=1, num_classes=10, image_size=8, depth=1, width=4)
