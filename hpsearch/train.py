@@ -191,9 +191,10 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
     """
     padded, net, optimizer = training_net(model, s, device)
     if device.type == "cuda":
-        # Off until measured on a GPU (make gpu-check): its per-shape search is paid again for
-        # every depth, width and batch size a study samples, and may pick other kernels for a
-        # resumed trial than for the uninterrupted one, whose results it must repeat.
+        # Off until gpu-check's row weighs its per-shape search (paid again for every depth,
+        # width and batch size a study samples) against what it gains. Not for exactness: on a
+        # GPU a resumed trial repeats the uninterrupted one only closely either way, since
+        # cuDNN's default backward kernels are not deterministic (only the CPU repeats it).
         torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     precision = choose_precision(device, s.precision)
     if device.type == "cuda":
