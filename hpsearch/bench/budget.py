@@ -12,12 +12,12 @@ made as the panel makes them (bench.panel.prepare), under the output folder's pa
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 from hpsearch.bench.curves import best_at
 from hpsearch.bench.suite import PHOTOS_STUDY, run_hpsearch
+from hpsearch.bench.tables import writer
 from hpsearch.config import duration_seconds
 
 PRUNERS = ("hyperband", "sha")  # the two that let the best trials train to the maximum
@@ -103,12 +103,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
 
-    def done(result: dict) -> None:
-        (out / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "budget.md").write_text(table(result) + "\n")
-
     result = bench_budget(tuple(args.panel), args.time, args.repeats, out, args.config,
-                          dict(args.arm) if args.arm else ARMS, done)
+                          dict(args.arm) if args.arm else ARMS, writer(out, "budget", table))
     print(table(result))
 
 

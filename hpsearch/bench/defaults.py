@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from hpsearch.bench.suite import last_json, timed
+from hpsearch.bench.tables import writer
 
 # name: (the --set overrides, steps of a trial: None for the study's auto length, values of
 # the fixed configuration changed). Each changes one default of studies/photos.toml;
@@ -111,13 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
 
-    def save(result: dict) -> None:
-        (out / "defaults.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "defaults.md").write_text(table(result) + "\n")
-        print(table(result), flush=True)
-
     bench_defaults(tuple(args.panel), args.repeats, out, args.config, tuple(args.variants),
-                   save)
+                   writer(out, "defaults", table, echo=True))
 
 
 if __name__ == "__main__":

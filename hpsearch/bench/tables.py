@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from hpsearch.bench.suite import PARTS
 
@@ -261,3 +262,15 @@ def overhead_share(result: dict) -> Optional[str]:
         parts.append(text)
     return (f"Share of the default study's {trial_ms:.0f} ms mean trial at {first} trials: "
             + "; ".join(parts) + ".")
+
+
+def writer(out: Path, name: str, table: Callable[[dict], str], echo: bool = False):
+    """done(result) for a long benchmark: writes out/NAME.json and out/NAME.md (the table) so
+    that what it measured so far is kept, and with `echo` prints the table too."""
+    def done(result: dict) -> None:
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.md").write_text(table(result) + "\n")
+        if echo:
+            print(table(result), flush=True)
+
+    return done
