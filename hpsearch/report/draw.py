@@ -14,9 +14,8 @@ from matplotlib.lines import Line2D
 
 from hpsearch.report.charts import below_handles
 from hpsearch.report.style import (  # noqa: F401  (styled, STYLE: part of draw's interface)
-    BLACK, BLUE, GREY, MARKERS, PALETTE, STYLE, VERMILION, WIDTH, accuracy_limits, below_handle,
-    best_handle, bottom_legend, clipped, empty, fmt_acc, integer_axis, levels, log_axis, styled,
-    whole, zoom)
+    BLACK, BLUE, GREY, MARKERS, PALETTE, STYLE, VERMILION, WIDTH, accuracy_limits, best_handle,
+    bottom_legend, clipped, empty, fmt_acc, integer_axis, levels, log_axis, styled, whole, zoom)
 
 # --------------------------------------------------------------------------- learning curves
 
