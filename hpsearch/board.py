@@ -197,10 +197,14 @@ def _readable(dashboard, storage, environ, start_response):
 def _made_readable(data: dict, storage, path: str) -> dict:
     """/api/studies or /api/studies/ID's answer (`data`), its attributes made readable."""
     found = STUDY_API.fullmatch(path).group(1)
+    ours = False  # a study hpsearch made: its trials' attributes are hpsearch's too
     for study in data.get("study_summaries") or [data]:
         study_id = int(found[1:]) if found else study["study_id"]
-        study["user_attrs"] = readable_study_attrs(study.get("user_attrs") or [],
-                                                   storage.get_study_user_attrs(study_id))
+        stored = storage.get_study_user_attrs(study_id)
+        ours = isinstance(stored.get(records.SETTINGS_ATTR), dict)
+        study["user_attrs"] = readable_study_attrs(study.get("user_attrs") or [], stored)
+    if not (found and ours):  # a list of studies has no trials; another tool's keep theirs
+        return data
     for trial in (data.get("trials") or []) + (data.get("best_trials") or []):
         trial["user_attrs"] = readable_trial_attrs(trial.get("user_attrs") or [],
                                                    len(trial.get("intermediate_values") or []))

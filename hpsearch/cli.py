@@ -88,10 +88,10 @@ def store_flags(p: argparse.ArgumentParser, name: bool = True, artifacts: bool =
 
     p.add_argument("--config", metavar="PATH",
                    help="study file (TOML): its study.name and data_dir; default: digits")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a study-file key as `run` took it (study.name, data.data_dir); "
-                        "repeatable")
     if name:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a study-file key as `run` took it (study.name, data.data_dir); "
+                            "repeatable")
         p.add_argument("--study-name", metavar="NAME", help="default: study.name")
     p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
                    help=f"the store (default: {DEFAULT_STORAGE})")
@@ -239,8 +239,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def data_dir_of(args: argparse.Namespace) -> Optional[str]:
     from hpsearch.config import load_config
 
-    return load_config(args.config, args.set).data.data_dir if args.config or args.set \
-        else None
+    sets = getattr(args, "set", [])
+    return load_config(args.config, sets).data.data_dir if args.config or sets else None
 
 
 def open_store(args: argparse.Namespace):
@@ -257,8 +257,8 @@ def named_study(args: argparse.Namespace, storage, name: Optional[str] = None):
     from hpsearch.storage import load_named_study
 
     if name is None:
-        name = getattr(args, "study_name", None) or load_config(args.config,
-                                                                args.set).study.name
+        name = getattr(args, "study_name", None) or load_config(
+            args.config, getattr(args, "set", [])).study.name
     return load_named_study(storage, name)
 
 
@@ -381,7 +381,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model:
         model = api.load_model(args.model, device)
     else:
-        model = api.load(args.study_name, storage=args.storage, config=args.config,
+        from hpsearch.config import load_config
+
+        name = args.study_name or load_config(args.config, args.set).study.name
+        model = api.load(name, storage=args.storage, config=args.config,
                          artifacts=args.artifacts).best_model(str(device))
     x, sources, skipped = model.images(args.paths)
     if not sources:

@@ -97,11 +97,15 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         except Exception as err:
             if allocation_failed(err):
                 # This trial's model or batch does not fit the device; the next one may.
+                # An error torch did not type as out of memory keeps its own words too.
+                said = "" if isinstance(err, (OutOfMemory, torch.OutOfMemoryError)) else \
+                    f" ({str(err).strip().splitlines()[0]})"
                 if not isinstance(err, OutOfMemory):  # outside an epoch: the model, optimizer
                     err = OutOfMemory(f"training at batch size {settings.batch_size}",
                                       TRAINING_ADVICE)
-                why = (f"out of memory on {device} in {err.phase} (depth {params['depth']}, "
-                       f"width {params['width']}, {data.image_size} px); {err.advice}")
+                why = (f"out of memory on {device} in {err.phase}{said} (depth "
+                       f"{params['depth']}, width {params['width']}, {data.image_size} px); "
+                       f"{err.advice}")
                 records.write_fail_reason(trial, why)
                 latest["why"] = f"Failed: {why}."
                 raise RuntimeError(why) from None

@@ -39,12 +39,15 @@ class StorageSpec:
     @property
     def as_option(self) -> str:
         """The store as `--storage` takes it from any folder: a file's path absolute, a
-        server's URL without its password (shown as ***)."""
+        server's URL without its password (in the URL or its query), which then comes from
+        where the server's client looks for one (PGPASSWORD, ~/.pgpass)."""
         if self.kind == "journal":
             return f"journal:{self.path}"
         if self.path is not None:
             return f"sqlite:///{self.path}"
-        return make_url(self.url).render_as_string(hide_password=True)
+        # URL.set(password=None) keeps the password; the URL is a named tuple.
+        url = make_url(self.url).difference_update_query(["password"])._replace(password=None)
+        return url.render_as_string(hide_password=False)
 
 
 def parse_storage(url: str) -> StorageSpec:

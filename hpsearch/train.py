@@ -269,7 +269,9 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
     except RuntimeError as err:
         if not allocation_failed(err):
             raise
-        raise OutOfMemory(f"training at batch size {s.batch_size}",
+        typed = isinstance(err, torch.OutOfMemoryError)
+        said = "" if typed else f" ({str(err).strip().splitlines()[0]})"
+        raise OutOfMemory(f"training at batch size {s.batch_size}{said}",
                           TRAINING_ADVICE) from None
     chance = math.log(max(2, len(data.classes)))
     if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:

@@ -109,6 +109,17 @@ def test_the_next_study_runs_as_printed_into_the_same_store_and_compares(tmp_pat
     assert (tmp_path / "compare" / "report.html").is_file()
 
 
+def test_the_next_command_never_carries_a_password():
+    from hpsearch.storage import parse_storage
+
+    for url in ("postgresql://alice:secret@db.lab:5432/hpo",
+                "postgresql://alice@db.lab/hpo?password=secret&sslmode=require"):
+        shown = parse_storage(url).as_option
+        assert "secret" not in shown and "***" not in shown and "alice@db.lab" in shown
+    assert "sslmode=require" in parse_storage(
+        "postgresql://alice@db.lab/hpo?password=secret&sslmode=require").as_option
+
+
 def test_html_is_self_contained(real):
     html = (real[3] / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(CHARTS)

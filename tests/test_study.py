@@ -202,8 +202,11 @@ def test_a_trial_out_of_device_memory_fails_alone_with_its_reason(tmp_path, monk
     result = run(study, make_objective(cfg, data, torch.device("cpu")), target=2)
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and not result.stopped_by_failures
-    assert failed[0].user_attrs["fail_reason"].startswith(
-        "out of memory on cpu in training at batch size 64 (depth")
+    reason = failed[0].user_attrs["fail_reason"]
+    assert reason.startswith("out of memory on cpu in training at batch size 64 (")
+    assert "(depth" in reason and "smaller" in reason
+    said = str(failure(torch)).splitlines()[0]
+    assert (said in reason) != isinstance(failure(torch), torch.OutOfMemoryError)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
 
 
