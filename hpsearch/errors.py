@@ -48,6 +48,13 @@ ALLOCATION_FAILED = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATU
                      "CUDNN_STATUS_INTERNAL_ERROR", "CUDNN_STATUS_NOT_INITIALIZED")
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line (a database driver's own, where SQLAlchemy wraps one), or its
+    type's name where it says nothing."""
+    text = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 def allocation_failed(err: BaseException) -> bool:
     """Whether `err` is the device failing to allocate memory (see ALLOCATION_FAILED)."""
     return isinstance(err, RuntimeError) and any(s in str(err) for s in ALLOCATION_FAILED)

@@ -16,7 +16,7 @@ from hpsearch.build import fit_settings, max_epochs, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
-from hpsearch.errors import OutOfMemory, allocation_failed
+from hpsearch.errors import OutOfMemory, allocation_failed, first_line
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
@@ -99,7 +99,7 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
                 # This trial's model or batch does not fit the device; the next one may.
                 # An error torch did not type as out of memory keeps its own words too.
                 said = "" if isinstance(err, (OutOfMemory, torch.OutOfMemoryError)) else \
-                    f" ({str(err).strip().splitlines()[0]})"
+                    f" ({first_line(err)})"
                 if not isinstance(err, OutOfMemory):  # outside an epoch: the model, optimizer
                     err = OutOfMemory(f"training at batch size {settings.batch_size}",
                                       TRAINING_ADVICE)

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from hpsearch import sqlite
-from hpsearch.errors import ReportError, StorageError
+from hpsearch.errors import ReportError, StorageError, first_line
 from hpsearch.records import RetryStaleTrial
 
 DEFAULT_STORAGE = "sqlite:///studies/hpsearch.db"
@@ -136,7 +136,7 @@ def open_storage(spec: StorageSpec, *, heartbeat_interval: Optional[int] = None,
         return _rdb(spec, heartbeat_interval, grace_period)
     except Exception as err:  # SQLAlchemy, the drivers and the journal raise many kinds;
         # all of them mean "cannot open"
-        raise StorageError(f"cannot open store {spec.display}: {_first_line(err)}") from None
+        raise StorageError(f"cannot open store {spec.display}: {first_line(err)}") from None
 
 
 def _journal(path: Path):
@@ -177,11 +177,6 @@ def close_stores() -> None:
     for storage in list(_opened):
         storage.engine.dispose()
     sqlite.close_connections()
-
-
-def _first_line(err: Exception) -> str:
-    text = str(getattr(err, "orig", None) or err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def beside_store(spec: StorageSpec, name: str) -> Path:
@@ -227,7 +222,7 @@ def _require_optuna_tables(spec: StorageSpec) -> None:
         finally:
             engine.dispose()
     except Exception as err:  # drivers raise many kinds; all mean "cannot open"
-        raise StorageError(f"cannot open store {spec.display}: {_first_line(err)}") from None
+        raise StorageError(f"cannot open store {spec.display}: {first_line(err)}") from None
     if not found:
         raise StorageError(f"{spec.display} holds no Optuna studies; pass --storage URL of a "
                            f"store made by `hpsearch run`")
