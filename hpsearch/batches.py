@@ -1,11 +1,15 @@
 """Batches of uint8 images from where a split lives to the device that trains on them.
 
 A split lives on the device when it fits there (the usual case: its rows are taken by
-indexing, nothing is copied), or in pinned host memory when it does not (data.placement):
-then each batch's rows are gathered into one of two pinned staging buffers and copied to the
-device without blocking, so that the next batch is gathered while the device computes; a
-buffer is reused only once its copy has finished. The images are kept channels-last (N, H, W,
-C in memory), which is what the convolutions want.
+indexing, nothing is copied), or in ordinary host memory when it does not (data.placement).
+Then each batch's rows are gathered into one of two small page-locked staging buffers and
+copied to the device without blocking, on a copy stream of its own, so that the copy of the
+next batch runs while the device computes on this one; a buffer is reused only once its
+copy has finished. Only the staging buffers are page-locked, never the split itself: torch's
+host allocator rounds a pinned block up to a power of two (5 GB of images would lock 8 GB,
+which a 12.7 GB Colab VM cannot spare), and workers on one GPU can then share one copy of the
+split in shared memory. The images are kept channels-last (N, H, W, C in memory), which is
+what the convolutions want.
 """
 
 from __future__ import annotations
@@ -13,6 +17,38 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+# Host-to-device copies on a stream of their own, overlapping the compute stream (an event
+# orders them); False puts them on the compute stream. `make gpu-check` measures both.
+OVERLAP = True
+
+_pinned = {"bytes": 0}  # page-locked by this process's staging buffers, rounded as allocated
+
+
+def pinned_total() -> int:
+    """Bytes this process has page-locked for staging buffers, as the allocator rounds them
+    (freed buffers are counted: torch's host allocator keeps them for reuse)."""
+    return _pinned["bytes"]
+
+
+def pinned_size(n: int) -> int:
+    """What page-locking n bytes takes: torch's caching host allocator rounds every block up
+    to a power of two."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def staging_buffer(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host memory to gather a batch into: page-locked where the batch goes to a CUDA device
+    (an asynchronous copy needs it) and the system grants it; else ordinary memory, whose
+    copies block."""
+    if device.type == "cuda":
+        try:
+            buf = torch.empty(shape, dtype=dtype, pin_memory=True)
+            _pinned["bytes"] += pinned_size(buf.numel() * buf.element_size())
+            return buf
+        except RuntimeError:
+            pass
+    return torch.empty(shape, dtype=dtype)
 
 
 class Rows:
@@ -30,6 +66,7 @@ class Rows:
         self._copied: list = []
         self._turn = 0
         self._batch_size = batch_size
+        self._stream = None
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """The images at `idx` (on the split's own device), on the training device."""
@@ -45,15 +82,16 @@ class Rows:
         part = self.x[start:stop]
         if not self.remote:
             return part
-        return part.to(self.device, non_blocking=part.is_pinned())
+        buf = self._buffer(len(part))
+        buf.copy_(part.permute(0, 2, 3, 1))
+        return self._send(buf)
 
     def _buffer(self, n: int) -> torch.Tensor:
         """A staging buffer of n rows whose previous copy to the device has finished."""
         if not self._buffers:
             _, c, h, w = self.x.shape
             rows = max(n, self._batch_size)
-            pin = self.x.is_pinned()
-            self._buffers = [torch.empty((rows, h, w, c), dtype=self.x.dtype, pin_memory=pin)
+            self._buffers = [staging_buffer((rows, h, w, c), self.x.dtype, self.device)
                              for _ in range(2)]
             self._copied = [None, None]
         self._turn ^= 1
@@ -62,17 +100,38 @@ class Rows:
             done.synchronize()
         buf = self._buffers[self._turn]
         if n > len(buf):  # a batch larger than the first (never, within an epoch)
-            buf = self._buffers[self._turn] = torch.empty(
-                (n, *buf.shape[1:]), dtype=buf.dtype, pin_memory=buf.is_pinned())
+            buf = self._buffers[self._turn] = staging_buffer((n, *buf.shape[1:]), buf.dtype,
+                                                             self.device)
         return buf[:n]
 
     def _send(self, buf: torch.Tensor) -> torch.Tensor:
-        out = buf.to(self.device, non_blocking=buf.is_pinned())
         if self.device.type == "cuda":
-            # On the stream the copy went to: the target GPU's, which need not be the current.
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(self.device))
-            self._copied[self._turn] = event
-        elif out.data_ptr() == buf.data_ptr():
-            out = out.clone()  # the same memory (a CPU "device"): the buffer is reused next
+            out = self._to_cuda(buf)
+        else:
+            out = buf.to(self.device)
+            if out.data_ptr() == buf.data_ptr():
+                out = out.clone()  # the same memory (a CPU "device"): the buffer is reused next
         return out.permute(0, 3, 1, 2)
+
+    def _to_cuda(self, buf: torch.Tensor) -> torch.Tensor:
+        """The copy, queued without blocking: on the copy stream, which the compute stream then
+        waits for (an event, on the device: the host goes on), with the batch's memory marked
+        as used by the compute stream so that the allocator does not hand it out early. An
+        event on the copy's stream marks when `buf` may be written again."""
+        compute = torch.cuda.current_stream(self.device)
+        pinned = buf.is_pinned()
+        if OVERLAP and pinned:
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._stream):
+                out = buf.to(self.device, non_blocking=True)
+            compute.wait_stream(self._stream)
+            out.record_stream(compute)
+            copied_on = self._stream
+        else:
+            out = buf.to(self.device, non_blocking=pinned)
+            copied_on = compute
+        event = torch.cuda.Event()
+        event.record(copied_on)
+        self._copied[self._turn] = event
+        return out

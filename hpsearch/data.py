@@ -2,7 +2,7 @@
 
 Every dataset first becomes uint8 images (N, C, S, S) at the study's image size, then a
 stratified split fixed by the seed. The images stay uint8 and channels-last: training and
-validation on the device (or, too large for it, in pinned host memory: see placement), the
+validation on the device (or, too large for it, in host memory: see placement), the
 test split on the host until the report needs it. Each batch is normalised on the device in
 the compute dtype, with statistics of the training split alone (Dataset.normalized). Trials
 batch these tensors by indexing; nothing here is rebuilt per trial.
@@ -11,7 +11,6 @@ batch these tensors by indexing; nothing here is rebuilt per trial.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -29,8 +28,9 @@ from hpsearch.images import (Images, Progress, cifar10_images, digest, digits_im
 @dataclass(frozen=True)
 class Dataset:
     """uint8 splits (N, C, S, S, channels-last) and their labels, plus what a study records
-    about them. Training and validation images live on the device, or in pinned host memory
-    when they do not fit there (`on_host`); the test images and labels stay on the host."""
+    about them. Training and validation images live on the device, or in host memory when
+    they do not fit there (`on_host`: each batch is staged, see batches); the test images
+    and labels stay on the host."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor  # labels: on the training device
@@ -89,17 +89,18 @@ _LOADED: dict = {}
 
 
 def load_dataset(cfg: DataConfig, seed: int, device: Union[str, torch.device] = "cpu",
-                 on_progress: Progress = None) -> Dataset:
+                 on_progress: Progress = None, shared: bool = False) -> Dataset:
     """The dataset of a study, split by `seed`, for training on `device`; decoded once per
-    process. What the images need is compared with the free memory first (see placement)."""
-    key = (cfg, seed, str(device))
+    process. What the images need is compared with the free memory first (see placement).
+    `shared`: what stays in host memory goes into shared memory (an owner's: see sharing)."""
+    key = (cfg, seed, str(device), shared)
     if key not in _LOADED:
         device = torch.device(device)
         listing = None if cfg.dataset in _COUNTS else folder_listing(folder_of(cfg))
         counted = _COUNTS.get(cfg.dataset) or (len(listing[0]), 3)
         where = placement(cfg, counted, device)
         images = load_images(cfg, on_progress, listing)
-        _LOADED[key] = split(images, cfg, seed, device, where)
+        _LOADED[key] = split(images, cfg, seed, device, where, shared)
     return _LOADED[key]
 
 
@@ -168,9 +169,9 @@ def _cuda_key(device: torch.device) -> str:
 
 
 def placement(cfg: DataConfig, counted: tuple, device: torch.device) -> str:
-    """Where the training and validation images live: "device", or "host" (pinned memory,
-    batches copied without blocking) when they would take more than DEVICE_SHARE of the
-    device's free memory. Refuses, before anything is decoded or stored, data that the host
+    """Where the training and validation images live: "device", or "host" (batches staged
+    through page-locked buffers and copied without blocking: see batches) when they would
+    take more than DEVICE_SHARE of the device's free memory. Refuses, before anything is decoded or stored, data that the host
     cannot hold while loading, naming the bytes and an image size that fits."""
     n, channels = counted
     size = cfg.image_size
@@ -233,16 +234,18 @@ def _stratified_split(y: np.ndarray, cfg: DataConfig, seed: int) -> tuple:
 
 
 def split(images: Images, cfg: DataConfig, seed: int, device: torch.device,
-          where: str = "device") -> Dataset:
+          where: str = "device", shared: bool = False) -> Dataset:
     """The images split by `seed`, as uint8 tensors: training and validation on `device`
-    (where="device") or in pinned host memory ("host"), test on the host."""
+    (where="device") or in host memory ("host"), test on the host; what is on the host in
+    shared memory when `shared`."""
     train, val, test = split_indices(images.y, cfg, seed)
     nhwc = torch.from_numpy(np.ascontiguousarray(images.x.transpose(0, 2, 3, 1)))
     mean, std = channel_stats(nhwc, train)
 
     def part(idx: np.ndarray, to: str):
         index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-        x = _empty((len(idx), *nhwc.shape[1:]), pinned=to == "pinned")
+        stays = to != "device" or device.type == "cpu"  # in host memory: shared if asked
+        x = _empty((len(idx), *nhwc.shape[1:]), shared and stays)
         torch.index_select(nhwc, 0, index, out=x)
         if to == "device":
             try:
@@ -254,48 +257,30 @@ def split(images: Images, cfg: DataConfig, seed: int, device: torch.device,
         return x.permute(0, 3, 1, 2), torch.from_numpy(images.y[idx]).to(
             device if to != "test" else "cpu")
 
-    keep = "pinned" if where == "host" else "device"
+    keep = "host" if where == "host" else "device"
     (xt, yt), (xv, yv), (xs, ys) = part(train, keep), part(val, keep), part(test, "test")
     return Dataset(xt, yt, xv, yv, xs, ys, images.classes, mean, std, fingerprint(images),
                    images.skipped)
 
 
-def pinned_bytes(n: int) -> int:
-    """What pinning n bytes takes: torch's caching host allocator rounds every block up to a
-    power of two (5 GB of images pin 8 GB)."""
-    return 1 << max(0, n - 1).bit_length()
-
-
-# The share of the host's free memory that pinned images may take, rounded as pinned_bytes
-# says: page-locked memory cannot be swapped, and the trials, the loader and the notebook
-# need the rest.
-PINNED_SHARE = 0.5
-
-
-def _empty(shape: tuple, pinned: bool) -> torch.Tensor:
-    """uint8 host memory, page-locked when asked and possible: not where the rounded block
-    would take more than PINNED_SHARE of the host's free memory, nor where the system refuses
-    that much locked memory. Then the copies block, and training still runs."""
-    n = math.prod(shape)
-    if pinned and torch.cuda.is_available() and \
-            pinned_bytes(n) <= PINNED_SHARE * host_free_bytes():
-        try:
-            return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-        except RuntimeError:
-            pass
-    return torch.empty(shape, dtype=torch.uint8)
+def _empty(shape: tuple, shared: bool = False) -> torch.Tensor:
+    """uint8 host memory; in shared memory when `shared` (an owner's, handed to the workers
+    on its device: see sharing). Never page-locked: see batches."""
+    x = torch.empty(shape, dtype=torch.uint8)
+    # Untouched pages of a fresh block cost nothing to copy: sharing it doubles no memory.
+    return x.share_memory_() if shared else x
 
 
 def pooled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Two splits' images as one (train + validation for the final fit), where a lives; in
-    pinned host memory when the device has no room for the copy (the study's own splits stay
+    host memory when the device has no room for the copy (the study's own splits stay
     cached on it)."""
     _, c, h, w = a.shape
     shape = (len(a) + len(b), h, w, c)
     try:
-        out = torch.empty(shape, dtype=torch.uint8, device=a.device, pin_memory=a.is_pinned())
+        out = torch.empty(shape, dtype=torch.uint8, device=a.device)
     except torch.cuda.OutOfMemoryError:
-        out = _empty(shape, pinned=True)
+        out = _empty(shape)
     out[:len(a)].copy_(a.permute(0, 2, 3, 1))
     out[len(a):].copy_(b.permute(0, 2, 3, 1))
     return out.permute(0, 3, 1, 2)

@@ -19,8 +19,8 @@ from hpsearch import batches, data as data_module, images as images_module, trai
 from hpsearch.augment import Augment, Draws, apply
 from hpsearch.config import DataConfig, load_config
 from hpsearch.params import Fixed
-from hpsearch.data import DataError, load_dataset, placement
-from hpsearch.images import folder_images
+from hpsearch.data import DataError, load_dataset, placement, split
+from hpsearch.images import digits_images, folder_images
 from hpsearch.model import block_widths, build_cnn, count_params
 from hpsearch.space import searched_names, suggest_params
 from hpsearch.errors import OutOfMemory
@@ -196,23 +196,40 @@ def test_data_too_large_for_the_device_trains_from_host_memory(monkeypatch):
     assert torch.equal(first, data.x_train[:64]) and torch.equal(second, data.x_train[64:128])
 
 
-def test_pinned_images_are_budgeted_as_the_allocator_rounds_them(monkeypatch):
-    """5 GB of images pin 8 GB (a power of two): on a host with 12 GB free they are not pinned
-    (over half of it), with 20 GB they are; a GPU faked, the allocator's answers recorded."""
-    assert data_module.pinned_bytes(5 * 10**9) == 2**33 and data_module.pinned_bytes(4096) == 4096
+def test_only_two_staging_buffers_are_pinned_never_the_images(monkeypatch):
+    """Images that stay in host memory for a GPU are not page-locked (torch's host allocator
+    would round 5 GB up to 8 GB): only the two staging buffers of one batch are, as the
+    allocator rounds them. The allocator's answers are faked and recorded."""
+    assert batches.pinned_size(5 * 10**9) == 2**33 and batches.pinned_size(4096) == 4096
+    images = digits_images(8)
+    data = split(images, DataConfig(image_size=8), 0, CPU, where="host")
+    assert not data.x_train.is_pinned()
     asked = []
+    real_empty = torch.empty
 
     def empty(shape, dtype, pin_memory=False):
-        asked.append(pin_memory)
-        return torch.zeros(1, dtype=dtype)
+        asked.append((tuple(shape), pin_memory))
+        return real_empty(shape, dtype=dtype)
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(data_module.torch, "empty", empty)
-    for free, pinned in ((12 * 10**9, False), (20 * 10**9, True)):
-        monkeypatch.setattr(data_module, "host_free_bytes", lambda free=free: free)
-        asked.clear()
-        data_module._empty((5 * 10**9,), pinned=True)
-        assert asked == [pinned]
+    monkeypatch.setattr(batches.torch, "empty", empty)
+    monkeypatch.setitem(batches._pinned, "bytes", 0)
+    rows = batches.Rows(data.x_train, torch.device("cuda", 0), batch_size=100, staged=True)
+    rows._buffer(100), rows._buffer(100), rows._buffer(100)  # three batches, two buffers
+    batch = 100 * 8 * 8 * 1
+    assert asked == [((100, 8, 8, 1), True)] * 2
+    assert batches.pinned_total() == 2 * batches.pinned_size(batch) == 2 * 8192
+    assert batches.pinned_total() < data.x_train.numel()  # 16 KiB of 80 KiB of images
+    # Refused (the system's limit on locked memory), a buffer is ordinary memory: the copies
+    # block, and training still runs.
+
+    def refuse(shape, dtype, pin_memory=False):
+        if pin_memory:
+            raise RuntimeError("cudaErrorMemoryAllocation")
+        return real_empty(shape, dtype=dtype)
+
+    monkeypatch.setattr(batches.torch, "empty", refuse)
+    buf = batches.staging_buffer((4, 8, 8, 1), torch.uint8, torch.device("cuda", 0))
+    assert buf.shape == (4, 8, 8, 1) and batches.pinned_total() == 2 * 8192
 
 
 def test_evaluation_halves_its_batch_when_out_of_memory_and_names_itself(monkeypatch):
