@@ -27,13 +27,16 @@ def process_start(pid: int) -> Optional[float]:
 
 
 def owner_record(trial_number: int, device: Optional[str] = None,
-                 precision: Optional[str] = None) -> dict:
+                 precision: Optional[str] = None, tf32: Optional[str] = None) -> dict:
     """The process running a trial, the device it trains on and in which precision (`auto`
-    differs by device and processor)."""
+    differs by device and processor), with TF32 on CUDA (see precision.tf32_state)."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "boot_id": boot_id(), "pid_ns": pid_namespace(),
-            "pid": pid, "started": own_start(pid), "trial": trial_number, "device": device,
-            "precision": precision}
+    record = {"host": socket.gethostname(), "boot_id": boot_id(), "pid_ns": pid_namespace(),
+              "pid": pid, "started": own_start(pid), "trial": trial_number, "device": device,
+              "precision": precision}
+    if tf32 is not None:
+        record["tf32"] = tf32
+    return record
 
 
 @lru_cache(maxsize=4)

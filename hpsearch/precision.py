@@ -139,3 +139,13 @@ def disable_tf32() -> None:
     float32 work that remains is small, so TF32 stays off there too."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+def tf32_state(device: torch.device) -> Optional[str]:
+    """Whether float32 work on `device` may run as TF32, as a trial records it: "on",
+    "off", or which of cuDNN and matmul allow it; None off CUDA, where there is no TF32."""
+    if torch.device(device).type != "cuda":
+        return None
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    return {(True, True): "on", (False, False): "off"}.get(
+        (conv, matmul), "cuDNN only" if conv else "matmul only")

@@ -334,10 +334,11 @@ def owner_of(trial) -> dict:
 
 
 def device_of(trial) -> Optional[str]:
-    """Where the trial trained, with the precision when recorded (`cpu (bf16)`)."""
+    """Where the trial trained, and in what (`cpu (bf16)`, `cuda:0 (fp16, TF32 off)`)."""
     owner = owner_of(trial)
     found = owner.get("device") or trial.user_attrs.get(LEGACY_DEVICE_ATTR)
-    precision = owner.get("precision")
+    precision = ", ".join(filter(None, (owner.get("precision"), owner.get("tf32") and
+                                        f"TF32 {owner['tf32']}")))
     return f"{found} ({precision})" if found and precision else found
 
 

@@ -245,3 +245,41 @@ def test_fp32_on_cuda_is_float32_not_tf32():
         assert not matmul.allow_tf32 and not cudnn.allow_tf32
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+@pytest.fixture
+def tf32_restored():
+    """torch's TF32 switches as they were before the test (they are process-wide)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_a_trial_on_cuda_records_that_its_fp32_is_not_tf32(tf32_restored):
+    """fp32 on CUDA means float32: a trial turns TF32 off before it starts, records so with
+    its owner, and the report's device line says it (`cuda:0 (fp32, TF32 off)`)."""
+    import optuna
+
+    from hpsearch import objective, records
+    from hpsearch.config import load_config
+    from hpsearch.precision import tf32_state
+
+    for conv, matmul, said in ((True, True, "on"), (False, False, "off"),
+                               (True, False, "cuDNN only"), (False, True, "matmul only")):
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+        assert tf32_state(torch.device("cuda", 0)) == said
+        assert tf32_state(torch.device("cpu")) is None
+    torch.backends.cudnn.allow_tf32 = True  # torch's default
+    study = optuna.create_study()
+    cfg = load_config(None, [])
+    trial = study.ask()
+    objective.start_trial(trial, cfg, torch.device("cuda", 0), "fp32")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert records.owner_of(trial)["tf32"] == "off"
+    study.tell(trial, 0.5)
+    assert records.device_of(study.trials[0]) == "cuda:0 (fp32, TF32 off)"
+    cpu = study.ask()
+    objective.start_trial(cpu, cfg, torch.device("cpu"), "bf16")
+    assert "tf32" not in records.owner_of(cpu)
+    study.tell(cpu, 0.5)
+    assert records.device_of(study.trials[1]) == "cpu (bf16)"
