@@ -34,7 +34,7 @@ def _not_ctrl_c(record) -> bool:
     """Not Optuna's lines on a trial a stop interrupted: the run's own line says it."""
     from hpsearch import interrupts
 
-    if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+    if record.exc_info and issubclass(record.exc_info[0], KeyboardInterrupt):
         return False
     return not (interrupts.requested() and "failed with value None" in record.getMessage())
 

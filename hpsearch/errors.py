@@ -61,3 +61,10 @@ def allocation_failed(err: BaseException) -> bool:
 
 
 USER_ERRORS = (ConfigError, DataError, StorageError, DeviceError, SettingsMismatch, ReportError)
+
+
+class OwnerGone(KeyboardInterrupt):
+    """The worker whose images this worker trained from ended first (see sharing): its
+    trial stops at the next batch as an interrupted one does (failed, queued again), and the
+    worker goes on with images of its own. A KeyboardInterrupt for that path, never a
+    failure of the trial's configuration."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 PATIENCE = 5.0  # seconds a request may wait for a safe point before a second one forces it
 
 _requested: Optional[int] = None  # the signal number of the pending request
 _since = 0.0
 _heeded = False  # a safe point has acted on it: the run is stopping cleanly
+_watches: list = []  # further checks of every safe point (see watch)
 
 
 def install() -> None:
@@ -50,6 +51,18 @@ def check() -> None:
     if _requested is not None:
         _heeded = True
         raise KeyboardInterrupt
+    for watched in _watches:
+        watched()
+
+
+def watch(check: Callable[[], None]) -> None:
+    """Run `check` at every safe point from now on: it raises to stop the run there (a
+    worker whose shared images' owner died: see sharing). `unwatch` ends it."""
+    _watches.append(check)
+
+
+def unwatch() -> None:
+    _watches.clear()
 
 
 def stop_study(study, trial) -> None:

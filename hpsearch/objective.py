@@ -16,7 +16,7 @@ from hpsearch.build import fit_settings, max_epochs, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
-from hpsearch.errors import OutOfMemory, allocation_failed, first_line
+from hpsearch.errors import OutOfMemory, OwnerGone, allocation_failed, first_line
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
@@ -88,6 +88,11 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
             latest["why"] = f"Pruned: {err}."
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
+            raise
+        except OwnerGone as err:
+            records.write_fail_reason(trial, f"{err}; retried")
+            latest["why"] = f"Failed: {err}; retried."
+            ckpt = None  # kept: the queued retry resumes from it
             raise
         except KeyboardInterrupt:
             records.write_fail_reason(trial, "interrupted")

@@ -59,11 +59,12 @@ def worker_device(name: str, worker: Optional[int]) -> torch.device:
 
 def training_setup(cfg: Config, device: torch.device, workers: int = 1,
                    on_progress: Progress = None, share: Optional[Share] = None,
-                   host_only: bool = False) -> tuple:
+                   host_only: bool = False, dtype: Optional[torch.dtype] = None) -> tuple:
     """(CPU threads or None, dataset) of a process that trains on `device`: the CPU's cores
     shared among the workers, the study's data loaded onto the device once (a folder's
     decoding reported to `on_progress`), or taken from the worker that shares the device
-    with this one (see sharing). `host_only`: into host memory, whatever the device."""
+    with this one, with its share of the device's memory (see sharing; `dtype`: what the
+    trials compute in). `host_only`: into host memory, whatever the device."""
     threads = configure_threads(workers) if device.type == "cpu" else None
     interrupts.check()
     if host_only:
@@ -72,14 +73,16 @@ def training_setup(cfg: Config, device: torch.device, workers: int = 1,
         return threads, load_dataset(cfg.data, cfg.study.seed, device, on_progress)
     if share.is_owner:
         try:
-            data = load_dataset(cfg.data, cfg.study.seed, device, on_progress)
+            data = load_dataset(cfg.data, cfg.study.seed, device, on_progress, shared=True)
         except BaseException:
             hand_over(share, None, device)  # the others try for themselves
             raise
-        per_worker = hand_over(share, data, device)
+        per_worker = hand_over(share, data, device, dtype)
     else:
-        data, per_worker = receive(share)
+        data, per_worker = receive(share, device, dtype)
         if data is None:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
             data = load_dataset(cfg.data, cfg.study.seed, device, on_progress)
     cap(device, per_worker)
     return threads, data
@@ -137,8 +140,10 @@ class Session:
         sharing the images with the others there by `share`, and the run's clock by `budget`
         (the study's time budget as the run spends it; by default read from the study)."""
         device = worker_device(options.device, worker)
-        if worker is not None and device.type == "cuda":
-            torch.cuda.set_device(device)  # nothing of this process lands on another GPU
+        if worker is not None and device.type == "cuda" and (share is None or share.is_owner):
+            # Nothing of this process lands on another GPU. A user of an owner's images
+            # creates its context only once the owner has measured the free memory.
+            torch.cuda.set_device(device)
         chosen = choose_precision(device, cfg.train.precision)  # refused before any work
         if chosen.note and on_note is not None and worker is None:
             on_note(chosen.note)
@@ -155,7 +160,8 @@ class Session:
         check_store_file(spec)  # before any work, so that a wrong path fails fast
         interrupts.check()
         threads, data = training_setup(cfg, device, options.workers, on_progress, share,
-                                       host_only=worker is None and options.workers > 1)
+                                       host_only=worker is None and options.workers > 1,
+                                       dtype=chosen.dtype)
         interrupts.check()
         storage = open_storage(spec, heartbeat_interval=cfg.study.heartbeat_interval,
                                grace_period=cfg.study.grace_period)

@@ -3,37 +3,51 @@
 With `--workers N` the workers that train on the same device form a group: on CUDA, worker i
 trains on GPU i modulo the GPU count (see session.worker_device); on the CPU all of them are
 one group. The group's first worker, its owner, loads the images and hands them to the
-others: on a GPU as handles to the same device memory (CUDA IPC), on the CPU as shared
-memory. Two workers on one T4 hold the images once, not once each. Images that do not fit
-the device's share and stay in pinned host memory (data.placement) are not handed on: each
-worker keeps its own, since shared memory cannot stay page-locked.
+others: on a GPU as handles to the same device memory (CUDA IPC), in host memory (the CPU,
+or images too large for the GPU) as shared memory. Two workers on one T4 hold the images
+once, not once each.
 
 Memory handed out this way lives in the owner: it must outlive its users' work. At its end
 an owner waits until the parent process sets `release`, which it does once every other
-worker of the group has stopped, however they stopped.
+worker of the group has stopped, however they stopped. An owner that dies first (killed,
+out of host memory) takes that memory with it: the parent sets `gone`, and each user stops
+its trial at the next batch (OwnerGone: the trial fails and is queued again), loads its own
+images and goes on.
 
-On a GPU each worker of a group also caps its memory allocator (a per-process memory
-fraction) at an equal share of what the images and the workers' CUDA contexts leave: a trial
-that needs more than its share runs out of memory alone (that trial fails, the next one
-runs) instead of whichever worker allocates second.
+On a GPU the memory is shared out from measured facts. Users create no CUDA context until
+the owner has loaded the images and measured what is free; then, one user at a time, a user
+creates its context and runs one small training step (cuDNN's and cuBLAS's handles), and the
+owner reads how much free memory that took. Once every context exists, each worker caps its
+allocator (a per-process memory fraction) at an equal share of what is left, less
+CONTEXT_GROWTH each: a trial that needs more than its share runs out of memory alone (that
+trial fails, the next one runs) instead of whichever worker allocates second.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import queue
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from hpsearch import interrupts
 from hpsearch.data import Dataset, cap_device_memory
+from hpsearch.errors import OwnerGone
 
-# A CUDA context with the kernels a trial loads: the memory each further worker on a GPU
-# takes before it allocates anything (an estimate; `make gpu-check` prints the real one).
-CONTEXT_BYTES = 512 * 2**20
+# What a worker's CUDA context may still grow by after its first step, outside its capped
+# allocator: kernels loaded lazily on first use by the layer shapes and precisions of later
+# trials. An estimate (the context itself is measured): a few hundred kernels at up to a
+# megabyte of code each, with room to spare; `make gpu-check` prints the contexts measured.
+CONTEXT_GROWTH = 256 * 2**20
+
+ACK_WAIT = 120.0  # seconds an owner waits for a user's context before sharing out without it
 
 _handed = False  # this process, an owner, has handed its images on
+FACTS: dict = {}  # what this worker measured of its share (see write_facts)
 
 
 def groups(workers: int, device: torch.device, gpu_count: int = 1) -> list:
@@ -50,14 +64,19 @@ def groups(workers: int, device: torch.device, gpu_count: int = 1) -> list:
 
 @dataclass(frozen=True)
 class Share:
-    """One worker's place in its group. `handoff` (a multiprocessing queue) carries the
-    owner's (Dataset or None, bytes per worker) to each other member once; None means "load
-    your own". `release` (a multiprocessing event) lets the owner end."""
+    """One worker's place in its group, and the group's channels (multiprocessing queues and
+    flags): `handoff` carries the owner's images (a Handed, or None: "load your own") to
+    each user once; `acks` a user's reserved bytes back once its context exists; `caps` the
+    bytes each worker's trials may take (0: no cap) with the contexts measured; `release`
+    lets the owner end; `gone` says the owner died before its users (both Flags)."""
 
     index: int
     members: tuple  # the group's workers; the first is the owner
     handoff: Any
+    acks: Any
+    caps: Any
     release: Any
+    gone: Any
 
     @property
     def owner(self) -> int:
@@ -72,55 +91,170 @@ class Share:
         return len(self.members) - 1
 
 
+class Flag:
+    """A flag in shared memory that any process of the run may set and read, with no lock: a
+    process killed while it waited on a multiprocessing Event would leave the next set()
+    waiting for it for ever, and an owner may be killed while it waits to be released."""
+
+    def __init__(self, ctx):
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+
+@dataclass(frozen=True)
+class Handed:
+    """What an owner hands a user: its images and its process id (watched while training)."""
+
+    data: Dataset
+    owner_pid: int
+    contexts: list = field(default_factory=list)  # bytes of the contexts measured before
+
+
 def shares(workers: int, device: torch.device, gpu_count: int, ctx) -> dict:
     """{worker: Share} for the workers that share a device with another; `ctx` is the
     multiprocessing context the workers are spawned from."""
     out = {}
     for members in groups(workers, device, gpu_count):
         if len(members) > 1:
-            handoff, release = ctx.Queue(), ctx.Event()
-            handoff.cancel_join_thread()  # a last fallback nobody read must not hold the parent
+            handoff, acks, caps = ctx.Queue(), ctx.Queue(), ctx.Queue()
+            for q in (handoff, acks, caps):
+                q.cancel_join_thread()  # a last fallback nobody read must not hold a process
+            release, gone = Flag(ctx), Flag(ctx)
             for i in members:
-                out[i] = Share(i, tuple(members), handoff, release)
+                out[i] = Share(i, tuple(members), handoff, acks, caps, release, gone)
     return out
 
 
-def hand_over(share: Share, data: Optional[Dataset], device: torch.device) -> int:
-    """The owner's side: give each user `data` (None: load your own) and the bytes of device
-    memory each worker's trials may take (0: no cap). Returns those bytes."""
+def hand_over(share: Share, data: Optional[Dataset], device: torch.device,
+              dtype: Optional[torch.dtype] = None) -> int:
+    """The owner's side: give each user `data` (None: load your own) and, on a GPU, share
+    out its memory (see the module's docstring; `dtype`: what the trials compute in, for the
+    first step). Returns the bytes each worker's trials may take (0: no cap)."""
     global _handed
-    per_worker = worker_bytes(device, len(share.members)) if data is not None else 0
-    shared = data if data is not None and not data.on_host else None
-    if shared is not None:
-        for t in (shared.x_train, shared.y_train, shared.x_val, shared.y_val, shared.x_test,
-                  shared.y_test):
-            if t.device.type == "cpu":
-                t.share_memory_()  # here, not in the queue's thread while training reads it
+    if data is None:
+        for _ in range(share.users):
+            share.handoff.put(None)
+        return 0
+    for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
+        if t.device.type == "cpu":
+            t.share_memory_()  # a no-op for what was loaded shared; here, not in a queue thread
+    _handed = True
+    FACTS.update(owner=True, checksum=checksum(data))
+    if device.type != "cuda":
+        for _ in range(share.users):
+            share.handoff.put(Handed(data, os.getpid()))
+        return 0
+    first_step(device, dtype)
+    free, total = torch.cuda.mem_get_info(device)
+    # Its own context, as an upper bound: other processes' memory on the GPU counts in too.
+    FACTS["context_bytes"] = max(0, total - free - torch.cuda.memory_reserved(device))
+    contexts: list = []
     for _ in range(share.users):
-        share.handoff.put((shared, per_worker))
-    _handed = shared is not None
+        before = torch.cuda.mem_get_info(device)[0]
+        share.handoff.put(Handed(data, os.getpid(), list(contexts)))
+        reserved = wait_for_ack(share)
+        if reserved is None:
+            break  # a user that never answered: what is free now is shared out
+        contexts.append(max(0, before - torch.cuda.mem_get_info(device)[0] - reserved))
+    FACTS["contexts"] = contexts
+    per_worker = worker_bytes(torch.cuda.mem_get_info(device)[0], len(share.members))
+    for _ in range(share.users):
+        share.caps.put((per_worker, contexts))
     return per_worker
 
 
-def receive(share: Share) -> tuple:
-    """A user's side: (the owner's Dataset or None, bytes per worker), once the owner has
-    loaded it. A stop asked for meanwhile is acted on here."""
+def worker_bytes(free: int, members: int) -> int:
+    """Device memory each of `members` workers' trials may take, `free` bytes being free once
+    every worker's context exists: an equal share, less CONTEXT_GROWTH each. 0: too little
+    to share out (nothing is capped)."""
+    return max(0, (free - members * CONTEXT_GROWTH) // members)
+
+
+def wait_for_ack(share: Share) -> Optional[int]:
+    """A user's reserved bytes once its context exists, or None if none came in ACK_WAIT."""
+    deadline = time.monotonic() + ACK_WAIT
+    while time.monotonic() < deadline:
+        interrupts.check()
+        try:
+            return share.acks.get(timeout=0.5)
+        except queue.Empty:
+            continue
+    return None
+
+
+def receive(share: Share, device: torch.device, dtype: Optional[torch.dtype] = None) -> tuple:
+    """A user's side: (the owner's Dataset or None, bytes its trials may take), once the owner
+    has loaded it. On a GPU the user's context is created here, after the owner measured the
+    free memory, and its first step run before it answers. A stop asked for meanwhile is
+    acted on here. With the owner's images, its death is watched from now on (see
+    watch_owner)."""
+    handed = _get(share.handoff)
+    if handed is None:
+        return None, 0
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        first_step(device, dtype)
+        share.acks.put(int(torch.cuda.memory_reserved(device)))
+        per_worker, contexts = _get(share.caps)
+        turn = len(handed.contexts)  # the users measured before this one
+        FACTS["context_bytes"] = contexts[turn] if turn < len(contexts) else None
+    else:
+        per_worker = 0
+    FACTS.update(owner=False, checksum=checksum(handed.data))
+    interrupts.watch(watch_owner(share, handed.owner_pid))
+    return handed.data, per_worker
+
+
+def _get(q) -> Any:
     while True:
         interrupts.check()
         try:
-            return share.handoff.get(timeout=0.5)
+            return q.get(timeout=0.5)
         except queue.Empty:
             continue
 
 
-def worker_bytes(device: torch.device, members: int) -> int:
-    """Device memory each of `members` workers' trials may take: what is free now (the
-    owner's context and images already taken) less the other workers' contexts, split
-    equally. 0 off CUDA: nothing to cap."""
-    if device.type != "cuda":
-        return 0
-    free = torch.cuda.mem_get_info(device)[0]
-    return max(0, (free - (members - 1) * CONTEXT_BYTES) // members)
+def watch_owner(share: Share, pid: int):
+    """A check for every safe point of a user (see interrupts.watch): OwnerGone once the
+    parent says the owner died, or its process is gone (the parent too)."""
+
+    def check() -> None:
+        if share.gone.is_set() or not _alive(pid):
+            raise OwnerGone(f"worker {share.owner}, which held the images this worker trained "
+                            f"from, ended")
+
+    return check
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, another user's
+    return True
+
+
+def first_step(device: torch.device, dtype: Optional[torch.dtype]) -> None:
+    """One training step of a small network on `device`: the context, cuDNN's and cuBLAS's
+    handles and the common kernels exist afterwards, as after a trial's first step."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 64, 10))
+    net = net.to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 8, 8, device=device).contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    with autocast:
+        loss = net(x).float().square().mean()
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    del net, x, loss
 
 
 def cap(device: torch.device, per_worker: int) -> Optional[float]:
@@ -132,7 +266,25 @@ def cap(device: torch.device, per_worker: int) -> Optional[float]:
     fraction = min(1.0, (torch.cuda.memory_reserved(device) + per_worker) / total)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     cap_device_memory(device, int(fraction * total))
+    FACTS["fraction"] = fraction
     return fraction
+
+
+def checksum(data: Dataset) -> int:
+    """A sum over the training images' bytes: equal in workers that see the same copy."""
+    return int(data.x_train.sum(dtype=torch.int64))
+
+
+def write_facts(index: int, device: torch.device) -> None:
+    """One JSON line of what this worker measured of its share, appended to the file that
+    HPSEARCH_WORKER_FACTS names (`make gpu-check` sets it; nothing is written otherwise)."""
+    path = os.environ.get("HPSEARCH_WORKER_FACTS")
+    if not path or not FACTS:
+        return
+    reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"worker": index, "reserved_bytes": reserved, "fraction": None,
+                            "context_bytes": None, **FACTS}) + "\n")
 
 
 def stay_for_users(share: Optional[Share]) -> None:
@@ -146,18 +298,20 @@ def stay_for_users(share: Optional[Share]) -> None:
         return
     if not _handed:
         for _ in range(share.users):
-            share.handoff.put((None, 0))
+            share.handoff.put(None)
         return
     parent = multiprocessing.parent_process()
-    while not share.release.wait(timeout=0.5):
+    while not share.release.is_set():
         if parent is not None and not parent.is_alive():
             return
+        time.sleep(0.5)
 
 
 def release_finished(all_shares: dict, alive: dict) -> None:
     """The parent's side, called while the workers run and while they stop (`alive`:
     {worker: bool}): let an owner end once its users have all stopped; and when an owner
-    died before them, tell its users still waiting to load their own images."""
+    died before them, say so to the users training from its images, and tell those still
+    waiting to load their own."""
     for members, share in {s.members: s for s in all_shares.values()}.items():
         owner, users = members[0], members[1:]
         if share.release.is_set():
@@ -165,6 +319,8 @@ def release_finished(all_shares: dict, alive: dict) -> None:
         if not any(alive[i] for i in users):
             share.release.set()
         elif not alive[owner]:
-            for _ in users:  # a user that already has the images never reads these
-                share.handoff.put((None, 0))
+            share.gone.set()
+            for _ in users:  # a user that already has what it waits for never reads these
+                share.handoff.put(None)
+                share.caps.put((0, []))
             share.release.set()  # marks the fallback as sent

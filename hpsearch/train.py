@@ -401,6 +401,7 @@ def _evaluate(model, data, x, y, precision, batch_size: int, dtype) -> tuple:
     rows = Rows(x, y.device)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
+        interrupts.check()  # between two batches, as in training
         xb = data.normalized(rows.span(start, start + batch_size), dtype)
         with precision.autocast() if precision is not None else nullcontext():
             logits = model(xb).float()

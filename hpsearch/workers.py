@@ -12,8 +12,10 @@ sharing); the parent itself holds nothing on a GPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import time
@@ -24,8 +26,9 @@ import torch
 
 from hpsearch import interrupts
 from hpsearch.config import Config
+from hpsearch.errors import OwnerGone
 from hpsearch.session import RunOptions, Session, worker_device
-from hpsearch.sharing import Share, release_finished, shares, stay_for_users
+from hpsearch.sharing import Share, release_finished, shares, stay_for_users, write_facts
 from hpsearch.study import RunResult, TimeBudget
 
 log = logging.getLogger("hpsearch")
@@ -42,7 +45,17 @@ def worker_main(cfg: Config, options: RunOptions, index: int, results,
     interrupts.install()  # the parent's SIGTERM and a terminal's Ctrl-C
     configure_logging(verbose=False, prefix=f"[worker {index}] ")
     try:
-        result = Session.open(cfg, options, worker=index, share=share, budget=budget).run()
+        session = Session.open(cfg, options, worker=index, share=share, budget=budget)
+        try:
+            result = session.run()
+        except OwnerGone as gone:
+            # Its trial is queued again; the images it read are gone with their owner.
+            log.warning("warning: %s; its trial is queued again, and this worker goes on with "
+                        "images of its own", gone)
+            interrupts.unwatch()
+            session = Session.open(cfg, options, worker=index, budget=budget)
+            result = session.run()
+        write_facts(index, session.device)
     except KeyboardInterrupt:
         results.put((index, None))
         return
@@ -86,6 +99,7 @@ def run_workers(cfg: Config, options: RunOptions, poll: Callable[[], None],
         _stop(procs, sharing)
         raise
     poll()
+    write_parent_facts()
     return _combine(_drain(results, len(procs)), time.perf_counter() - start,
                     [p.exitcode for p in procs])
 
@@ -101,6 +115,15 @@ def _stop(procs: list, sharing: dict) -> None:
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         release_finished(sharing, _alive(procs))
         time.sleep(0.1)
+
+
+def write_parent_facts() -> None:
+    """Whether this process, which holds nothing on a GPU, initialised CUDA: one line in the
+    file HPSEARCH_WORKER_FACTS names, if set (`make gpu-check`)."""
+    path = os.environ.get("HPSEARCH_WORKER_FACTS")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"parent_cuda_initialized": torch.cuda.is_initialized()}) + "\n")
 
 
 def _alive(procs: list) -> dict:

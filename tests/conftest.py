@@ -157,3 +157,13 @@ def finished_tiny_study(folder: Path, trials: int, *extra) -> tuple:
     out = run_cli("--config", config, "--storage", store, "--trials", trials, *extra)
     assert out.returncode == 0, out.stderr
     return config, store
+
+
+@pytest.fixture(autouse=True)
+def _no_watch_left():
+    """A test that took images from an owner (see sharing) leaves no watch on that owner to
+    the tests after it."""
+    yield
+    from hpsearch import interrupts
+
+    interrupts.unwatch()

@@ -14,7 +14,7 @@ import torch
 
 from hpsearch import data as data_module
 from hpsearch import session as session_module
-from hpsearch import sharing, train
+from hpsearch import interrupts, sharing, train
 from hpsearch.config import DataConfig, load_config
 from hpsearch.data import DataError, load_dataset, split
 from hpsearch.images import digits_images
@@ -87,7 +87,8 @@ def test_users_of_an_owner_that_died_before_handing_over_load_their_own(tmp_path
     assert data is load_dataset(cfg.data, cfg.study.seed, CPU)
     assert shares[0].release.is_set()  # sent once, however often the parent looks
     sharing.release_finished(shares, {0: False, 1: True, 2: True})
-    assert shares[2].handoff.get(timeout=5) == (None, 0)
+    assert shares[2].handoff.get(timeout=5) is None and shares[2].caps.get(timeout=5) == (0, [])
+    assert shares[2].gone.is_set()  # a user with the owner's images stops at its next batch
 
 
 def test_an_owner_that_fails_to_load_lets_its_users_try_for_themselves(tmp_path, monkeypatch):
@@ -100,7 +101,7 @@ def test_an_owner_that_fails_to_load_lets_its_users_try_for_themselves(tmp_path,
     monkeypatch.setattr(session_module, "load_dataset", refuse)
     with pytest.raises(DataError):
         training_setup(cfg, CPU, 1, None, shares[0])
-    assert shares[1].handoff.get(timeout=5) == (None, 0)
+    assert shares[1].handoff.get(timeout=5) is None
 
 
 @pytest.fixture
@@ -117,10 +118,53 @@ def fake_gpu(monkeypatch):
     return facts
 
 
-def test_workers_on_one_gpu_get_equal_shares_of_its_memory(fake_gpu):
+def thread_share(index: int, members=(0, 1)) -> sharing.Share:
+    """A group's channels within this process: the owner's and a user's sides are played by
+    the test itself, in turn."""
+    import queue
+    import threading
+
+    return sharing.Share(index, members, queue.Queue(), queue.Queue(), queue.Queue(),
+                         threading.Event(), threading.Event())
+
+
+def test_gpu_memory_is_shared_out_from_measured_contexts(fake_gpu, monkeypatch):
+    """The owner measures the free memory with its own context and images in place, before
+    any user has a context; the user's context is then measured as what its creation and
+    first step took of the free memory, less what its allocator reserved. Each worker may
+    take an equal share of what is left, less CONTEXT_GROWTH."""
     gpu = torch.device("cuda", 0)
-    per_worker = sharing.worker_bytes(gpu, 2)
-    assert per_worker == (12 * GIB - sharing.CONTEXT_BYTES) // 2
+    mib = 2**20
+    steps = []
+    monkeypatch.setattr(sharing, "first_step", lambda device, dtype: steps.append(dtype))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: steps.append("set_device"))
+    # Free memory as the owner reads it: after its own first step, before the user's
+    # context, after it (a 430 MiB context and 20 MiB reserved), and when it shares out.
+    frees = iter([12 * GIB, 12 * GIB, 12 * GIB - 450 * mib, 12 * GIB - 450 * mib])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (next(frees),
+                                                                         16 * GIB))
+    monkeypatch.setattr(sharing, "FACTS", {})
+    owner = thread_share(0)
+    user = sharing.Share(1, (0, 1), owner.handoff, owner.acks, owner.caps, owner.release,
+                         owner.gone)
+    owner.acks.put(20 * mib)  # the user's answer, as it will come
+    data = load_dataset(DataConfig(image_size=8), 0)
+    per_worker = sharing.hand_over(owner, data, gpu, torch.float16)
+    free = 12 * GIB - 450 * mib
+    assert per_worker == (free - 2 * sharing.CONTEXT_GROWTH) // 2
+    assert sharing.FACTS["contexts"] == [430 * mib]
+    assert sharing.FACTS["context_bytes"] == 16 * GIB - 12 * GIB - 1 * GIB  # an upper bound
+    assert steps == [torch.float16]
+    # The user's side: its context comes only now, and it learns its share and context.
+    sharing.FACTS.clear()
+    got, share_bytes = sharing.receive(user, gpu, torch.float16)
+    assert got is data and share_bytes == per_worker
+    assert steps == [torch.float16, "set_device", torch.float16]
+    assert sharing.FACTS["context_bytes"] == 430 * mib and not sharing.FACTS["owner"]
+    assert owner.acks.get_nowait() == 1 * GIB  # what the user's allocator held (faked)
+    interrupts.unwatch()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fake_gpu.free,
+                                                                         fake_gpu.total))
     # The owner's cap covers the images it holds for both; a user's, its trials alone.
     assert sharing.cap(gpu, per_worker) == pytest.approx((1 * GIB + per_worker) / (16 * GIB))
     fake_gpu.reserved = 0
@@ -129,18 +173,84 @@ def test_workers_on_one_gpu_get_equal_shares_of_its_memory(fake_gpu):
     assert sharing.cap(gpu, 0) is None and sharing.cap(CPU, per_worker) is None
     # What the process may still take is its cap less what it holds, not the GPU's free
     # memory: evaluation batches are sized to it.
-    fake_gpu.reserved = per_worker - 256 * 2**20
-    assert data_module.device_free_bytes(gpu) == 256 * 2**20
+    fake_gpu.reserved = per_worker - 256 * mib
+    assert data_module.device_free_bytes(gpu) == 256 * mib
     model = build_cnn(in_channels=3, num_classes=10, image_size=128, depth=4, width=64)
     capped = train.eval_batch_size(model, 128, gpu)
     data_module._CAPS.clear()
     assert capped < train.eval_batch_size(model, 128, gpu)
 
 
+def test_a_user_that_never_answers_leaves_the_rest_shared_out(fake_gpu, monkeypatch):
+    monkeypatch.setattr(sharing, "first_step", lambda device, dtype: None)
+    monkeypatch.setattr(sharing, "FACTS", {})
+    monkeypatch.setattr(sharing, "ACK_WAIT", 1.0)
+    owner = thread_share(0, (0, 1, 2))
+    owner.acks.put(0)  # the first user answers, the second never does
+    data = load_dataset(DataConfig(image_size=8), 0)
+    per_worker = sharing.hand_over(owner, data, torch.device("cuda", 0), None)
+    assert sharing.FACTS["contexts"] == [0]
+    assert per_worker == (12 * GIB - 3 * sharing.CONTEXT_GROWTH) // 3
+    assert [owner.caps.get_nowait()[0] for _ in range(2)] == [per_worker] * 2
+
+
 def test_a_crowded_gpu_caps_nothing(fake_gpu):
-    fake_gpu.free = 256 * 2**20  # less than the other workers' contexts
-    assert sharing.worker_bytes(torch.device("cuda", 0), 3) == 0
+    assert sharing.worker_bytes(256 * 2**20, 3) == 0  # less than the contexts may grow by
     assert sharing.cap(torch.device("cuda", 0), 0) is None and not fake_gpu.fractions
+
+
+def test_an_owners_death_ends_its_users_trial_as_retried(tmp_path):
+    """A user trains from the owner's images; the owner is killed mid-trial. The parent's
+    next look sets `gone`, the user's trial stops at its next batch, fails with that reason
+    and is queued again; the worker then loads its own images and the retry completes with
+    the same parameters."""
+    import optuna
+
+    from hpsearch.errors import OwnerGone
+
+    cfg = load_config(None, ["study.name='s'", "data.image_size=8", "train.epochs=2",
+                             "study.trials=1"])
+    ctx = mp.get_context("spawn")
+    shares = sharing.shares(2, CPU, 1, ctx)
+    options = RunOptions(storage=f"sqlite:///{tmp_path / 's.db'}", workers=2, device="cpu")
+    owner = ctx.Process(target=owner_process, args=(cfg, shares[0]))
+    owner.start()
+    try:
+        session = Session.open(cfg, options, worker=1, share=shares[1])
+        assert session.data.x_train.is_shared()
+
+        def trainer(*args, **kwargs):
+            owner.kill()
+            owner.join(30)
+            sharing.release_finished(shares, {0: owner.is_alive(), 1: True})
+            return train.fit(*args, **kwargs)
+
+        with pytest.raises(OwnerGone):
+            session.run(objective=session.objective(trainer=trainer))
+    finally:
+        interrupts.unwatch()
+        if owner.is_alive():
+            owner.kill()
+    trials = session.study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL,
+                                         optuna.trial.TrialState.WAITING]
+    assert "worker 0, which held the images this worker trained from, ended; retried" in \
+        trials[0].user_attrs["fail_reason"]
+    again = Session.open(cfg, options, worker=1)
+    assert again.data is not session.data  # its own, not the dead owner's
+    again.run()
+    retry = again.study.get_trials(deepcopy=False)[1]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == trials[0].params
+
+
+def test_an_owner_puts_what_stays_on_the_host_in_shared_memory():
+    """Images too large for the GPU stay in host memory, unpinned: an owner's go into shared
+    memory as they are split, so its users on that GPU share one copy of them."""
+    images = digits_images(8)
+    data = split(images, DataConfig(image_size=8), 0, CPU, where="host", shared=True)
+    assert data.x_train.is_shared() and data.x_val.is_shared() and data.x_test.is_shared()
+    alone = split(images, DataConfig(image_size=8), 0, CPU, where="host")
+    assert not alone.x_train.is_shared() and torch.equal(alone.x_train, data.x_train)
 
 
 @pytest.fixture
@@ -159,7 +269,8 @@ def fake_cuda_session(monkeypatch):
     monkeypatch.setattr(session_module, "worker_device",
                         lambda name, worker: torch.device("cuda", 0))
     monkeypatch.setattr(session_module, "choose_precision",
-                        lambda device, wanted: types.SimpleNamespace(name="fp16", note=""))
+                        lambda device, wanted: types.SimpleNamespace(name="fp16", note="",
+                                                                           dtype=None))
     monkeypatch.setattr(torch.cuda, "set_device", asked.set_device.append)
     return asked
 
@@ -203,4 +314,4 @@ def test_an_owner_whose_session_failed_before_loading_releases_its_users(monkeyp
     shares = sharing.shares(3, CPU, 1, mp.get_context("spawn"))
     monkeypatch.setattr(sharing, "_handed", False)
     sharing.stay_for_users(shares[0])  # returns at once: nothing of its is in use
-    assert [shares[0].handoff.get(timeout=5) for _ in range(2)] == [(None, 0), (None, 0)]
+    assert [shares[0].handoff.get(timeout=5) for _ in range(2)] == [None, None]
