@@ -1,24 +1,46 @@
-"""`make gpu-check`: the GPU path checked on a machine that has one, in a few minutes, as one
-table. Without a CUDA GPU it says so and exits 0.
+"""`make gpu-check`: the GPU path's open questions, decided on a machine that has a CUDA GPU
+in one run of at most five minutes, printed as one markdown table under two lines about the
+machine. Without a CUDA GPU it says so and exits 0.
 
-Rows, each measured on the first GPU (every check catches its own failure and reports it in
-its row, so one broken check does not hide the others):
+Each row runs in a process of its own (`python -m hpsearch.bench.gpu_rows ROW`, see there)
+with a time limit, so that peak memory and cuDNN's state start from nothing, and a row that
+fails, crashes or runs out of time says so in its own cells without hiding the others. The
+cheap rows run first: on a slow GPU the five minutes run out on a long row, not on many.
 
-- the fixed photo trial (depth 3, width 32, 64 pixels, 3 epochs, on a small drawn folder) in
-  each precision the GPU computes: images per second and peak device memory;
-- the same trial with cuDNN's benchmark search on, against off (hpsearch's default);
-- a study killed mid-trial (SIGKILL) in one precision and run again in another: the epoch the
-  interrupted trial resumed from, and whether the study reached its target with no other
-  failed trial;
-- an injected out-of-memory trial (a batch far beyond the GPU) in a study of two: whether it
-  failed alone, with its reason, while the other completed;
-- two worker processes on one GPU against one: trials per minute of a small digits study, the
-  GPU's peak memory in use and each process's (nvidia-smi, polled): the run's own process
-  should hold none, its workers one copy of the images between them.
+The rows, and the product default each informs:
+
+1. the machine (above the table): GPU, compute capability, memory, driver, torch, CUDA and
+   cuDNN, and the TF32 switches before and after precision.disable_tf32 (fp32 is float32);
+2. training at a steady pace (a short warm-up trial stands in for epoch 1) for three
+   configurations of cifar10.toml's space (its smallest, its middle, its widest) on 48,000
+   CIFAR-shaped images made on the GPU, in each precision the GPU offers: images/s, time
+   per step on the host and on the GPU, kernels per step and their time, peak memory; are
+   small trials bound by kernel launches, and which precision should `auto` pick?
+3. widths 23, 24 and 32 (12,000 images): should CUDA widths be padded to multiples of 8 as
+   the CPU's are (train.channel_padding, model.PaddedNet)?
+4. cuDNN's benchmark search on and off (train.CUDNN_BENCHMARK), whether two runs of one
+   seed end with the same weights with it off, and what cudnn.deterministic costs;
+5. 64-pixel images kept in host memory (data.placement with DEVICE_SHARE 0), each batch
+   staged through page-locked buffers, against on the GPU, with side-stream copies on and
+   off (batches.OVERLAP), and the bytes page-locked for staging against the images';
+6. hpsearch's fused optimizer against torch.optim's on the GPU, step for step;
+7. an fp16 overflow inside the net: the trial diverges or trains on with finite batch-norm
+   statistics, never completes with NaN ones (precision.NormStats);
+8. a study killed (SIGKILL) in fp16, and in bf16 where the GPU has it, and resumed in fp16:
+   the epoch it went on from, the scaler's scale it carried, its curve against an
+   uninterrupted run's;
+9. two workers on one GPU: each one's reserved memory, measured CUDA context, memory
+   fraction and checksum of the shared images, and whether the run's parent touched CUDA
+   (sharing.CONTEXT_GROWTH, the workers' memory caps);
+10. a worker's memory cap: its out-of-memory trial fails alone and the next one completes;
+11. evaluation under a memory cap: the batch train.evaluate halves to, at the same accuracy.
+
+`--device cpu --scale 0.01` rehearses the rows on the CPU (the GPU-only ones say so).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -26,181 +48,379 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
-EPOCHS = 3
-DEVICE = "cuda"  # every check runs here (the checks' own code can be tried on "cpu")
-FIXED = {"lr": 3e-3, "depth": 3, "width": 32, "dropout": 0.0, "optimizer": "adam"}
-
-
-def main() -> int:
-    import torch
-
-    if not torch.cuda.is_available():
-        print("gpu-check: no CUDA GPU on this machine; nothing to check (exit 0).")
-        return 0
-    from hpsearch.bench.photo_folder import make_photo_folder
-
-    name, (major, minor) = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
-    precisions = ["fp32", "fp16"] + (["bf16"] if major >= 8 else [])
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-check-") as tmp:
-        work = Path(tmp)
-        os.environ["HPSEARCH_CACHE_DIR"] = str(work / "cache")
-        folder = make_photo_folder(work / "photos", per_class=150)
-        for precision in precisions:
-            rows.append(checked(f"fixed trial, {precision}", fixed_trial, folder, precision))
-        rows.append(checked("fixed trial, cudnn.benchmark on", fixed_trial, folder,
-                            precisions[-1], True))
-        other = "fp32" if precisions[-1] != "fp32" else "fp16"
-        rows.append(checked(f"killed in {precisions[-1]}, resumed in {other}", kill_and_resume,
-                            work / "resume", precisions[-1], other))
-        rows.append(checked("injected out-of-memory trial", out_of_memory, work / "oom"))
-        for workers in (1, 2):
-            rows.append(checked(f"digits study, {workers} worker(s) on one GPU", workers_run,
-                                work / f"workers-{workers}", workers))
-    print(f"gpu-check on {name} (compute capability {major}.{minor}), torch {torch.__version__}")
-    print()
-    print("| check | result |")
-    print("|---|---|")
-    for label, result in rows:
-        print(f"| {label} | {result} |")
-    return 0
+ROOT = Path(__file__).resolve().parents[2]
+BUDGET = 285.0  # seconds for the whole check: under five minutes with start-up
+LEAST = 15.0  # a row is not started with less time left than this
 
 
-def checked(label: str, check, *args) -> tuple:
+@dataclass(frozen=True)
+class Row:
+    """One process of the check: gpu_rows' `key` with its arguments `kw`, at most
+    `timeout` seconds; `label` names it in the table; `rank`: lower runs earlier."""
+
+    key: str
+    label: str
+    timeout: float
+    rank: int = 0
+    kw: dict = field(default_factory=dict)
+
+
+def plan(device: str, capability: Optional[tuple]) -> list:
+    """The rows in the table's order for this device (capability: the GPU's, None on the
+    CPU): precisions and resume pairs follow what the GPU computes."""
+    cuda = capability is not None
+    major = capability[0] if cuda else 0
+    # fp16 from compute capability 7.0 (tensor cores), bf16 from 8.0; on the CPU, bf16.
+    precisions = ["fp32"] + (["fp16"] if major >= 7 else []) + \
+        (["bf16"] if major >= 8 or not cuda else [])
+    rows = [Row("header", "the machine", 60, 0)]
+    for config in ("small", "default", "widest"):
+        rows.append(Row("train", f"training, {config}", 120 if config == "widest" else 80,
+                        5 + 3 * (config == "widest"),
+                        {"config": config, "precisions": precisions}))
+    rows += [Row("widths", "widths 23 / 24 / 32", 80, 6), Row("cudnn", "cuDNN", 100, 7),
+             Row("host", "images in host memory", 100, 7), Row("optim", "fused optimizer", 80, 1),
+             Row("poison", "batch-norm poisoning", 60, 2,
+                 {"precision": "fp16" if cuda else "fp32"})]
+    pairs = ([("fp16", "fp16")] + ([("bf16", "fp16")] if major >= 8 else [])) if cuda \
+        else [("fp32", "bf16")]
+    rows += [Row("resume", f"killed in {a}, resumed in {b}", 120, 9, {"first": a, "then": b})
+             for a, b in pairs]
+    rows += [Row("workers", "two workers on one GPU", 150, 10),
+             Row("oom", "out of memory in a capped worker", 80, 3),
+             Row("eval", "evaluation batch halving", 60, 2,
+                 {} if cuda else {"fake_limit": 256})]
+    return rows
+
+
+def run_row(row: Row, device: str, scale: float, work: Path, timeout: float,
+            env: Optional[dict] = None) -> dict:
+    """The row's JSON answer ({"ok", "result"} or {"ok": False, "error"}) plus "seconds";
+    a row that crashed, printed no answer or ran out of time is answered for here. The row
+    runs in a process group of its own, ended with it: nothing it started outlives it. Its
+    stderr (a traceback, say) is kept beside `work`, as WORK.stderr."""
+    cmd = [sys.executable, "-m", "hpsearch.bench.gpu_rows", row.key, "--device", device,
+           "--scale", str(scale), "--work", str(work), "--kw", json.dumps(row.kw)]
+    start, err = time.perf_counter(), ""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env, start_new_session=True)
     try:
-        return label, check(*args)
-    except subprocess.CalledProcessError as err:  # its stderr says why, not its command
-        return label, f"check failed: {str(err.stderr)[-200:]}"
-    except Exception as err:  # one failed check must not hide the others' rows
-        return label, f"check failed: {type(err).__name__}: {str(err)[:200]}"
+        out, err = proc.communicate(timeout=timeout)
+        answer = last_json(out) or {"ok": False, "error": f"exit code {proc.returncode}"
+                                    f"{': ' + last_line(err) if last_line(err) else ''}"}
+    except subprocess.TimeoutExpired:
+        answer = {"ok": False, "error": f"timed out after {timeout:.0f} s"}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the row, and what it started
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc.returncode is None:
+            err = proc.communicate()[1]  # what it said before it was stopped
+    work.parent.mkdir(parents=True, exist_ok=True)
+    work.with_name(f"{work.name}.stderr").write_text(err or "")
+    answer["seconds"] = time.perf_counter() - start
+    return answer
 
 
-def fixed_trial(folder: Path, precision: str, benchmark: bool = False) -> str:
-    """In a process of its own, so that peak memory and cuDNN's state start from nothing."""
-    code = (
-        "import json, sys, time, optuna, torch; from hpsearch import train; "
-        f"train.CUDNN_BENCHMARK = {benchmark}; "
-        "from hpsearch.bench.fixed_trial import time_fixed_trial; "
-        "optuna.logging.set_verbosity(optuna.logging.WARNING); "
-        "cuda = torch.cuda.is_available(); cuda and torch.cuda.reset_peak_memory_stats(); "
-        f"r = time_fixed_trial({EPOCHS}, {precision!r}, 0, {str(studies('photos.toml'))!r}, "
-        f"(\"data.dataset='folder:{folder}'\", 'data.image_size=64'), {FIXED!r}, {DEVICE!r}); "
-        "r['peak'] = torch.cuda.max_memory_allocated() if cuda else 0; print(json.dumps(r))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return (f"{r['images'] / r['seconds']:.0f} images/s, peak {r['peak'] / 2**20:.0f} MiB, "
-            f"val acc {r['val_acc']:.3f}")
+def last_json(text: str) -> Optional[dict]:
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
 
 
-def studies(name: str) -> Path:
-    return Path(__file__).resolve().parents[1] / "studies" / name
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:200] if lines else ""
 
 
-def run_args(store: Path, *extra) -> list:
-    return [sys.executable, "-m", "hpsearch.cli", "run", "--quiet", "--device", DEVICE,
-            "--storage", f"sqlite:///{store}", *map(str, extra)]
+def run_rows(rows: list, device: str, scale: float, work: Path, budget: float = BUDGET,
+             env: Optional[dict] = None) -> list:
+    """Every row's answer, in `rows`' order, the rows run cheapest first within `budget`
+    seconds: a row is given what is left of it, and skipped with less than LEAST left."""
+    deadline = time.monotonic() + budget
+    answers: list = [None] * len(rows)
+    for i in sorted(range(len(rows)), key=lambda i: rows[i].rank):
+        left = deadline - time.monotonic()
+        if left < LEAST:
+            answers[i] = {"ok": False, "error": "not run: the check's time was spent",
+                          "seconds": 0.0}
+            continue
+        answers[i] = run_row(rows[i], device, scale, work / f"{i + 1}-{rows[i].key}",
+                             min(rows[i].timeout, left), env)
+    return answers
 
 
-def kill_and_resume(work: Path, first: str, then: str) -> str:
-    work.mkdir(parents=True)
-    store = work / "s.db"
-    base = ["--trials", 4, "--epochs", 20, "--set", "data.image_size=32"]
-    proc = subprocess.Popen(run_args(store, *base, "--set", f"train.precision='{first}'"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    # Killed once a checkpoint exists: an epoch is reported before it is written.
-    while time.monotonic() < deadline and next(work.rglob("trial-*.pt"), None) is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    out = subprocess.run(run_args(store, *base, "--set", f"train.precision='{then}'"),
-                         capture_output=True, text=True, timeout=600)
-    import optuna
+# ------------------------------------------------------------------------------ nvidia-smi
 
-    study = optuna.load_study(study_name="digits-cnn", storage=f"sqlite:///{store}")
-    retried = [t for t in study.trials if "failed_trial" in t.system_attrs]
-    failed = [t for t in study.trials if t.state.name == "FAIL"]
-    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    epoch = retried[0].user_attrs.get("resumed_from_epoch") if retried else None
-    ok = out.returncode == 0 and len(failed) == 1 and len(finished) >= 4
-    return (f"resumed after epoch {epoch}; {len(finished)} finished, {len(failed)} failed "
-            f"(the killed one): {'ok' if ok and epoch else 'NOT OK'}")
-
-
-def out_of_memory(work: Path) -> str:
-    """Trial 0 asks for a batch no GPU holds (every training image at 256 pixels through
-    1,024 channels at once); trial 1 is an ordinary one. Failed trials do not count towards
-    the target of one finished trial, so the study stops after trial 1."""
-    import optuna
-
-    from hpsearch.config import load_config
-    from hpsearch.session import RunOptions, Session
-
-    work.mkdir(parents=True)
-    cfg = load_config(None, ["study.trials=1", "data.image_size=256", "train.epochs=1",
-                             "space.batch_size=[64, 65536]", "space.width=[16, 1024]",
-                             "space.depth=1", "study.sampler='random'"])
-    session = Session.open(cfg, RunOptions(storage=f"sqlite:///{work / 's.db'}", device=DEVICE))
-    ordinary = {"lr": 3e-3, "optimizer": "adam", "dropout": 0.0}
-    session.study.enqueue_trial({**ordinary, "batch_size": 65536, "width": 1024})
-    session.study.enqueue_trial({**ordinary, "batch_size": 64, "width": 16})
-    session.run()
-    trials = session.study.get_trials(deepcopy=False)
-    reason = str(trials[0].user_attrs.get("fail_reason", ""))
-    contained = trials[0].state == optuna.trial.TrialState.FAIL and "out of memory" in reason \
-        and trials[1].state == optuna.trial.TrialState.COMPLETE
-    return f"{'contained' if contained else 'NOT contained'}: {reason[:120]}"
-
-
-def workers_run(work: Path, workers: int) -> str:
-    work.mkdir(parents=True)
-    cmd = run_args(work / "s.db", "--trials", 20, "--workers", workers)
-    peak, per_process, start = 0, {}, time.perf_counter()
-    with open(work / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        while proc.poll() is None and time.perf_counter() - start < 300:
-            peak = max(peak, gpu_memory_used())
-            for pid, used in gpu_processes().items():
-                per_process[pid] = max(per_process.get(pid, 0), used)
-            time.sleep(0.2)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError("did not finish in 300 s")
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError((work / "stderr.txt").read_text()[-300:])
-    rate = f"{60 * 20 / seconds:.1f} trials/min, GPU memory in use at most {peak} MiB"
-    if not per_process:
-        return f"{rate}; nvidia-smi shows no processes here"
-    parent = per_process.pop(proc.pid, 0)
-    others = ", ".join(f"{used}" for used in sorted(per_process.values())) or "none"
-    return f"{rate}; per process at most: run {parent} MiB, workers {others} MiB"
-
-
-def gpu_memory_used() -> int:
+def nvidia_smi(*query: str) -> list:
+    """nvidia-smi's CSV rows for `query` (no header, no units), [] where it cannot answer."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,"
-                              "nounits", "--id=0"], capture_output=True, text=True, timeout=5)
-        return int(out.stdout.strip().splitlines()[0])
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return 0
+        out = subprocess.run(["nvidia-smi", *query, "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [[cell.strip() for cell in line.split(",")] for line in out.stdout.splitlines()
+            if line.strip()]
+
+
+def driver_version() -> str:
+    rows = nvidia_smi("--query-gpu=driver_version")
+    return rows[0][0] if rows and rows[0] and rows[0][0] else "unknown"
 
 
 def gpu_processes() -> dict:
-    """{pid: MiB} of the processes using the GPU now (nvidia-smi; empty where it cannot
-    tell, as in some containers)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=5)
-        rows = (line.split(",") for line in out.stdout.strip().splitlines() if line.strip())
-        return {int(pid): int(used) for pid, used in rows}
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return {}
+    """{pid: MiB} of the processes using a GPU now (empty where nvidia-smi cannot tell, as in
+    some containers)."""
+    out = {}
+    for row in nvidia_smi("--query-compute-apps=pid,used_memory"):
+        try:
+            out[int(row[0])] = int(row[1])
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def capability(machine: dict) -> tuple:
+    """The GPU's compute capability, (major, minor): as the machine's row read it, else as
+    nvidia-smi says, else (0, 0) (fp32 only)."""
+    said = (machine.get("result") or {}).get("capability") if machine.get("ok") else None
+    for text in (said, *(row[0] for row in nvidia_smi("--query-gpu=compute_cap")[:1])):
+        try:
+            major, minor = str(text).split(".")
+            return int(major), int(minor)
+        except ValueError:
+            continue
+    return 0, 0
+
+
+# ------------------------------------------------------------------------------ the table
+
+def mib(n) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def gib(n) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def num(x, form: str = ",.0f") -> str:
+    return "n/a" if x is None else format(x, form)
+
+
+def header_lines(answer: dict) -> list:
+    if not answer.get("ok"):
+        return [f"gpu-check: the machine's row failed: {answer.get('error')}"]
+    r, on_off = answer["result"], {True: "on", False: "off"}.get
+    (m0, c0), (m1, c1) = r["tf32_default"], r["tf32_hpsearch"]
+    return [f"gpu-check on {r['name']}: compute capability {r['capability']}, "
+            f"{gib(r['memory_bytes'])}, driver {r['driver']}",
+            f"torch {r['torch']}, CUDA {r['cuda'] or 'n/a'}, cuDNN {r['cudnn'] or 'n/a'}; TF32 "
+            f"as hpsearch leaves it: matmul {on_off(m1)}, cuDNN {on_off(c1)} (torch's defaults "
+            f"here: matmul {on_off(m0)}, cuDNN {on_off(c0)})"]
+
+
+def train_cells(r: dict, row: Row) -> list:
+    p = r["params"]
+    shape = f"depth {p['depth']}, width {p['width']}, growth {p['growth']}, {p['head']}"
+    cells = []
+    for run in r["runs"]:
+        label = f"training {r['config']} ({shape}), {run['precision']}"
+        if "error" in run:
+            cells.append((label, f"failed: {run['error']}"))
+            continue
+        busy = run.get("kernel_ms")
+        share = f" ({busy / run['cuda_ms']:.0%} busy)" if busy and run.get("cuda_ms") else ""
+        kernels = (f"{num(run.get('kernels'), ',.1f')} {run.get('counted', 'kernels')}/step"
+                   if "kernels" in run else f"kernels n/a ({run.get('kernels_error', '')})")
+        cells.append((label, f"{num(run['images_per_s'])} img/s (a steady epoch of "
+                             f"{r['images']:,}); host {num(run['host_ms'], '.2f')} ms/step, "
+                             f"CUDA {num(run['cuda_ms'], '.2f')} ms/step, kernels "
+                             f"{num(busy, '.2f')} ms/step{share}; {kernels}; peak "
+                             f"{mib(run['peak_bytes'])}"))
+    return cells
+
+
+def widths_cells(r: dict, row: Row) -> list:
+    speed = {w["width"]: w["images_per_s"] for w in r["widths"]}
+    parts = [f"{w}: {num(s)} img/s" for w, s in speed.items()]
+    if 23 in speed and 24 in speed:
+        parts.append(f"24 against 23: {speed[24] / speed[23] - 1:+.1%}")
+    return [(f"widths 23 / 24 / 32 (default, {r['widths'][0]['precision']})", "; ".join(parts))]
+
+
+def cudnn_cells(r: dict, row: Row) -> list:
+    s = r["images_per_s"]
+    return [(f"cudnn.benchmark on / off (default, {r['precision']})",
+             f"on {num(s['on'])} img/s, off {num(s['off'])} (on/off {s['on'] / s['off']:.2f})"),
+            ("determinism, benchmark off",
+             f"two runs of one seed: weights {'identical' if r['identical'] else 'differ'} "
+             f"(largest loss gap {r['loss_gap']:.2g}); cudnn.deterministic: "
+             f"{num(s['deterministic'])} img/s ({s['deterministic'] / s['off']:.2f} of off), "
+             f"its two runs {'identical' if r['deterministic_identical'] else 'differ'}")]
+
+
+def host_cells(r: dict, row: Row) -> list:
+    base = r["device_images_per_s"]
+    runs = [(k, r.get(f"{k}_images_per_s")) for k in ("host", "host_overlap", "host_no_overlap")]
+    names = {"host": "from host memory", "host_overlap": "side-stream copies on",
+             "host_no_overlap": "off"}
+    said = [f"{names[k]} {num(v)} ({v / base:.2f})" for k, v in runs if v is not None]
+    if r.get("host_images_per_s") is not None:
+        said.append("side-stream copies n/a (no batches.OVERLAP)")
+    pinned = (f"pinned for staging {mib(r['pinned_bytes'])} against {mib(r['data_bytes'])} "
+              f"of training images" if r["pinned_bytes"] is not None
+              else "bytes pinned for staging n/a (no batches.pinned_total)")
+    return [(f"images in host memory (64 px, {r['images']:,} training images)",
+             f"placement with DEVICE_SHARE 0: {r['placement']}; on the device {num(base)} "
+             f"img/s; " + ", ".join(said)
+             + f"; {pinned}")]
+
+
+def optim_cells(r: dict, row: Row) -> list:
+    parts = [f"{c['kind']}{' + scaler' if c['scaler'] else ''} {c['max_diff']:.1g}"
+             + ("" if c["passed"] else " FAIL") for c in r["checks"]]
+    return [(f"fused optimizer against torch.optim, {r['steps']} steps",
+             f"largest weight difference: {', '.join(parts)}: "
+             f"{'pass' if r['passed'] else 'FAIL'}")]
+
+
+def poison_cells(r: dict, row: Row) -> list:
+    if r["outcome"] == "diverged":
+        said = f"diverged ({r['reason']})"
+    else:
+        said = (f"{r['outcome']}: batch-norm statistics "
+                f"{'finite' if r['bn_finite'] else 'NOT finite'}, val acc {r['val_acc']:.3f}")
+    poisoned = "" if r["poisoned"] == 1 else f"; the poison ran {r['poisoned']} times"
+    return [(f"batch-norm poisoning, {r['precision']} (inner conv x inf, step 3)",
+             f"{said}{poisoned}: {'ok' if r['ok'] else 'NOT OK'}")]
+
+
+def curve(values: list) -> str:
+    return " ".join(f"{v:.3f}" for v in values) or "none"
+
+
+def resume_cells(r: dict, row: Row) -> list:
+    c = r["checkpoint"]
+    scale = (f"scale {c['scale']:g}, carried over" if r["carried_scale"] else
+             f"scale {c['scale']:g}, not carried ({r['then']} has no scaler)" if c["scale"]
+             else f"no scaler state: {r['then']} starts its own")
+    gap = "n/a" if r["max_gap"] is None else f"{r['max_gap']:.3f}"
+    tail = f"; rerun failed: {' '.join(r['rerun_tail'])}" if r["rerun_rc"] else ""
+    said = "" if r["first"] == r["then"] else f"; the log said so: {r['said_so']}"
+    return [(f"killed in {r['first']}, resumed in {r['then']}",
+             f"retry {r['retry_state']}, resumed after epoch {r['resumed_from']} "
+             f"(checkpoint: epoch {c['epoch']}, "
+             f"{c['precision']}, {scale}{said}); val acc "
+             f"resumed [{curve(r['resumed_curve'])}] against uninterrupted "
+             f"[{curve(r['reference_curve'])}], largest gap {gap}{tail}: "
+             f"{'ok' if r['ok'] else 'NOT OK'}")]
+
+
+def workers_cells(r: dict, row: Row) -> list:
+    parts = [f"worker {w['worker']}{' (owner)' if w['owner'] else ''}: reserved "
+             f"{mib(w['reserved_bytes'])}, context {mib(w['context_bytes'])}, fraction "
+             f"{num(w['fraction'], '.3f')}, checksum {str(w['checksum'])[:12]}"
+             for w in r["workers"]]
+    copy = {True: "yes", False: "NO", None: "cannot tell"}[r["one_copy"]]
+    parent = r["parent_cuda_initialized"]
+    parts += [f"one shared copy: {copy}",
+              f"parent's CUDA initialized: {'n/a' if parent is None else parent}"]
+    if r.get("smi_others"):
+        parts.append(f"nvidia-smi at most: parent {r['smi_parent'] or 0} MiB, workers "
+                     f"{', '.join(map(str, r['smi_others']))} MiB")
+    parts += [f"missing: {p}" for p in r["problems"]]
+    if r["returncode"]:
+        parts.append(f"run failed ({r['returncode']}): {' '.join(r.get('stderr_tail', []))}")
+    return [("two workers on one GPU (CIFAR-10-sized)", "; ".join(parts))]
+
+
+def oom_cells(r: dict, row: Row) -> list:
+    return [("out of memory in a capped worker",
+             f"cap {num(r['fraction'], '.2f')} of the GPU ({gib(r['cap_bytes'])}); trials "
+             f"{', '.join(r['states'])}: {'contained' if r['contained'] else 'NOT contained'}"
+             f" ({r['reason'][:120]})")]
+
+
+def eval_cells(r: dict, row: Row) -> list:
+    cap = f"capped at {mib(r['cap_bytes'])}" if r["cap_bytes"] else "out of memory faked"
+    same = "=" if r["accuracy"] == r["uncapped_accuracy"] else "differs from"
+    return [("evaluation batch halving",
+             f"{cap}: first batch {r['start']}, settled at {r['settled']} (tried "
+             f"{', '.join(map(str, r['tries']))}); accuracy {r['accuracy']:.4f} {same} uncapped "
+             f"{r['uncapped_accuracy']:.4f}: {'ok' if r['ok'] else 'NOT OK'}")]
+
+
+CELLS = {"train": train_cells, "widths": widths_cells, "cudnn": cudnn_cells,
+         "host": host_cells, "optim": optim_cells, "poison": poison_cells,
+         "resume": resume_cells, "workers": workers_cells, "oom": oom_cells,
+         "eval": eval_cells}
+
+
+def table(rows: list, answers: list) -> list:
+    """The markdown lines: the machine, then one table with a row (or a few) per process."""
+    lines: list = []
+    body = ["| check | result | s |", "|---|---|---:|"]
+    for row, answer in zip(rows, answers):
+        if row.key == "header":
+            lines += header_lines(answer)
+            continue
+        try:
+            cells = CELLS[row.key](answer["result"], row) if answer.get("ok") else \
+                [(row.label, f"failed: {answer.get('error')}")]
+        except Exception as err:  # an answer of another shape: say so, keep the table
+            cells = [(row.label, f"unreadable answer ({type(err).__name__}: {err})")]
+        for i, (label, result) in enumerate(cells):
+            seconds = f"{answer.get('seconds', 0):.0f}" if i == 0 else ""
+            body.append(f"| {escape(label)} | {escape(result)} | {seconds} |")
+    return lines + [""] + body
+
+
+def escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to rehearse")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies image counts")
+    parser.add_argument("--budget", type=float, default=BUDGET, help="seconds for all rows")
+    parser.add_argument("--work", type=Path, help="a new folder to keep the rows' files "
+                                                  "and stderr in (default: a temporary one)")
+    args = parser.parse_args(argv)
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("gpu-check: no CUDA GPU on this machine; nothing to check (exit 0).")
+        return 0
+    if args.work and args.work.exists() and any(args.work.iterdir()):
+        print(f"gpu-check: --work {args.work} must be a new or empty folder")
+        return 2
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-check-") as tmp:
+        tmp = Path(args.work or tmp)
+        env = {**os.environ, "HPSEARCH_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
+        # The machine's row first: the plan follows its GPU's compute capability, learnt
+        # there so that this process never initialises CUDA on the GPU the rows measure.
+        machine = run_row(plan(args.device, None)[0], args.device, args.scale,
+                          tmp / "header", 60, env)
+        rows = plan(args.device, capability(machine) if cuda else None)
+        answers = [machine] + run_rows(rows[1:], args.device, args.scale, tmp,
+                                       args.budget - machine["seconds"], env)
+    print("\n".join(table(rows, answers)))
+    print(f"\n{len(rows)} processes in {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
