@@ -20,7 +20,7 @@ from hpsearch.errors import OutOfMemory, OwnerGone, allocation_failed, first_lin
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
-from hpsearch.precision import choose_precision, disable_tf32, tf32_state
+from hpsearch.precision import choose_precision, set_tf32, tf32_state
 from hpsearch.train import TRAINING_ADVICE, Diverged, fit
 
 log = logging.getLogger("hpsearch")
@@ -154,7 +154,7 @@ def start_trial(trial: optuna.Trial, cfg: Config, device, precision: str) -> tup
     seed); the seed is not stored: it follows from the study's seed and the origin (see
     records.trial_seed)."""
     if torch.device(device).type == "cuda":
-        disable_tf32()  # fp32 is float32 (see disable_tf32); fit says so again
+        set_tf32(precision)  # recorded as fit will set it
     records.start_record(trial, owner_record(trial.number, str(device), precision,
                                              tf32_state(device)))
     return suggest_params(trial, cfg), records.trial_seed(cfg.study.seed, trial)

@@ -132,13 +132,21 @@ class NormStats:
         return True
 
 
-def disable_tf32() -> None:
-    """On CUDA, fp32 is float32, not TF32, which torch lets cuDNN's convolutions use by
-    default on GPUs from compute capability 8.0: a study resumed from a T4 onto an A100 would
-    otherwise train in two precisions that both say fp32. Under autocast (bf16, fp16) the
-    float32 work that remains is small, so TF32 stays off there too."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+# Whether the float32 work left under autocast (bf16, fp16: batch norm's statistics, the loss,
+# the few ops autocast keeps in float32) may run as TF32 on GPUs from compute capability 8.0.
+# Off until `make gpu-check`'s cuDNN row shows it pays (bf16 with TF32 on against off); that
+# work is a small part of a step, so the gain is expected to be small.
+TF32_UNDER_AUTOCAST = False
+
+
+def set_tf32(name: str) -> None:
+    """TF32 for a trial in precision `name` on CUDA. fp32 is float32, never TF32, which torch
+    lets cuDNN's convolutions use by default on GPUs from compute capability 8.0: a study
+    resumed from a T4 onto an A100 would otherwise train in two precisions that both say
+    fp32. Under autocast, as TF32_UNDER_AUTOCAST says."""
+    allow = name != "fp32" and TF32_UNDER_AUTOCAST
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
 
 
 def tf32_state(device: torch.device) -> Optional[str]:

@@ -22,7 +22,7 @@ from hpsearch.errors import DeviceError, OutOfMemory, allocation_failed, first_l
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer, decay_groups
 from hpsearch.precision import (NormStats, Precision, choose_precision, cpu_vendor,
-                                disable_tf32)
+                                set_tf32)
 from hpsearch.schedule import LrPlan, Steps, resumed_plan, steps_per_epoch
 
 
@@ -198,7 +198,7 @@ def fit(model: nn.Module, data, s: FitSettings, device: torch.device,
         torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     precision = choose_precision(device, s.precision)
     if device.type == "cuda":
-        disable_tf32()
+        set_tf32(precision.name)
     # Sized once: a size that changed with the free memory would give cuDNN new shapes.
     eval_size = eval_batch_size(net, data.image_size, device, _bytes(precision.input_dtype))
     scaler = precision.scaler

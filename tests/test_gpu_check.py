@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from hpsearch import batches, train
+from hpsearch import batches, precision, train
 from hpsearch.bench import gpu_check, gpu_rows, gpu_workers
 from hpsearch.bench.gpu_check import Row
 from hpsearch.precision import Precision
@@ -57,10 +57,11 @@ def test_the_widths_row_times_23_24_and_32_in_one_precision():
 def test_the_cudnn_row_runs_on_the_cpu_repeats_exactly_and_restores_the_flags():
     r = gpu_rows.cudnn_row(CPU, TINY)
     assert set(r["images_per_s"]) == {"off", "off again", "deterministic",
-                                      "deterministic again", "on"}
+                                      "deterministic again", "tf32", "on"}
     assert all(v > 0 for v in r["images_per_s"].values())
     assert r["identical"] and r["deterministic_identical"] and r["loss_gap"] == 0.0
     assert train.CUDNN_BENCHMARK is False and torch.backends.cudnn.deterministic is False
+    assert precision.TF32_UNDER_AUTOCAST is False
 
 
 def test_the_host_row_stages_the_cpus_batches_and_pins_nothing_there():

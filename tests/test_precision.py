@@ -234,17 +234,18 @@ def test_a_net_that_computes_nan_is_diverged_not_completed(fp16_on_cpu, unpadded
         fit(inner_conv_poisoned_once(new_model()), data, settings, CPU)
 
 
-def test_fp32_on_cuda_is_float32_not_tf32():
-    from hpsearch.precision import disable_tf32
+def test_fp32_on_cuda_is_float32_not_tf32(tf32_restored, monkeypatch):
+    from hpsearch import precision
+    from hpsearch.precision import set_tf32
 
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = matmul.allow_tf32, cudnn.allow_tf32
-    try:
+    for under_autocast in (False, True):
+        monkeypatch.setattr(precision, "TF32_UNDER_AUTOCAST", under_autocast)
         matmul.allow_tf32 = cudnn.allow_tf32 = True
-        disable_tf32()
-        assert not matmul.allow_tf32 and not cudnn.allow_tf32
-    finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = before
+        set_tf32("fp32")
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32  # whatever the setting
+        set_tf32("bf16")
+        assert matmul.allow_tf32 == cudnn.allow_tf32 == under_autocast
 
 
 @pytest.fixture

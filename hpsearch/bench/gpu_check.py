@@ -10,7 +10,7 @@ cheap rows run first: on a slow GPU the five minutes run out on a long row, not 
 The rows, and the product default each informs:
 
 1. the machine (above the table): GPU, compute capability, memory, driver, torch, CUDA and
-   cuDNN, and the TF32 switches before and after precision.disable_tf32 (fp32 is float32);
+   cuDNN, and the TF32 switches before and after precision.set_tf32 (fp32 is float32);
 2. training at a steady pace (a short warm-up trial stands in for epoch 1) for three
    configurations of cifar10.toml's space (its smallest, its middle, its widest) on 48,000
    CIFAR-shaped images made on the GPU, in each precision the GPU offers: images/s, time
@@ -19,7 +19,8 @@ The rows, and the product default each informs:
 3. widths 23, 24 and 32 (12,000 images): should CUDA widths be padded to multiples of 8 as
    the CPU's are (train.channel_padding, model.PaddedNet)?
 4. cuDNN's benchmark search on and off (train.CUDNN_BENCHMARK), whether two runs of one
-   seed end with the same weights with it off, and what cudnn.deterministic costs;
+   seed end with the same weights with it off, what cudnn.deterministic costs, TF32 under
+   autocast (precision.TF32_UNDER_AUTOCAST);
 5. 64-pixel images kept in host memory (data.placement with DEVICE_SHARE 0), each batch
    staged through page-locked buffers, against on the GPU, with side-stream copies on and
    off (batches.OVERLAP), and the bytes page-locked for staging against the images';
@@ -267,7 +268,9 @@ def cudnn_cells(r: dict, row: Row) -> list:
              f"two runs of one seed: weights {'identical' if r['identical'] else 'differ'} "
              f"(largest loss gap {r['loss_gap']:.2g}); cudnn.deterministic: "
              f"{num(s['deterministic'])} img/s ({s['deterministic'] / s['off']:.2f} of off), "
-             f"its two runs {'identical' if r['deterministic_identical'] else 'differ'}")]
+             f"its two runs {'identical' if r['deterministic_identical'] else 'differ'}"),
+            (f"TF32 under autocast ({r['precision']})", f"on {num(s['tf32'])} img/s, off "
+             f"{num(s['off'])} (on/off {s['tf32'] / s['off']:.2f})")]
 
 
 def host_cells(r: dict, row: Row) -> list:

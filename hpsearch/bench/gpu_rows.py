@@ -229,6 +229,7 @@ def widths_row(device: torch.device, scale: float = 1.0, work=None,
     data = synthetic(device, scaled(CIFAR_TRAIN // QUARTER, scale),
                      scaled(CIFAR_VAL // QUARTER, scale, 64))
     out = []
+    timed_fit(config_params("default", width=widths[0]), data, device)  # the process's first
     for width in widths:
         run = timed_fit(config_params("default", width=width), data, device)
         out.append({"width": width, "images_per_s": run["images_per_s"],
@@ -243,21 +244,28 @@ def cudnn_row(device: torch.device, scale: float = 1.0, work=None) -> dict:
     configuration in the device's precision. A no-op on the CPU, which runs it all the same."""
     data = synthetic(device, scaled(CIFAR_TRAIN // QUARTER, scale),
                      scaled(CIFAR_VAL // QUARTER, scale, 64))
+    from hpsearch import precision
+
     params = config_params("default")
     cudnn = torch.backends.cudnn
-    saved = train.CUDNN_BENCHMARK, cudnn.deterministic
+    saved = train.CUDNN_BENCHMARK, cudnn.deterministic, precision.TF32_UNDER_AUTOCAST
     runs = {}
     try:
-        # Off before on: the search's choices, once made, stay in this process.
-        for name, bench, exact in (("off", False, False), ("off again", False, False),
-                                   ("deterministic", False, True),
-                                   ("deterministic again", False, True), ("on", True, False)):
+        # Off before on: the search's choices, once made, stay in this process. "tf32": the
+        # float32 work left under autocast as TF32 (precision.TF32_UNDER_AUTOCAST).
+        for name, bench, exact, tf32 in (
+                ("warm-up", False, False, False),  # the process's first fit: not compared
+                ("off", False, False, False), ("off again", False, False, False),
+                ("deterministic", False, True, False),
+                ("deterministic again", False, True, False), ("tf32", False, False, True),
+                ("on", True, False, False)):
             train.CUDNN_BENCHMARK, cudnn.deterministic = bench, exact
+            precision.TF32_UNDER_AUTOCAST = tf32
             runs[name] = timed_fit(params, data, device)
             train.release_device_memory()
     finally:
-        train.CUDNN_BENCHMARK, cudnn.deterministic = saved
-    speed = {name: run["images_per_s"] for name, run in runs.items()}
+        train.CUDNN_BENCHMARK, cudnn.deterministic, precision.TF32_UNDER_AUTOCAST = saved
+    speed = {name: run["images_per_s"] for name, run in runs.items() if name != "warm-up"}
     off, det = (runs["off"], runs["off again"]), (runs["deterministic"],
                                                   runs["deterministic again"])
     gap = max(abs(x - y) for x, y in zip(*(r["train_loss"] + r["val_loss"] for r in off)))
@@ -320,6 +328,7 @@ def host_row(device: torch.device, scale: float = 1.0, work=None, size: int = 64
     params = config_params("default")
     out = {"placement": where, "images": len(host.y_train), "on_host": host.on_host,
            "data_bytes": host.x_train.numel()}
+    timed_fit(params, on_device, device)  # the process's first fit is slower: not compared
     out["device_images_per_s"] = timed_fit(params, on_device, device)["images_per_s"]
     del on_device
     train.release_device_memory()
@@ -351,10 +360,10 @@ def eval_row(device: torch.device, scale: float = 1.0, work=None,
     batches of another size give the same predictions). `fake_limit` (the CPU's tests):
     batches above it raise torch's out-of-memory error instead of a cap; `start`: the first
     batch, instead of hpsearch's estimate (train.eval_batch_size)."""
-    from hpsearch.precision import disable_tf32
+    from hpsearch.precision import set_tf32
 
     if device.type == "cuda":
-        disable_tf32()  # as train.fit leaves it
+        set_tf32("fp32")  # as train.fit leaves it for fp32
     data = synthetic(device, 256, 64)
     params = config_params("default")
     torch.manual_seed(0)

@@ -92,12 +92,12 @@ def wait_for(pattern: str, under: Path, proc: subprocess.Popen, seconds: float):
 
 def header(device: torch.device, scale: float = 1.0, work=None) -> dict:
     """The machine: its GPU (or CPU), driver, torch, CUDA and cuDNN, and the TF32 switches
-    before and after hpsearch's disable_tf32."""
-    from hpsearch.precision import cpu_vendor, disable_tf32
+    before and after hpsearch sets them for fp32."""
+    from hpsearch.precision import cpu_vendor, set_tf32
 
     cuda = device.type == "cuda"
     before = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
-    disable_tf32()
+    set_tf32("fp32")
     out = {"torch": torch.__version__, "cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if cuda else None,
            "driver": driver_version(), "tf32_default": before,
