@@ -14,6 +14,7 @@ what the convolutions want.
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -22,13 +23,19 @@ import torch
 # orders them); False puts them on the compute stream. `make gpu-check` measures both.
 OVERLAP = True
 
-_pinned = {"bytes": 0}  # page-locked by this process's staging buffers, rounded as allocated
+# Page-locked by this process's staging buffers, rounded as allocated: now, and at most at once
+_pinned = {"live": 0, "peak": 0}
 
 
 def pinned_total() -> int:
-    """Bytes this process has page-locked for staging buffers, as the allocator rounds them
-    (freed buffers are counted: torch's host allocator keeps them for reuse)."""
-    return _pinned["bytes"]
+    """Bytes this process has page-locked for staging buffers: the most held at once, as the
+    allocator rounds them. Freed buffers stay locked in torch's host allocator, which hands
+    them to the next buffers of their size: what it holds is this peak."""
+    return _pinned["peak"]
+
+
+def _unpinned(n: int) -> None:
+    _pinned["live"] -= n
 
 
 def pinned_size(n: int) -> int:
@@ -44,7 +51,10 @@ def staging_buffer(shape: tuple, dtype: torch.dtype, device: torch.device) -> to
     if device.type == "cuda":
         try:
             buf = torch.empty(shape, dtype=dtype, pin_memory=True)
-            _pinned["bytes"] += pinned_size(buf.numel() * buf.element_size())
+            n = pinned_size(buf.numel() * buf.element_size())
+            _pinned["live"] += n
+            _pinned["peak"] = max(_pinned["peak"], _pinned["live"])
+            weakref.finalize(buf, _unpinned, n)
             return buf
         except RuntimeError:
             pass

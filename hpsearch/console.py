@@ -34,7 +34,8 @@ def _not_ctrl_c(record) -> bool:
     """Not Optuna's lines on a trial a stop interrupted: the run's own line says it."""
     from hpsearch import interrupts
 
-    if record.exc_info and issubclass(record.exc_info[0], KeyboardInterrupt):
+    kind = record.exc_info[0] if record.exc_info else None
+    if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt):  # OwnerGone too
         return False
     return not (interrupts.requested() and "failed with value None" in record.getMessage())
 

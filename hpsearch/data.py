@@ -146,8 +146,13 @@ def host_free_bytes() -> int:
 _CAPS: dict = {}
 
 
-def cap_device_memory(device: torch.device, limit: int) -> None:
-    _CAPS[_cuda_key(device)] = limit
+def cap_device_memory(device: torch.device, limit: Optional[int]) -> None:
+    """Cap what this process's allocator may hold on `device` at `limit` bytes (None: lift
+    the cap)."""
+    if limit is None:
+        _CAPS.pop(_cuda_key(device), None)
+    else:
+        _CAPS[_cuda_key(device)] = limit
 
 
 def device_free_bytes(device: torch.device) -> Optional[int]:
@@ -171,8 +176,9 @@ def _cuda_key(device: torch.device) -> str:
 def placement(cfg: DataConfig, counted: tuple, device: torch.device) -> str:
     """Where the training and validation images live: "device", or "host" (batches staged
     through page-locked buffers and copied without blocking: see batches) when they would
-    take more than DEVICE_SHARE of the device's free memory. Refuses, before anything is decoded or stored, data that the host
-    cannot hold while loading, naming the bytes and an image size that fits."""
+    take more than DEVICE_SHARE of the device's free memory. Refuses, before anything is
+    decoded or stored, data that the host cannot hold while loading, naming the bytes and an
+    image size that fits."""
     n, channels = counted
     size = cfg.image_size
     need = n * channels * size * size
@@ -265,10 +271,26 @@ def split(images: Images, cfg: DataConfig, seed: int, device: torch.device,
 
 def _empty(shape: tuple, shared: bool = False) -> torch.Tensor:
     """uint8 host memory; in shared memory when `shared` (an owner's, handed to the workers
-    on its device: see sharing). Never page-locked: see batches."""
+    on its device: see sharing) and the shared-memory mount has room. Never page-locked:
+    see batches."""
     x = torch.empty(shape, dtype=torch.uint8)
     # Untouched pages of a fresh block cost nothing to copy: sharing it doubles no memory.
-    return x.share_memory_() if shared else x
+    return x.share_memory_() if shared and shm_room(x.numel()) else x
+
+
+# The share of the shared-memory mount's free space that images handed on may take.
+SHM_SHARE = 0.8
+
+
+def shm_room(n: int) -> bool:
+    """Whether n more bytes fit the shared-memory mount (a container's may hold 64 MB, and a
+    process that writes past it is killed, with no error to catch)."""
+    import shutil
+
+    try:
+        return n <= SHM_SHARE * shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return False
 
 
 def pooled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

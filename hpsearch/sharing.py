@@ -10,9 +10,10 @@ once, not once each.
 Memory handed out this way lives in the owner: it must outlive its users' work. At its end
 an owner waits until the parent process sets `release`, which it does once every other
 worker of the group has stopped, however they stopped. An owner that dies first (killed,
-out of host memory) takes that memory with it: the parent sets `gone`, and each user stops
-its trial at the next batch (OwnerGone: the trial fails and is queued again), loads its own
-images and goes on.
+out of host memory) takes its device memory with it (shared host memory stays while a user
+maps it): the parent sets `gone`, and each user of images on the GPU stops its trial at the
+next batch (OwnerGone: the trial fails and is queued again), loads its own images and goes
+on. Images that do not fit the shared-memory mount are not handed on: each loads its own.
 
 On a GPU the memory is shared out from measured facts. Users create no CUDA context until
 the owner has loaded the images and measured what is free; then, one user at a time, a user
@@ -35,16 +36,19 @@ from typing import Any, Optional
 import torch
 
 from hpsearch import interrupts
-from hpsearch.data import Dataset, cap_device_memory
+from hpsearch.data import Dataset, cap_device_memory, shm_room
 from hpsearch.errors import OwnerGone
 
 # What a worker's CUDA context may still grow by after its first step, outside its capped
 # allocator: kernels loaded lazily on first use by the layer shapes and precisions of later
 # trials. An estimate (the context itself is measured): a few hundred kernels at up to a
 # megabyte of code each, with room to spare; `make gpu-check` prints the contexts measured.
+# cuDNN's and cuBLAS's handles exist after the first step (in the measured context); their
+# workspaces come from torch's allocator, inside the cap, and one that does not fit fails
+# its trial alone like any allocation.
 CONTEXT_GROWTH = 256 * 2**20
 
-ACK_WAIT = 120.0  # seconds an owner waits for a user's context before sharing out without it
+ACK_WAIT = 60.0  # seconds an owner waits for a user's context before going on without it
 
 _handed = False  # this process, an owner, has handed its images on
 FACTS: dict = {}  # what this worker measured of its share (see write_facts)
@@ -113,6 +117,7 @@ class Handed:
     data: Dataset
     owner_pid: int
     contexts: list = field(default_factory=list)  # bytes of the contexts measured before
+    turn: int = 0  # the users served before this one
 
 
 def shares(workers: int, device: torch.device, gpu_count: int, ctx) -> dict:
@@ -134,38 +139,58 @@ def hand_over(share: Share, data: Optional[Dataset], device: torch.device,
               dtype: Optional[torch.dtype] = None) -> int:
     """The owner's side: give each user `data` (None: load your own) and, on a GPU, share
     out its memory (see the module's docstring; `dtype`: what the trials compute in, for the
-    first step). Returns the bytes each worker's trials may take (0: no cap)."""
+    first step). Returns the bytes each worker's trials may take (0: no cap). Images that
+    cannot be shared (too large for the shared-memory mount) are not handed on; a handshake
+    that fails tells the users not yet served to load their own, and those served to take
+    no cap, before the error goes on."""
     global _handed
-    if data is None:
+    if data is None or not shareable(data):
         for _ in range(share.users):
             share.handoff.put(None)
         return 0
     for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
         if t.device.type == "cpu":
             t.share_memory_()  # a no-op for what was loaded shared; here, not in a queue thread
-    _handed = True
-    FACTS.update(owner=True, checksum=checksum(data))
+    if os.environ.get("HPSEARCH_WORKER_FACTS"):
+        FACTS.update(owner=True, checksum=checksum(data))
     if device.type != "cuda":
         for _ in range(share.users):
             share.handoff.put(Handed(data, os.getpid()))
+        _handed = True
         return 0
-    first_step(device, dtype)
-    free, total = torch.cuda.mem_get_info(device)
-    # Its own context, as an upper bound: other processes' memory on the GPU counts in too.
-    FACTS["context_bytes"] = max(0, total - free - torch.cuda.memory_reserved(device))
-    contexts: list = []
-    for _ in range(share.users):
-        before = torch.cuda.mem_get_info(device)[0]
-        share.handoff.put(Handed(data, os.getpid(), list(contexts)))
-        reserved = wait_for_ack(share)
-        if reserved is None:
-            break  # a user that never answered: what is free now is shared out
-        contexts.append(max(0, before - torch.cuda.mem_get_info(device)[0] - reserved))
-    FACTS["contexts"] = contexts
-    per_worker = worker_bytes(torch.cuda.mem_get_info(device)[0], len(share.members))
+    served = 0
+    try:
+        first_step(device, dtype)
+        free, total = torch.cuda.mem_get_info(device)
+        # Its own context, as an upper bound: other processes' memory on the GPU counts too.
+        FACTS["context_bytes"] = max(0, total - free - torch.cuda.memory_reserved(device))
+        contexts: list = []
+        for turn in range(share.users):
+            before = torch.cuda.mem_get_info(device)[0]
+            share.handoff.put(Handed(data, os.getpid(), list(contexts), turn))
+            served, _handed = served + 1, True
+            reserved = wait_for_ack(share, turn)
+            if reserved is not None:  # else a user that never answered: not measured
+                contexts.append(max(0, before - torch.cuda.mem_get_info(device)[0] - reserved))
+        FACTS["contexts"] = contexts
+        per_worker = worker_bytes(torch.cuda.mem_get_info(device)[0], len(share.members))
+    except BaseException:
+        for _ in range(share.users - served):
+            share.handoff.put(None)
+        for _ in range(served):
+            share.caps.put((0, []))
+        raise
     for _ in range(share.users):
         share.caps.put((per_worker, contexts))
     return per_worker
+
+
+def shareable(data: Dataset) -> bool:
+    """Whether the images that live in host memory are in shared memory, or fit the
+    shared-memory mount (see data.shm_room)."""
+    host = [t for t in (data.x_train, data.x_val, data.x_test)
+            if t.device.type == "cpu" and not t.is_shared()]
+    return shm_room(sum(t.numel() * t.element_size() for t in host))
 
 
 def worker_bytes(free: int, members: int) -> int:
@@ -175,15 +200,18 @@ def worker_bytes(free: int, members: int) -> int:
     return max(0, (free - members * CONTEXT_GROWTH) // members)
 
 
-def wait_for_ack(share: Share) -> Optional[int]:
-    """A user's reserved bytes once its context exists, or None if none came in ACK_WAIT."""
+def wait_for_ack(share: Share, turn: int) -> Optional[int]:
+    """The reserved bytes of the user served at `turn` once its context exists, or None if
+    none came in ACK_WAIT (an answer to an earlier turn, come late, is dropped)."""
     deadline = time.monotonic() + ACK_WAIT
     while time.monotonic() < deadline:
         interrupts.check()
         try:
-            return share.acks.get(timeout=0.5)
+            answered, reserved = share.acks.get(timeout=0.5)
         except queue.Empty:
             continue
+        if answered == turn:
+            return reserved
     return None
 
 
@@ -191,23 +219,37 @@ def receive(share: Share, device: torch.device, dtype: Optional[torch.dtype] = N
     """A user's side: (the owner's Dataset or None, bytes its trials may take), once the owner
     has loaded it. On a GPU the user's context is created here, after the owner measured the
     free memory, and its first step run before it answers. A stop asked for meanwhile is
-    acted on here. With the owner's images, its death is watched from now on (see
-    watch_owner)."""
-    handed = _get(share.handoff)
+    acted on here. Images on the owner's GPU die with it: from now on they are watched (see
+    watch_owner), and an owner that died before the caps came means "load your own"."""
+    try:
+        handed = _get(share.handoff)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # handles of an owner that died as they were sent: none to open
+        handed = None
     if handed is None:
         return None, 0
     if device.type == "cuda":
         torch.cuda.set_device(device)
         first_step(device, dtype)
-        share.acks.put(int(torch.cuda.memory_reserved(device)))
+        share.acks.put((handed.turn, int(torch.cuda.memory_reserved(device))))
         per_worker, contexts = _get(share.caps)
-        turn = len(handed.contexts)  # the users measured before this one
-        FACTS["context_bytes"] = contexts[turn] if turn < len(contexts) else None
+        if share.gone.is_set():
+            return None, 0
+        FACTS["context_bytes"] = contexts[handed.turn] if handed.turn < len(contexts) else None
     else:
         per_worker = 0
-    FACTS.update(owner=False, checksum=checksum(handed.data))
-    interrupts.watch(watch_owner(share, handed.owner_pid))
+    if os.environ.get("HPSEARCH_WORKER_FACTS"):
+        FACTS.update(owner=False, checksum=checksum(handed.data))
+    if dies_with_owner(handed.data):
+        interrupts.watch(watch_owner(share, handed.owner_pid))
     return handed.data, per_worker
+
+
+def dies_with_owner(data: Dataset) -> bool:
+    """Whether handed images end with their owner: device memory does (CUDA IPC), shared host
+    memory stays while any process maps it."""
+    return data.x_train.is_cuda
 
 
 def _get(q) -> Any:
@@ -268,6 +310,16 @@ def cap(device: torch.device, per_worker: int) -> Optional[float]:
     cap_device_memory(device, int(fraction * total))
     FACTS["fraction"] = fraction
     return fraction
+
+
+def uncap(device: torch.device) -> None:
+    """Lift this process's cap on `device` (see cap): the owner whose images it was sized
+    around is gone."""
+    if device.type == "cuda" and FACTS.get("fraction") is not None:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        cap_device_memory(device, None)
+        FACTS["fraction"] = None
 
 
 def checksum(data: Dataset) -> int:

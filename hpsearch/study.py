@@ -227,10 +227,13 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: Optional[int
 
 def requeue_interrupted(study: optuna.Study, finished: set) -> Optional[int]:
     """After Ctrl-C: Optuna has marked the trial this process was running as failed; queue
-    it again so the next run starts with it. Returns its number, if there was one."""
-    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
+    it again so the next run starts with it. Returns its number, if there was one. A trial
+    already queued again (one a dead owner's images ended, see sharing) is not queued twice."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    for trial in reversed([t for t in trials if t.state == TrialState.FAIL]):
         owner = records.owner_of(trial)
-        if trial.number in finished or not is_mine(owner):
+        if trial.number in finished or trial.number in retried or not is_mine(owner):
             continue
         if owner.get("trial") != trial.number:
             continue  # an attribute copied into a retry that never started

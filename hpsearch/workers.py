@@ -28,7 +28,8 @@ from hpsearch import interrupts
 from hpsearch.config import Config
 from hpsearch.errors import OwnerGone
 from hpsearch.session import RunOptions, Session, worker_device
-from hpsearch.sharing import Share, release_finished, shares, stay_for_users, write_facts
+from hpsearch.sharing import (Share, release_finished, shares, stay_for_users, uncap,
+                              write_facts)
 from hpsearch.study import RunResult, TimeBudget
 
 log = logging.getLogger("hpsearch")
@@ -45,14 +46,15 @@ def worker_main(cfg: Config, options: RunOptions, index: int, results,
     interrupts.install()  # the parent's SIGTERM and a terminal's Ctrl-C
     configure_logging(verbose=False, prefix=f"[worker {index}] ")
     try:
-        session = Session.open(cfg, options, worker=index, share=share, budget=budget)
         try:
+            session = Session.open(cfg, options, worker=index, share=share, budget=budget)
             result = session.run()
         except OwnerGone as gone:
-            # Its trial is queued again; the images it read are gone with their owner.
-            log.warning("warning: %s; its trial is queued again, and this worker goes on with "
-                        "images of its own", gone)
+            # Its trial, if one ran, is queued again; the images it read died with their
+            # owner, and with them the reason for its share of the GPU.
+            log.warning("warning: %s; this worker goes on with images of its own", gone)
             interrupts.unwatch()
+            uncap(worker_device(options.device, index))
             session = Session.open(cfg, options, worker=index, budget=budget)
             result = session.run()
         write_facts(index, session.device)
@@ -118,12 +120,24 @@ def _stop(procs: list, sharing: dict) -> None:
 
 
 def write_parent_facts() -> None:
-    """Whether this process, which holds nothing on a GPU, initialised CUDA: one line in the
-    file HPSEARCH_WORKER_FACTS names, if set (`make gpu-check`)."""
+    """Whether this process, which holds nothing on a GPU, initialised CUDA and on which GPUs
+    it holds a context (none, if all is well): one line in the file HPSEARCH_WORKER_FACTS
+    names, if set (`make gpu-check`)."""
     path = os.environ.get("HPSEARCH_WORKER_FACTS")
     if path:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"parent_cuda_initialized": torch.cuda.is_initialized()}) + "\n")
+            f.write(json.dumps({"parent_cuda_initialized": torch.cuda.is_initialized(),
+                                "parent_cuda_contexts": cuda_contexts()}) + "\n")
+
+
+def cuda_contexts() -> Optional[list]:
+    """The GPUs on which this process holds a CUDA context (torch's own check, which creates
+    none); None where this torch cannot tell. Initialising CUDA, as reading a GPU's compute
+    capability does, creates no context."""
+    has = getattr(torch._C, "_cuda_hasPrimaryContext", None)
+    if has is None or not torch.cuda.is_available():
+        return None if has is None else []
+    return [i for i in range(torch.cuda.device_count()) if has(i)]
 
 
 def _alive(procs: list) -> dict:

@@ -15,6 +15,7 @@ import torch
 from hpsearch import data as data_module
 from hpsearch import session as session_module
 from hpsearch import interrupts, sharing, train
+from hpsearch import study as study_module
 from hpsearch.config import DataConfig, load_config
 from hpsearch.data import DataError, load_dataset, split
 from hpsearch.images import digits_images
@@ -144,10 +145,11 @@ def test_gpu_memory_is_shared_out_from_measured_contexts(fake_gpu, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (next(frees),
                                                                          16 * GIB))
     monkeypatch.setattr(sharing, "FACTS", {})
+    monkeypatch.setenv("HPSEARCH_WORKER_FACTS", "unused")  # the checksums are taken
     owner = thread_share(0)
     user = sharing.Share(1, (0, 1), owner.handoff, owner.acks, owner.caps, owner.release,
                          owner.gone)
-    owner.acks.put(20 * mib)  # the user's answer, as it will come
+    owner.acks.put((0, 20 * mib))  # the answer of the user served first, as it will come
     data = load_dataset(DataConfig(image_size=8), 0)
     per_worker = sharing.hand_over(owner, data, gpu, torch.float16)
     free = 12 * GIB - 450 * mib
@@ -161,7 +163,7 @@ def test_gpu_memory_is_shared_out_from_measured_contexts(fake_gpu, monkeypatch):
     assert got is data and share_bytes == per_worker
     assert steps == [torch.float16, "set_device", torch.float16]
     assert sharing.FACTS["context_bytes"] == 430 * mib and not sharing.FACTS["owner"]
-    assert owner.acks.get_nowait() == 1 * GIB  # what the user's allocator held (faked)
+    assert owner.acks.get_nowait() == (0, 1 * GIB)  # its turn, what its allocator held
     interrupts.unwatch()
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fake_gpu.free,
                                                                          fake_gpu.total))
@@ -186,12 +188,68 @@ def test_a_user_that_never_answers_leaves_the_rest_shared_out(fake_gpu, monkeypa
     monkeypatch.setattr(sharing, "FACTS", {})
     monkeypatch.setattr(sharing, "ACK_WAIT", 1.0)
     owner = thread_share(0, (0, 1, 2))
-    owner.acks.put(0)  # the first user answers, the second never does
+    # The first user answers, twice (the second answer late, as it were); the second user
+    # never does: the late answer is not taken for it.
+    owner.acks.put((0, 0))
+    owner.acks.put((0, 0))
     data = load_dataset(DataConfig(image_size=8), 0)
     per_worker = sharing.hand_over(owner, data, torch.device("cuda", 0), None)
     assert sharing.FACTS["contexts"] == [0]
     assert per_worker == (12 * GIB - 3 * sharing.CONTEXT_GROWTH) // 3
+    assert [owner.handoff.get_nowait().turn for _ in range(2)] == [0, 1]  # both served
     assert [owner.caps.get_nowait()[0] for _ in range(2)] == [per_worker] * 2
+
+
+def test_a_handshake_that_fails_sends_every_user_on_its_way(fake_gpu, monkeypatch):
+    """The owner's first step fails (a cuDNN allocation on a crowded GPU): the users, none
+    served yet, load their own; the owner has handed nothing on, so it will not wait for
+    them at its end."""
+    def fail(device, dtype):
+        raise RuntimeError("CUDNN_STATUS_ALLOC_FAILED")
+
+    monkeypatch.setattr(sharing, "first_step", fail)
+    monkeypatch.setattr(sharing, "_handed", False)
+    owner = thread_share(0, (0, 1, 2))
+    with pytest.raises(RuntimeError, match="ALLOC_FAILED"):
+        sharing.hand_over(owner, load_dataset(DataConfig(image_size=8), 0),
+                          torch.device("cuda", 0), None)
+    assert [owner.handoff.get_nowait() for _ in range(2)] == [None, None]
+    assert owner.caps.empty() and not sharing._handed
+
+
+def test_a_user_whose_owner_died_during_the_handshake_loads_its_own(fake_gpu, monkeypatch):
+    monkeypatch.setattr(sharing, "first_step", lambda device, dtype: None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    user = thread_share(1)
+    user.handoff.put(sharing.Handed(load_dataset(DataConfig(image_size=8), 0), 1))
+    sharing.release_finished({1: user}, {0: False, 1: True})  # the parent's fallback
+    assert sharing.receive(user, torch.device("cuda", 0), None) == (None, 0)
+
+
+def test_a_user_that_goes_on_alone_lifts_its_cap(fake_gpu, monkeypatch):
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(sharing, "FACTS", {})
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    sharing.cap(gpu, 2 * GIB)
+    assert data_module._CAPS and fake_gpu.fractions[-1] < 1
+    sharing.uncap(gpu)
+    assert fake_gpu.fractions[-1] == 1.0 and not data_module._CAPS
+
+
+def test_images_too_large_for_the_shared_memory_mount_are_not_handed_on(monkeypatch):
+    """A container's /dev/shm may hold 64 MB; a process writing past it is killed. Images
+    that do not fit stay the owner's own, and its users load theirs."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+    x = data_module._empty((100, 8, 8, 1), shared=True)
+    assert not x.is_shared()
+    images = digits_images(8)
+    data = split(images, DataConfig(image_size=8), 0, CPU, where="host", shared=True)
+    assert not data.x_train.is_shared()
+    owner = thread_share(0)
+    assert sharing.hand_over(owner, data, CPU) == 0
+    assert owner.handoff.get_nowait() is None and not data.x_train.is_shared()
 
 
 def test_a_crowded_gpu_caps_nothing(fake_gpu):
@@ -199,7 +257,7 @@ def test_a_crowded_gpu_caps_nothing(fake_gpu):
     assert sharing.cap(torch.device("cuda", 0), 0) is None and not fake_gpu.fractions
 
 
-def test_an_owners_death_ends_its_users_trial_as_retried(tmp_path):
+def test_an_owners_death_ends_its_users_trial_as_retried(tmp_path, monkeypatch):
     """A user trains from the owner's images; the owner is killed mid-trial. The parent's
     next look sets `gone`, the user's trial stops at its next batch, fails with that reason
     and is queued again; the worker then loads its own images and the retry completes with
@@ -215,6 +273,9 @@ def test_an_owners_death_ends_its_users_trial_as_retried(tmp_path):
     options = RunOptions(storage=f"sqlite:///{tmp_path / 's.db'}", workers=2, device="cpu")
     owner = ctx.Process(target=owner_process, args=(cfg, shares[0]))
     owner.start()
+    # As on a GPU, where the images are the owner's device memory (on the CPU, shared
+    # memory outlives the owner: nothing is lost).
+    monkeypatch.setattr(sharing, "dies_with_owner", lambda data: True)
     try:
         session = Session.open(cfg, options, worker=1, share=shares[1])
         assert session.data.x_train.is_shared()
@@ -227,6 +288,8 @@ def test_an_owners_death_ends_its_users_trial_as_retried(tmp_path):
 
         with pytest.raises(OwnerGone):
             session.run(objective=session.objective(trainer=trainer))
+        # A later Ctrl-C between trials does not queue it a second time.
+        assert study_module.requeue_interrupted(session.study, set()) is None
     finally:
         interrupts.unwatch()
         if owner.is_alive():

@@ -28,11 +28,9 @@ The rows, and the product default each informs:
 7. an fp16 overflow inside the net: the trial diverges or trains on with finite batch-norm
    statistics, never completes with NaN ones (precision.NormStats);
 8. a study killed (SIGKILL) in fp16, and in bf16 where the GPU has it, and resumed in fp16:
-   the epoch it went on from, the scaler's scale it carried, its curve against an
-   uninterrupted run's;
-9. two workers on one GPU: each one's reserved memory, measured CUDA context, memory
-   fraction and checksum of the shared images, and whether the run's parent touched CUDA
-   (sharing.CONTEXT_GROWTH, the workers' memory caps);
+   the epoch it went on from, the scale carried, its curve against an uninterrupted run's;
+9. two workers on one GPU: each one's reserved memory, measured CUDA context, fraction and
+   checksum of the shared images; the parent's CUDA state (sharing.CONTEXT_GROWTH);
 10. a worker's memory cap: its out-of-memory trial fails alone and the next one completes;
 11. evaluation under a memory cap: the batch train.evaluate halves to, at the same accuracy.
 
@@ -89,9 +87,10 @@ def plan(device: str, capability: Optional[tuple]) -> list:
                  {"precision": "fp16" if cuda else "fp32"})]
     pairs = ([("fp16", "fp16")] + ([("bf16", "fp16")] if major >= 8 else [])) if cuda \
         else [("fp32", "bf16")]
-    rows += [Row("resume", f"killed in {a}, resumed in {b}", 120, 9, {"first": a, "then": b})
-             for a, b in pairs]
-    rows += [Row("workers", "two workers on one GPU", 150, 10),
+    # Behaviour (resume, workers) before speed, which a slow GPU may leave unfinished.
+    rows += [Row("resume", f"killed in {a}, resumed in {b}", 120, 4 + 5 * i, {"first": a,
+                 "then": b}) for i, (a, b) in enumerate(pairs)]
+    rows += [Row("workers", "two workers on one GPU", 150, 4),
              Row("oom", "out of memory in a capped worker", 80, 3),
              Row("eval", "evaluation batch halving", 60, 2,
                  {} if cuda else {"fake_limit": 256})]
@@ -336,9 +335,10 @@ def workers_cells(r: dict, row: Row) -> list:
              f"{num(w['fraction'], '.3f')}, checksum {str(w['checksum'])[:12]}"
              for w in r["workers"]]
     copy = {True: "yes", False: "NO", None: "cannot tell"}[r["one_copy"]]
-    parent = r["parent_cuda_initialized"]
+    parent, held = r["parent_cuda_initialized"], r.get("parent_cuda_contexts")
     parts += [f"one shared copy: {copy}",
-              f"parent's CUDA initialized: {'n/a' if parent is None else parent}"]
+              f"parent's CUDA initialized: {'n/a' if parent is None else parent}, contexts on "
+              f"GPUs: {'n/a' if held is None else held or 'none'}"]
     if r.get("smi_others"):
         parts.append(f"nvidia-smi at most: parent {r['smi_parent'] or 0} MiB, workers "
                      f"{', '.join(map(str, r['smi_others']))} MiB")

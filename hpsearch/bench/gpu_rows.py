@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Optional
 import torch
 
 from hpsearch import batches, train
+from hpsearch import precision as precision_module
 from hpsearch.bench import gpu_workers
 from hpsearch.bench.gpu_workers import error_text
 from hpsearch.build import fit_settings, model_for
@@ -102,8 +104,9 @@ def timed_fit(params: dict, data: TimedData, device: torch.device, precision: st
     meets has its kernels loaded, cuDNN's choices made and the allocator's blocks cached, as
     in a trial's second epoch, at half the cost of a whole first one. Returns the epoch's
     training images per second (its validation included, as a trial spends it), the median
-    time per step on the host (the Python loop's) and on the GPU (between consecutive steps'
-    start events), peak device memory (images included) and the losses."""
+    time per step on the host (the Python loop's: where it matches the GPU's, the host was
+    waiting for a full launch queue, and the GPU is the bound) and on the GPU (between
+    consecutive steps' start events), peak device memory (images included) and the losses."""
     n, batch = len(data.y_train), params["batch_size"]
     warm = warm_steps * batch + n % batch
     if warm < n:
@@ -242,17 +245,15 @@ def cudnn_row(device: torch.device, scale: float = 1.0, work=None) -> dict:
     """cuDNN's benchmark search off (twice: do two runs of one seed end with the same weights,
     to the bit?), then with cudnn.deterministic (twice), then the search on; the default
     configuration in the device's precision. A no-op on the CPU, which runs it all the same."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS's first use
     data = synthetic(device, scaled(CIFAR_TRAIN // QUARTER, scale),
                      scaled(CIFAR_VAL // QUARTER, scale, 64))
-    from hpsearch import precision
-
     params = config_params("default")
     cudnn = torch.backends.cudnn
-    saved = train.CUDNN_BENCHMARK, cudnn.deterministic, precision.TF32_UNDER_AUTOCAST
+    saved = train.CUDNN_BENCHMARK, cudnn.deterministic, precision_module.TF32_UNDER_AUTOCAST
     runs = {}
     try:
-        # Off before on: the search's choices, once made, stay in this process. "tf32": the
-        # float32 work left under autocast as TF32 (precision.TF32_UNDER_AUTOCAST).
+        # Off before on: the search's choices, once made, stay in this process.
         for name, bench, exact, tf32 in (
                 ("warm-up", False, False, False),  # the process's first fit: not compared
                 ("off", False, False, False), ("off again", False, False, False),
@@ -260,11 +261,13 @@ def cudnn_row(device: torch.device, scale: float = 1.0, work=None) -> dict:
                 ("deterministic again", False, True, False), ("tf32", False, False, True),
                 ("on", True, False, False)):
             train.CUDNN_BENCHMARK, cudnn.deterministic = bench, exact
-            precision.TF32_UNDER_AUTOCAST = tf32
+            torch.use_deterministic_algorithms(exact, warn_only=True)  # beyond cuDNN's
+            precision_module.TF32_UNDER_AUTOCAST = tf32
             runs[name] = timed_fit(params, data, device)
             train.release_device_memory()
     finally:
-        train.CUDNN_BENCHMARK, cudnn.deterministic, precision.TF32_UNDER_AUTOCAST = saved
+        train.CUDNN_BENCHMARK, cudnn.deterministic, precision_module.TF32_UNDER_AUTOCAST = saved
+        torch.use_deterministic_algorithms(False)
     speed = {name: run["images_per_s"] for name, run in runs.items() if name != "warm-up"}
     off, det = (runs["off"], runs["off again"]), (runs["deterministic"],
                                                   runs["deterministic again"])

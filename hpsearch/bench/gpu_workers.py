@@ -311,7 +311,8 @@ def parse_facts(path: Path) -> dict:
     """The facts file of a run with workers, read defensively: {"workers": [{FACT_KEYS}],
     "parent_cuda_initialized": bool or None, "one_copy": whether every worker saw the same
     checksum (None: cannot tell), "problems": what was missing or unreadable}."""
-    out = {"workers": [], PARENT_KEY: None, "one_copy": None, "problems": []}
+    out = {"workers": [], PARENT_KEY: None, "parent_cuda_contexts": None, "one_copy": None,
+           "problems": []}
     problems = out["problems"]
     try:
         lines = Path(path).read_text().splitlines()
@@ -329,6 +330,7 @@ def parse_facts(path: Path) -> dict:
             problems.append(f"line {number} is not a JSON object")
         elif PARENT_KEY in item:
             out[PARENT_KEY] = bool(item[PARENT_KEY])
+            out["parent_cuda_contexts"] = item.get("parent_cuda_contexts")
         else:
             missing = [k for k in FACT_KEYS if k not in item]
             if missing:
@@ -344,7 +346,7 @@ def parse_facts(path: Path) -> dict:
 
 
 def workers_row(device: torch.device, scale: float = 1.0, work=None, workers: int = 2,
-                seconds: float = 200) -> dict:
+                seconds: float = 140) -> dict:
     """`hpsearch run --workers 2` on cifar10.toml over a CIFAR-10 folder of random images
     (60,000 at 32 px, one epoch a trial, the middle of the space), each process writing its
     facts to $HPSEARCH_WORKER_FACTS; nvidia-smi polled for each process's memory."""
@@ -352,7 +354,9 @@ def workers_row(device: torch.device, scale: float = 1.0, work=None, workers: in
     make_cifar_folder(root, max(100, int(10_000 * scale)))
     facts = root / "facts.jsonl"
     facts.unlink(missing_ok=True)
-    cmd = run_args(root / "s.db", device, "--config", STUDIES / "cifar10.toml", "--set",
+    # One GPU named: `cuda` alone would spread two workers over two GPUs, sharing nothing.
+    gpu = torch.device("cuda", 0) if device.type == "cuda" else device
+    cmd = run_args(root / "s.db", gpu, "--config", STUDIES / "cifar10.toml", "--set",
                    f"data.data_dir='{root}'", "--workers", workers, "--trials", workers,
                    "--epochs", 1, "--set", "space.depth=3", "--set", "space.width=32")
     env = {**os.environ, "HPSEARCH_WORKER_FACTS": str(facts)}
