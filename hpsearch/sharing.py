@@ -334,9 +334,13 @@ def write_facts(index: int, device: torch.device) -> None:
     if not path or not FACTS:
         return
     reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"worker": index, "reserved_bytes": reserved, "fraction": None,
-                            "context_bytes": None, **FACTS}) + "\n")
+    line = json.dumps({"worker": index, "reserved_bytes": reserved, "fraction": None,
+                       "context_bytes": None, **FACTS})
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError:  # a diagnostic: the run it describes has finished either way
+        pass
 
 
 def stay_for_users(share: Optional[Share]) -> None:

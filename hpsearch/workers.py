@@ -125,9 +125,13 @@ def write_parent_facts() -> None:
     names, if set (`make gpu-check`)."""
     path = os.environ.get("HPSEARCH_WORKER_FACTS")
     if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"parent_cuda_initialized": torch.cuda.is_initialized(),
-                                "parent_cuda_contexts": cuda_contexts()}) + "\n")
+        line = json.dumps({"parent_cuda_initialized": torch.cuda.is_initialized(),
+                           "parent_cuda_contexts": cuda_contexts()})
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:  # a diagnostic: the run has finished either way
+            pass
 
 
 def cuda_contexts() -> Optional[list]:
