@@ -117,6 +117,7 @@ class Handed:
     data: Dataset
     owner_pid: int
     contexts: list = field(default_factory=list)  # bytes of the contexts measured before
+    # (None: a user that never answered)
     turn: int = 0  # the users served before this one
 
 
@@ -170,8 +171,8 @@ def hand_over(share: Share, data: Optional[Dataset], device: torch.device,
             share.handoff.put(Handed(data, os.getpid(), list(contexts), turn))
             served, _handed = served + 1, True
             reserved = wait_for_ack(share, turn)
-            if reserved is not None:  # else a user that never answered: not measured
-                contexts.append(max(0, before - torch.cuda.mem_get_info(device)[0] - reserved))
+            contexts.append(None if reserved is None else  # a user that never answered
+                            max(0, before - torch.cuda.mem_get_info(device)[0] - reserved))
         FACTS["contexts"] = contexts
         per_worker = worker_bytes(torch.cuda.mem_get_info(device)[0], len(share.members))
     except BaseException:

@@ -194,7 +194,7 @@ def test_a_user_that_never_answers_leaves_the_rest_shared_out(fake_gpu, monkeypa
     owner.acks.put((0, 0))
     data = load_dataset(DataConfig(image_size=8), 0)
     per_worker = sharing.hand_over(owner, data, torch.device("cuda", 0), None)
-    assert sharing.FACTS["contexts"] == [0]
+    assert sharing.FACTS["contexts"] == [0, None]
     assert per_worker == (12 * GIB - 3 * sharing.CONTEXT_GROWTH) // 3
     assert [owner.handoff.get_nowait().turn for _ in range(2)] == [0, 1]  # both served
     assert [owner.caps.get_nowait()[0] for _ in range(2)] == [per_worker] * 2
