@@ -60,6 +60,16 @@ def allocation_failed(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(s in str(err) for s in ALLOCATION_FAILED)
 
 
+def out_of_memory(err: BaseException, phase: str, advice: str) -> OutOfMemory:
+    """An allocation failure (see allocation_failed) as OutOfMemory in `phase`: one that torch
+    did not type as out of memory keeps its own first line in the phase, which says what
+    failed ("training at batch size 64 (CUBLAS_STATUS_ALLOC_FAILED ...)")."""
+    import torch
+
+    said = "" if isinstance(err, torch.OutOfMemoryError) else f" ({first_line(err)})"
+    return OutOfMemory(f"{phase}{said}", advice)
+
+
 USER_ERRORS = (ConfigError, DataError, StorageError, DeviceError, SettingsMismatch, ReportError)
 
 

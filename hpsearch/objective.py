@@ -16,7 +16,7 @@ from hpsearch.build import fit_settings, max_epochs, model_for
 from hpsearch.checkpoint import TrialCheckpoint
 from hpsearch.config import Config
 from hpsearch.data import Dataset
-from hpsearch.errors import OutOfMemory, OwnerGone, allocation_failed, first_line
+from hpsearch.errors import OutOfMemory, OwnerGone, allocation_failed, out_of_memory
 from hpsearch.model import count_params, cpu_state_dict
 from hpsearch.owner import owner_record
 from hpsearch.space import suggest_params
@@ -102,15 +102,11 @@ def make_objective(cfg: Config, data: Dataset, device: torch.device, artifacts=N
         except Exception as err:
             if allocation_failed(err):
                 # This trial's model or batch does not fit the device; the next one may.
-                # An error torch did not type as out of memory keeps its own words too.
-                said = "" if isinstance(err, (OutOfMemory, torch.OutOfMemoryError)) else \
-                    f" ({first_line(err)})"
                 if not isinstance(err, OutOfMemory):  # outside an epoch: the model, optimizer
-                    err = OutOfMemory(f"training at batch size {settings.batch_size}",
-                                      TRAINING_ADVICE)
-                why = (f"out of memory on {device} in {err.phase}{said} (depth "
-                       f"{params['depth']}, width {params['width']}, {data.image_size} px); "
-                       f"{err.advice}")
+                    err = out_of_memory(err, f"training at batch size {settings.batch_size}",
+                                        TRAINING_ADVICE)
+                why = (f"out of memory on {device} in {err.phase} (depth {params['depth']}, "
+                       f"width {params['width']}, {data.image_size} px); {err.advice}")
                 records.write_fail_reason(trial, why)
                 latest["why"] = f"Failed: {why}."
                 raise RuntimeError(why) from None

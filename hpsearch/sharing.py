@@ -30,7 +30,7 @@ import json
 import os
 import queue
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -116,8 +116,6 @@ class Handed:
 
     data: Dataset
     owner_pid: int
-    contexts: list = field(default_factory=list)  # bytes of the contexts measured before
-    # (None: a user that never answered)
     turn: int = 0  # the users served before this one
 
 
@@ -152,7 +150,7 @@ def hand_over(share: Share, data: Optional[Dataset], device: torch.device,
     for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
         if t.device.type == "cpu":
             t.share_memory_()  # a no-op for what was loaded shared; here, not in a queue thread
-    if os.environ.get("HPSEARCH_WORKER_FACTS"):
+    if facts_file():
         FACTS.update(owner=True, checksum=checksum(data))
     if device.type != "cuda":
         for _ in range(share.users):
@@ -168,7 +166,7 @@ def hand_over(share: Share, data: Optional[Dataset], device: torch.device,
         contexts: list = []
         for turn in range(share.users):
             before = torch.cuda.mem_get_info(device)[0]
-            share.handoff.put(Handed(data, os.getpid(), list(contexts), turn))
+            share.handoff.put(Handed(data, os.getpid(), turn))
             served, _handed = served + 1, True
             reserved = wait_for_ack(share, turn)
             contexts.append(None if reserved is None else  # a user that never answered
@@ -240,7 +238,7 @@ def receive(share: Share, device: torch.device, dtype: Optional[torch.dtype] = N
         FACTS["context_bytes"] = contexts[handed.turn] if handed.turn < len(contexts) else None
     else:
         per_worker = 0
-    if os.environ.get("HPSEARCH_WORKER_FACTS"):
+    if facts_file():
         FACTS.update(owner=False, checksum=checksum(handed.data))
     if dies_with_owner(handed.data):
         interrupts.watch(watch_owner(share, handed.owner_pid))
@@ -316,7 +314,7 @@ def cap(device: torch.device, per_worker: int) -> Optional[float]:
 def uncap(device: torch.device) -> None:
     """Lift this process's cap on `device` (see cap): the owner whose images it was sized
     around is gone."""
-    if device.type == "cuda" and FACTS.get("fraction") is not None:
+    if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         cap_device_memory(device, None)
@@ -328,20 +326,30 @@ def checksum(data: Dataset) -> int:
     return int(data.x_train.sum(dtype=torch.int64))
 
 
-def write_facts(index: int, device: torch.device) -> None:
-    """One JSON line of what this worker measured of its share, appended to the file that
-    HPSEARCH_WORKER_FACTS names (`make gpu-check` sets it; nothing is written otherwise)."""
-    path = os.environ.get("HPSEARCH_WORKER_FACTS")
-    if not path or not FACTS:
+def facts_file() -> Optional[str]:
+    """The file HPSEARCH_WORKER_FACTS names, where the run's processes say what they measured
+    of their shares (`make gpu-check` sets it); None: nothing is measured or written."""
+    return os.environ.get("HPSEARCH_WORKER_FACTS") or None
+
+
+def append_facts(facts: dict) -> None:
+    """`facts` as one JSON line of the facts file, if there is one."""
+    path = facts_file()
+    if path is None:
         return
-    reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0
-    line = json.dumps({"worker": index, "reserved_bytes": reserved, "fraction": None,
-                       "context_bytes": None, **FACTS})
     try:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(json.dumps(facts) + "\n")
     except OSError:  # a diagnostic: the run it describes has finished either way
         pass
+
+
+def write_facts(index: int, device: torch.device) -> None:
+    """What this worker measured of its share, into the facts file (see facts_file)."""
+    if FACTS:
+        reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0
+        append_facts({"worker": index, "reserved_bytes": reserved, "fraction": None,
+                      "context_bytes": None, **FACTS})
 
 
 def stay_for_users(share: Optional[Share]) -> None:

@@ -18,7 +18,7 @@ from hpsearch.augment import Augment, apply
 from hpsearch.batches import Rows
 from hpsearch.checkpoint import rng_state, set_rng_state
 from hpsearch.data import device_free_bytes
-from hpsearch.errors import DeviceError, OutOfMemory, allocation_failed, first_line
+from hpsearch.errors import DeviceError, OutOfMemory, allocation_failed, out_of_memory
 from hpsearch.model import PaddedNet
 from hpsearch.optim import FusedOptimizer, decay_groups
 from hpsearch.precision import (NormStats, Precision, choose_precision, cpu_vendor,
@@ -269,10 +269,8 @@ def fit_epoch(net: nn.Module, data, s: FitSettings, optimizer, precision: Precis
     except RuntimeError as err:
         if not allocation_failed(err):
             raise
-        typed = isinstance(err, torch.OutOfMemoryError)
-        said = "" if typed else f" ({first_line(err)})"
-        raise OutOfMemory(f"training at batch size {s.batch_size}{said}",
-                          TRAINING_ADVICE) from None
+        raise out_of_memory(err, f"training at batch size {s.batch_size}",
+                            TRAINING_ADVICE) from None
     chance = math.log(max(2, len(data.classes)))
     if not math.isfinite(loss) or loss > DIVERGED_FACTOR * chance:
         raise Diverged(epoch, loss, chance)

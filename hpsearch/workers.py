@@ -12,10 +12,8 @@ sharing); the parent itself holds nothing on a GPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
-import os
 import queue
 import signal
 import time
@@ -28,8 +26,8 @@ from hpsearch import interrupts
 from hpsearch.config import Config
 from hpsearch.errors import OwnerGone
 from hpsearch.session import RunOptions, Session, worker_device
-from hpsearch.sharing import (Share, release_finished, shares, stay_for_users, uncap,
-                              write_facts)
+from hpsearch.sharing import (Share, append_facts, facts_file, release_finished, shares,
+                              stay_for_users, uncap, write_facts)
 from hpsearch.study import RunResult, TimeBudget
 
 log = logging.getLogger("hpsearch")
@@ -123,15 +121,9 @@ def write_parent_facts() -> None:
     """Whether this process, which holds nothing on a GPU, initialised CUDA and on which GPUs
     it holds a context (none, if all is well): one line in the file HPSEARCH_WORKER_FACTS
     names, if set (`make gpu-check`)."""
-    path = os.environ.get("HPSEARCH_WORKER_FACTS")
-    if path:
-        line = json.dumps({"parent_cuda_initialized": torch.cuda.is_initialized(),
-                           "parent_cuda_contexts": cuda_contexts()})
-        try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-        except OSError:  # a diagnostic: the run has finished either way
-            pass
+    if facts_file():
+        append_facts({"parent_cuda_initialized": torch.cuda.is_initialized(),
+                      "parent_cuda_contexts": cuda_contexts()})
 
 
 def cuda_contexts() -> Optional[list]:
