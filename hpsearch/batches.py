@@ -61,6 +61,19 @@ def staging_buffer(shape: tuple, dtype: torch.dtype, device: torch.device) -> to
     return torch.empty(shape, dtype=dtype)
 
 
+_copy_streams: dict = {}  # {GPU index: the stream copies to it go on}
+
+
+def copy_stream(device: torch.device) -> "torch.cuda.Stream":
+    """The copy stream of a GPU, one per process: a stream per epoch's Rows would draw on
+    torch's pool of streams, and its caching allocator keeps the batches' blocks apart per
+    stream, holding more memory than one stream's."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _copy_streams:
+        _copy_streams[index] = torch.cuda.Stream(index)
+    return _copy_streams[index]
+
+
 class Rows:
     """One split's images (uint8, N x C x H x W, channels-last) as batches on `device`."""
 
@@ -76,7 +89,6 @@ class Rows:
         self._copied: list = []
         self._turn = 0
         self._batch_size = batch_size
-        self._stream = None
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """The images at `idx` (on the split's own device), on the training device."""
@@ -131,13 +143,12 @@ class Rows:
         compute = torch.cuda.current_stream(self.device)
         pinned = buf.is_pinned()
         if OVERLAP and pinned:
-            if self._stream is None:
-                self._stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(self._stream):
+            stream = copy_stream(self.device)
+            with torch.cuda.stream(stream):
                 out = buf.to(self.device, non_blocking=True)
-            compute.wait_stream(self._stream)
+            compute.wait_stream(stream)
             out.record_stream(compute)
-            copied_on = self._stream
+            copied_on = stream
         else:
             out = buf.to(self.device, non_blocking=pinned)
             copied_on = compute

@@ -342,3 +342,15 @@ def test_a_searched_augmentation_choice_survives_the_stored_record():
 
     cfg = load_config(None, ["space.augment=[['crop'], ['flip']]"])
     assert build_config(cfg.settings()).space == cfg.space
+
+
+def test_copies_to_a_gpu_go_on_one_stream_per_process(monkeypatch):
+    """Every epoch's Rows copies on the GPU's one copy stream, not a new one each (faked)."""
+    made = []
+    monkeypatch.setattr(batches.torch.cuda, "Stream", lambda index: made.append(index) or
+                        object())
+    monkeypatch.setattr(batches, "_copy_streams", {})
+    first = batches.copy_stream(torch.device("cuda", 0))
+    assert batches.copy_stream(torch.device("cuda", 0)) is first
+    assert batches.copy_stream(torch.device("cuda", 1)) is not first
+    assert made == [0, 1]
