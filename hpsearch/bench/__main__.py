@@ -22,6 +22,24 @@ def whole_number(text: str) -> int:
     return value
 
 
+def positive(text: str) -> float:
+    """A number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """cpu, cuda or cuda:N."""
+    if text not in ("cpu", "cuda") and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise argparse.ArgumentTypeError(f"expected cuda, cuda:N or cpu, got {text!r}")
+    return text
+
+
 def counts(text: str) -> tuple:
     """Whole numbers of at least 1, separated by commas."""
     return tuple(whole_number(part.strip()) for part in text.split(","))

@@ -5,7 +5,7 @@ machine. Without a CUDA GPU it says so and exits 0.
 Each row runs in a process of its own (`python -m hpsearch.bench.gpu_rows ROW`, see there)
 with a time limit, so that peak memory and cuDNN's state start from nothing, and a row that
 fails, crashes or runs out of time says so in its own cells without hiding the others. The
-cheap rows run first: on a slow GPU the five minutes run out on a long row, not on many.
+quick rows and those that check behaviour run first: a slow GPU runs out of time on speed.
 
 The rows, and the product default each informs:
 
@@ -39,7 +39,6 @@ The rows, and the product default each informs:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -50,6 +49,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from hpsearch.bench.__main__ import Parser, device_name, positive
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET = 285.0  # seconds for the whole check: under five minutes with start-up
@@ -138,14 +139,13 @@ def last_json(text: str) -> Optional[dict]:
 
 
 def last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip()[:200] if lines else ""
+    return next((line.strip()[:200] for line in reversed(text.splitlines()) if line.strip()), "")
 
 
 def run_rows(rows: list, device: str, scale: float, work: Path, budget: float = BUDGET,
              env: Optional[dict] = None) -> list:
-    """Every row's answer, in `rows`' order, the rows run cheapest first within `budget`
-    seconds: a row is given what is left of it, and skipped with less than LEAST left."""
+    """Every row's answer, in `rows`' order, the rows run by rank within `budget` seconds: a
+    row is given what is left of it, and skipped with less than LEAST left."""
     deadline = time.monotonic() + budget
     answers: list = [None] * len(rows)
     for i in sorted(range(len(rows)), key=lambda i: rows[i].rank):
@@ -394,10 +394,11 @@ def escape(text: str) -> str:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to rehearse")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies image counts")
-    parser.add_argument("--budget", type=float, default=BUDGET, help="seconds for all rows")
+    parser = Parser(prog="python -m hpsearch.bench.gpu_check",
+                    description=__doc__.splitlines()[0])
+    parser.add_argument("--device", type=device_name, default="cuda", help="or cpu: rehearse")
+    parser.add_argument("--scale", type=positive, default=1.0, help="multiplies image counts")
+    parser.add_argument("--budget", type=positive, default=BUDGET, help="seconds for all rows")
     parser.add_argument("--work", type=Path, help="a new folder to keep the rows' files "
                                                   "and stderr in (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -408,8 +409,7 @@ def main(argv: Optional[list] = None) -> int:
         print("gpu-check: no CUDA GPU on this machine; nothing to check (exit 0).")
         return 0
     if args.work and args.work.exists() and any(args.work.iterdir()):
-        print(f"gpu-check: --work {args.work} must be a new or empty folder")
-        return 2
+        parser.error(f"--work {args.work} must be a new or empty folder")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-check-") as tmp:
         tmp = Path(args.work or tmp)
